@@ -1,0 +1,59 @@
+"""Plain-text rendering of spaces, studies and trials for the CLI."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Iterable, Sequence
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tuner.space import Branch, SearchSpace, fmt
+
+
+def to_text(table: Table, width: int = 140) -> str:
+    """Render a rich table to plain text (no colour) so output is the same in a pipe or a test."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None, highlight=False).print(table)
+    return buffer.getvalue().rstrip("\n")
+
+
+def simple_table(title: str | None, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        # Escape so that a value like [false, true] is not read as rich markup.
+        table.add_row(*(escape(str(cell)) for cell in row))
+    return to_text(table)
+
+
+def branch_range(branch: Branch) -> str:
+    if branch.type in ("float", "int"):
+        text = f"{fmt(branch.low)} .. {fmt(branch.high)}"
+        if branch.log:
+            text += " (log)"
+        if branch.step is not None:
+            text += f" step {fmt(branch.step)}"
+        return text
+    if branch.type == "categorical":
+        return fmt(list(branch.choices))
+    return fmt(branch.value)
+
+
+def branch_when(branch: Branch) -> str:
+    parts = [f"{k} in {fmt(list(v))}" if len(v) > 1 else f"{k} = {fmt(v[0])}" for k, v in branch.when]
+    return " and ".join(parts) or "always"
+
+
+def space_table(space: SearchSpace) -> str:
+    rows = [
+        (name, b.type, branch_range(b), branch_when(b))
+        for name, branches in space.params.items()
+        for b in branches
+    ]
+    settings = ", ".join(f"{k}={v}" for k, v in space.settings.items()) or "none"
+    header = f"{space.name} ({space.source}): {space.description}\nsettings: {settings}"
+    return header + "\n" + simple_table(None, ("parameter", "type", "range", "when"), rows)
