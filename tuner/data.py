@@ -1,0 +1,619 @@
+"""Decode an image folder, CSV manifest or the digits set once into uint8 tensors; augmentations."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from tuner.errors import DataError
+
+DIGITS = "digits"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# 8 is the native resolution of `digits`; smaller images carry too little to classify.
+MIN_IMAGE_SIZE = 8
+SPLIT_DIRS = ("train", "val")
+MANIFEST_COLUMNS = ("path", "label")
+LABEL_SEPARATOR = ";"
+# PIL modes whose pixels are wider than 8 bits; they are treated as 16-bit (0..65535).
+WIDE_INT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+# How many skipped file names the warning lists before eliding the rest.
+SKIPPED_NAMES_SHOWN = 3
+# (AugmentConfig field, key of the same value in an Optuna trial's params)
+AUG_PARAM_KEYS = (
+    ("crop_scale", "aug_crop_scale"),
+    ("hflip", "aug_hflip"),
+    ("rotation", "aug_rotation"),
+    ("color_jitter", "aug_color_jitter"),
+)
+
+
+class DataWarning(UserWarning):
+    """Some files of a data source were skipped because they are not readable images."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are decoded and split.
+
+    `source` is a folder of images (one subfolder per class, optionally under
+    train/ and val/), a CSV manifest (name ends in .csv) or the literal "digits"
+    (use "./digits" for a folder that happens to be called digits).
+    """
+
+    source: str
+    image_size: int
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise DataError(f"source must be a non-empty string, got {self.source!r}")
+        _check_image_size(self.image_size)
+        if not _is_real(self.val_fraction) or not 0 < self.val_fraction < 1:
+            raise DataError(
+                f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction!r}"
+            )
+        if not _is_int(self.seed) or self.seed < 0:
+            raise DataError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+
+# eq=False: the generated __eq__ would compare tensors and fail on their ambiguous truth value.
+@dataclass(frozen=True, eq=False)
+class ImageData:
+    """Decoded images (uint8, N x 3 x S x S, RGB) and targets, already split into train and val.
+
+    Targets are int64 class indices (N) for single-label data and float32
+    multi-hot rows (N x C) for multi-label data.
+    """
+
+    train_images: torch.Tensor
+    train_targets: torch.Tensor
+    val_images: torch.Tensor
+    val_targets: torch.Tensor
+    classes: tuple[str, ...]
+    multilabel: bool
+    skipped: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class _ManifestRow:
+    number: int  # row in the file, header being row 1 as in a spreadsheet
+    path: Path
+    labels: tuple[str, ...]
+
+
+def describe_source(source: str) -> str:
+    """Short human description of a data source, for logs and reports."""
+    if source == DIGITS:
+        return "digits (scikit-learn 8x8 handwritten digits)"
+    if _is_manifest(source):
+        return f"CSV manifest {_user_path(source)}"
+    return f"image folder {_user_path(source)}"
+
+
+def load_data(config: DataConfig) -> ImageData:
+    """Decode every image of `config.source` once and split it into train and val.
+
+    Unreadable files are skipped and reported by one DataWarning; anything else
+    that makes the source unusable raises DataError.
+    """
+    if config.source == DIGITS:
+        return _load_digits(config)
+    path = _user_path(config.source)
+    if _is_manifest(config.source):
+        data, skipped = _load_manifest(path, config)
+    else:
+        data, skipped = _load_folder(path, config)
+    if skipped:
+        warnings.warn(_skipped_message(path, skipped), DataWarning, stacklevel=2)
+    return data
+
+
+# --- digits -----------------------------------------------------------------
+
+
+def _load_digits(config: DataConfig) -> ImageData:
+    # Imported here: scikit-learn is slow to import and only this source needs it.
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # Pixels are 0..16; stretch to the 0..255 of every other source.
+    gray = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
+    gray = v2.functional.resize(
+        gray,
+        [config.image_size, config.image_size],
+        interpolation=v2.InterpolationMode.BILINEAR,
+        antialias=True,
+    )
+    images = gray.expand(-1, 3, -1, -1)
+    labels = bunch.target.astype(np.int64)
+    train, val = _stratified_split(labels, config.val_fraction, config.seed)
+    classes = tuple(str(name) for name in bunch.target_names)
+    return _assemble(images, torch.from_numpy(labels), train, val, classes, False, 0)
+
+
+# --- image folder -----------------------------------------------------------
+
+
+def _load_folder(root: Path, config: DataConfig) -> tuple[ImageData, list[Path]]:
+    _require_folder(root)
+    if all((root / name).is_dir() for name in SPLIT_DIRS):
+        return _load_presplit_folder(root, config.image_size)
+    classes = _class_names(root)
+    _require_classes(f"data folder {root}", classes)
+    images, labels, skipped = _read_class_folders(root, classes, classes, config.image_size)
+    train, val = _stratified_split(labels, config.val_fraction, config.seed)
+    _require_val_images(f"data folder {root}", val, "each class needs at least 2 readable images")
+    data = _assemble(images, torch.from_numpy(labels), train, val, classes, False, len(skipped))
+    return data, skipped
+
+
+def _load_presplit_folder(root: Path, image_size: int) -> tuple[ImageData, list[Path]]:
+    train_dir, val_dir = (root / name for name in SPLIT_DIRS)
+    classes = _class_names(train_dir)
+    val_names = _class_names(val_dir)
+    _require_classes(f"data folder {train_dir}", classes)
+    extra = [name for name in val_names if name not in classes]
+    if extra:
+        raise DataError(f"data folder {root}: val/ has class(es) not in train/: {_quoted(extra)}")
+    if not val_names:
+        raise DataError(f"data folder {val_dir} has no class folders")
+    train_images, train_labels, train_skipped = _read_class_folders(
+        train_dir, classes, classes, image_size
+    )
+    val_images, val_labels, val_skipped = _read_class_folders(
+        val_dir, val_names, classes, image_size
+    )
+    skipped = train_skipped + val_skipped
+    data = ImageData(
+        train_images=train_images,
+        train_targets=torch.from_numpy(train_labels),
+        val_images=val_images,
+        val_targets=torch.from_numpy(val_labels),
+        classes=classes,
+        multilabel=False,
+        skipped=len(skipped),
+    )
+    return data, skipped
+
+
+def _require_folder(folder: Path) -> None:
+    if not folder.exists():
+        raise DataError(f"data folder {folder} does not exist")
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} is not a folder")
+
+
+def _class_names(folder: Path) -> tuple[str, ...]:
+    return tuple(
+        sorted(
+            entry.name
+            for entry in folder.iterdir()
+            if entry.is_dir() and not _is_hidden(entry.name)
+        )
+    )
+
+
+def _require_classes(where: str, classes: Sequence[str]) -> None:
+    if len(classes) >= 2:
+        return
+    found = f"({_quoted(classes)})" if classes else "(expected one subfolder per class)"
+    raise DataError(f"{where}: needs at least 2 classes, found {len(classes)} {found}")
+
+
+def _read_class_folders(
+    folder: Path, names: Sequence[str], classes: Sequence[str], image_size: int
+) -> tuple[torch.Tensor, np.ndarray, list[Path]]:
+    """Decode the class subfolders `names` of `folder`; labels index into `classes`."""
+    where = f"data folder {folder}"
+    files, labels, others = _scan_class_folders(where, folder, names, classes)
+    buffer, ok = _decode_files(files, image_size)
+    _require_readable(where, "class", classes, _one_hot(labels, len(classes)), ok)
+    skipped = others + [path for path, good in zip(files, ok) if not good]
+    return _keep(buffer, ok), labels[ok], skipped
+
+
+def _scan_class_folders(
+    where: str, folder: Path, names: Sequence[str], classes: Sequence[str]
+) -> tuple[list[Path], np.ndarray, list[Path]]:
+    """List image files with their labels, and the non-image files that will be skipped."""
+    files: list[Path] = []
+    labels: list[int] = []
+    others: list[Path] = []
+    for name in names:
+        images, non_images = _class_files(folder / name)
+        if not images:
+            raise DataError(f"{where}: class {name!r} has no images")
+        files += images
+        labels += [classes.index(name)] * len(images)
+        others += non_images
+    return files, np.array(labels, dtype=np.int64), others
+
+
+def _class_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Visible files under `folder`, recursively as ImageFolder does, split by extension."""
+    images: list[Path] = []
+    others: list[Path] = []
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        # Pruning in place keeps os.walk out of hidden folders (.git, .ipynb_checkpoints).
+        dirs[:] = sorted(name for name in dirs if not _is_hidden(name))
+        for name in sorted(names):
+            if not _is_hidden(name):
+                path = Path(parent) / name
+                (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+    return images, others
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+# --- CSV manifest -----------------------------------------------------------
+
+
+def _load_manifest(path: Path, config: DataConfig) -> tuple[ImageData, list[Path]]:
+    where = f"CSV manifest {path}"
+    rows = _read_manifest(path)
+    classes = tuple(sorted({label for row in rows for label in row.labels}))
+    if len(classes) < 2:
+        raise DataError(
+            f"{where}: needs at least 2 distinct labels, found {len(classes)} ({_quoted(classes)})"
+        )
+    _require_image_files(where, rows)
+    hot = np.array([[name in row.labels for name in classes] for row in rows], dtype=bool)
+    buffer, ok = _decode_files([row.path for row in rows], config.image_size)
+    _require_readable(where, "label", classes, hot, ok)
+    skipped = [row.path for row, good in zip(rows, ok) if not good]
+    multilabel = any(len(row.labels) > 1 for row in rows)
+    images, hot = _keep(buffer, ok), hot[ok]
+    if multilabel:
+        targets = torch.from_numpy(hot.astype(np.float32))
+        train, val = _random_split(len(hot), config.val_fraction, config.seed)
+        _require_val_images(where, val, f"needs at least 2 readable images, found {len(hot)}")
+    else:
+        labels = hot.argmax(axis=1).astype(np.int64)
+        targets = torch.from_numpy(labels)
+        train, val = _stratified_split(labels, config.val_fraction, config.seed)
+        _require_val_images(where, val, "each label needs at least 2 readable images")
+    data = _assemble(images, targets, train, val, classes, multilabel, len(skipped))
+    return data, skipped
+
+
+def _read_manifest(path: Path) -> list[_ManifestRow]:
+    if not path.exists():
+        raise DataError(f"CSV manifest {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"CSV manifest {path} is not a file")
+    try:
+        # utf-8-sig: spreadsheet programs often start CSV files with a byte-order mark.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return _parse_manifest(path, csv.reader(handle))
+    except UnicodeDecodeError:
+        raise DataError(f"CSV manifest {path} is not UTF-8 text") from None
+    except csv.Error as exc:
+        raise DataError(f"CSV manifest {path}: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"CSV manifest {path} cannot be read: {exc.strerror}") from None
+
+
+def _parse_manifest(path: Path, reader: Any) -> list[_ManifestRow]:
+    header = next(reader, None)
+    if header is None:
+        raise DataError(f"CSV manifest {path} is empty")
+    names = [name.strip() for name in header]
+    missing = [column for column in MANIFEST_COLUMNS if column not in names]
+    if missing:
+        raise DataError(
+            f"CSV manifest {path}: missing column(s) {_quoted(missing)} (header: {_quoted(names)})"
+        )
+    columns = tuple(names.index(column) for column in MANIFEST_COLUMNS)
+    rows = [
+        _parse_row(path, reader.line_num, record, columns)
+        for record in reader
+        if any(field.strip() for field in record)  # blank lines are not rows
+    ]
+    if not rows:
+        raise DataError(f"CSV manifest {path} has no rows")
+    return rows
+
+
+def _parse_row(
+    path: Path, number: int, record: list[str], columns: tuple[int, int]
+) -> _ManifestRow:
+    where = f"CSV manifest {path} row {number}"
+    if len(record) <= max(columns):
+        raise DataError(f"{where}: expected at least {max(columns) + 1} fields, got {len(record)}")
+    image, label = (record[column].strip() for column in columns)
+    if not image:
+        raise DataError(f"{where}: empty path")
+    parts = (part.strip() for part in label.split(LABEL_SEPARATOR))
+    labels = tuple(dict.fromkeys(part for part in parts if part))  # dedupe, keep order
+    if not labels:
+        raise DataError(f"{where}: empty label")
+    # Path join keeps an absolute image path as is and anchors a relative one at the CSV's folder.
+    return _ManifestRow(number, path.parent / Path(image).expanduser(), labels)
+
+
+def _require_image_files(where: str, rows: Iterable[_ManifestRow]) -> None:
+    for row in rows:
+        if not row.path.exists():
+            raise DataError(f"{where} row {row.number}: image file {row.path} does not exist")
+
+
+# --- decoding ---------------------------------------------------------------
+
+
+def _decode_files(paths: Sequence[Path], image_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Decode into one preallocated buffer (stacking would copy); `ok` marks readable rows."""
+    buffer = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    for index, path in enumerate(paths):
+        image = _read_image(path, image_size)
+        if image is not None:
+            buffer[index] = image
+            ok[index] = True
+    return buffer, ok
+
+
+def _read_image(path: Path, image_size: int) -> torch.Tensor | None:
+    """One file as a uint8 3 x S x S RGB tensor, or None when PIL cannot decode it."""
+    try:
+        with Image.open(path) as image:
+            # Lets the JPEG decoder downscale by 2..8 while decoding; a no-op for other formats.
+            image.draft(None, (image_size, image_size))
+            rgb = _to_rgb(ImageOps.exif_transpose(image))
+            resized = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    # PIL's format plugins raise OSError, ValueError, SyntaxError, struct.error, EOFError,
+    # DecompressionBombError ... on malformed input; any of them means "skip this file".
+    except Exception:
+        return None
+    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as RGB; transparent pixels are composited on white, as a viewer shows them."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    if image.mode in WIDE_INT_MODES or image.mode == "F":
+        return _to_8bit_gray(image).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_8bit_gray(image: Image.Image) -> Image.Image:
+    # PIL's own conversion clips wide values at 255 instead of scaling them, whitening the image.
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode != "F":  # float images are taken to be in 0..255 already
+        values = values / 257.0
+    return Image.fromarray(np.clip(values.round(), 0, 255).astype(np.uint8))
+
+
+def _keep(buffer: torch.Tensor, ok: np.ndarray) -> torch.Tensor:
+    return buffer if ok.all() else buffer[torch.from_numpy(np.flatnonzero(ok))]
+
+
+def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=bool)[labels]
+
+
+def _require_readable(
+    where: str, noun: str, classes: Sequence[str], hot: np.ndarray, ok: np.ndarray
+) -> None:
+    """Fail when nothing decoded, or when a class that has files lost all of them."""
+    if not ok.any():
+        raise DataError(f"{where}: all {len(ok)} image file(s) are unreadable")
+    lost = hot.any(axis=0) & ~hot[ok].any(axis=0)
+    if lost.any():
+        name = classes[int(np.flatnonzero(lost)[0])]
+        raise DataError(f"{where}: {noun} {name!r} has no readable images")
+
+
+def _skipped_message(source: Path, skipped: Sequence[Path]) -> str:
+    shown = [_relative(path, source) for path in skipped[:SKIPPED_NAMES_SHOWN]]
+    more = ", ..." if len(skipped) > SKIPPED_NAMES_SHOWN else ""
+    return f"skipped {len(skipped)} unreadable file(s) in {source}: {', '.join(shown)}{more}"
+
+
+def _relative(path: Path, source: Path) -> str:
+    base = source.parent if source.is_file() else source
+    try:
+        return str(path.relative_to(base))
+    except ValueError:  # an absolute manifest path outside the CSV's folder
+        return str(path)
+
+
+# --- splitting --------------------------------------------------------------
+
+
+def _stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, hold out round(n * fraction) shuffled samples (at least 1 once n >= 2)."""
+    rng = np.random.default_rng(seed)
+    train: list[np.ndarray] = []
+    val: list[np.ndarray] = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = _val_count(len(members), fraction)
+        val.append(members[:count])
+        train.append(members[count:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _random_split(size: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(size)
+    count = _val_count(size, fraction)
+    return np.sort(order[count:]), np.sort(order[:count])
+
+
+def _val_count(size: int, fraction: float) -> int:
+    # A group of 1 stays in train; a bigger one keeps at least 1 sample on each side.
+    if size < 2:
+        return 0
+    return min(max(round(size * fraction), 1), size - 1)
+
+
+def _require_val_images(where: str, val: np.ndarray, hint: str) -> None:
+    if len(val) == 0:
+        raise DataError(f"{where}: validation split is empty ({hint})")
+
+
+def _assemble(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    train: np.ndarray,
+    val: np.ndarray,
+    classes: Sequence[str],
+    multilabel: bool,
+    skipped: int,
+) -> ImageData:
+    train_index, val_index = torch.from_numpy(train), torch.from_numpy(val)
+    return ImageData(
+        # Indexing copies, so expanded views (digits) become real contiguous tensors here.
+        train_images=images[train_index].contiguous(),
+        train_targets=targets[train_index],
+        val_images=images[val_index].contiguous(),
+        val_targets=targets[val_index],
+        classes=tuple(classes),
+        multilabel=multilabel,
+        skipped=skipped,
+    )
+
+
+# --- augmentation -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation strengths; the defaults switch every augmentation off."""
+
+    crop_scale: float = 1.0  # lower bound of RandomResizedCrop's scale; 1.0 means no crop
+    hflip: float = 0.0  # probability of a horizontal flip
+    rotation: float = 0.0  # max degrees of RandomRotation
+    color_jitter: float = 0.0  # brightness / contrast / saturation strength
+
+    def __post_init__(self) -> None:
+        for name in ("crop_scale", "hflip", "rotation", "color_jitter"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value):
+                raise DataError(f"{name} must be a finite number, got {value!r}")
+        if not 0 < self.crop_scale <= 1:
+            raise DataError(f"crop_scale must be in (0, 1], got {self.crop_scale!r}")
+        if not 0 <= self.hflip <= 1:
+            raise DataError(f"hflip must be between 0 and 1, got {self.hflip!r}")
+        if self.rotation < 0:
+            raise DataError(f"rotation must be >= 0, got {self.rotation!r}")
+        if self.color_jitter < 0:
+            raise DataError(f"color_jitter must be >= 0, got {self.color_jitter!r}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> AugmentConfig:
+        """Read the aug_* keys of trial params; missing ones keep defaults, others are ignored."""
+        return cls(**{field: params[key] for field, key in AUG_PARAM_KEYS if key in params})
+
+
+def train_transform(
+    aug: AugmentConfig, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Randomly augment a uint8 3 x S x S tensor, then make it a normalized float32 tensor."""
+    _check_image_size(image_size)
+    return v2.Compose([*_augmentations(aug, image_size), *_normalization(mean, std)])
+
+
+def eval_transform(
+    mean: Sequence[float], std: Sequence[float]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Deterministic conversion of a uint8 3 x S x S tensor to a normalized float32 tensor."""
+    return v2.Compose(_normalization(mean, std))
+
+
+def _augmentations(aug: AugmentConfig, image_size: int) -> list[Callable[[Any], Any]]:
+    steps: list[Callable[[Any], Any]] = []
+    # Each step is left out when off, so an all-off config is exactly the eval transform.
+    if aug.crop_scale < 1.0:
+        steps.append(v2.RandomResizedCrop(image_size, scale=(aug.crop_scale, 1.0), antialias=True))
+    if aug.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=aug.hflip))
+    if aug.rotation > 0:
+        steps.append(v2.RandomRotation(aug.rotation))
+    if aug.color_jitter > 0:
+        jitter = aug.color_jitter
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    return steps
+
+
+def _normalization(mean: Sequence[float], std: Sequence[float]) -> list[Callable[[Any], Any]]:
+    if len(mean) != 3 or len(std) != 3:
+        raise DataError(f"mean and std need 3 values each (RGB), got {list(mean)} and {list(std)}")
+    if any(value <= 0 for value in std):
+        raise DataError(f"std values must be > 0, got {list(std)}")
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
+class TensorImageDataset(Dataset):
+    """Pairs already-decoded uint8 images with their targets, transforming each image on access."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        if len(images) != len(targets):
+            raise DataError(
+                "images and targets must have the same length, "
+                f"got {len(images)} and {len(targets)}"
+            )
+        self.images = images
+        self.targets = targets
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[index]), self.targets[index]
+
+
+# --- small helpers ----------------------------------------------------------
+
+
+def _check_image_size(image_size: Any) -> None:
+    if not _is_int(image_size) or image_size < MIN_IMAGE_SIZE:
+        raise DataError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_manifest(source: str) -> bool:
+    return source.lower().endswith(".csv")
+
+
+def _user_path(source: str) -> Path:
+    return Path(source).expanduser()
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(repr(name) for name in names)
