@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import click
+from click.core import ParameterSource
 
 from tuner.errors import TunerError
+from tuner.storage import DEFAULT_STORAGE
 
 
 class TunerGroup(click.Group):
@@ -23,19 +26,335 @@ class TunerGroup(click.Group):
             raise error from None
 
 
-@click.group(cls=TunerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TunerGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="tuner")
 def cli() -> None:
     """Hyperparameter search for transfer learning of torchvision image classifiers.
 
     \b
     Typical workflow:
-      tuner space show default          # look at the search space
-      tuner run --data DIR              # create a study and run trials here
-      tuner worker --study NAME         # more workers join the same study
-      tuner status / tuner best         # watch it, take the best configuration
+      tuner space show default            # look at the search space
+      tuner run --data DIR                # create a study and run trials here
+      tuner create --study s --data DIR   # or create it once, then ...
+      tuner worker --study s              # ... start workers on many machines
+      tuner status                        # watch it (or: tuner dashboard)
+      tuner best --study s --format yaml  # take the best configuration
+      tuner retrain --study s --out model # train the final model
+
+    Storage defaults to sqlite:///tuner.db (or $TUNER_STORAGE); use
+    postgresql+psycopg://user:pass@host/db for workers on many machines.
     """
 
+
+# --- shared options -----------------------------------------------------------------
+
+def storage_option(f: Callable) -> Callable:
+    return click.option(
+        "--storage", envvar="TUNER_STORAGE", default=DEFAULT_STORAGE, show_default=True,
+        help="Study storage URL (env TUNER_STORAGE): sqlite:///file.db or postgresql+psycopg://…",
+    )(f)
+
+
+def heartbeat_options(f: Callable) -> Callable:
+    options = [
+        click.option("--heartbeat-interval", type=click.IntRange(min=1), default=30, show_default=True,
+                     help="Seconds between a running trial's heartbeats."),
+        click.option("--grace-period", type=click.IntRange(min=2), default=120, show_default=True,
+                     help="Seconds without a heartbeat before a trial counts as dead and is retried."),
+        click.option("--max-retry", type=click.IntRange(min=0), default=3, show_default=True,
+                     help="How many times a dead worker's trial is retried from its checkpoint."),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
+
+
+def study_options(f: Callable) -> Callable:
+    """Options that define a study: stored in it, shared by every worker."""
+    options = [
+        click.option("--space", default="default", show_default=True, metavar="FILE|NAME",
+                     help="Search-space file, or the name of a shipped one (tuner space list)."),
+        click.option("--data", metavar="DIR|CSV|digits",
+                     help="A folder of images (one subfolder per class), a CSV manifest (path,label), "
+                          "or 'digits' (built in)."),
+        click.option("--model", help="torchvision model name (default: from the space file; see tuner models)."),
+        click.option("--image-size", type=click.IntRange(min=8),
+                     help="Input size in pixels (default: from the space file)."),
+        click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
+                     help="Pretrained weights: torchvision's DEFAULT (hub cache), random init, or a state dict file."),
+        click.option("--val-fraction", type=float, default=0.2, show_default=True,
+                     help="Share of each class held out for validation when the data has no val/ folder."),
+        click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "cmaes"]), default="tpe", show_default=True),
+        click.option("--pruner", type=click.Choice(["hyperband", "median", "asha", "none"]), default="hyperband",
+                     show_default=True, help="Stops unpromising trials on the per-epoch validation metric."),
+        click.option("--n-trials", type=int, default=20, show_default=True,
+                     help="The study's total budget of finished trials, across all workers."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Study seed; each trial's seed derives from it and the trial number."),
+        click.option("--max-epochs", type=int, help="Cap on any sampled epoch count (for quick runs)."),
+        click.option("--no-warm-start", "warm_start", flag_value=False, default=True,
+                     help="Do not enqueue the seed's recommended configurations as the first trials."),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
+
+
+def worker_options(f: Callable) -> Callable:
+    """Machine-local options: each worker may choose its own."""
+    options = [
+        click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
+                     help="auto picks CUDA, then MPS, then CPU."),
+        click.option("--num-workers", type=click.IntRange(min=0),
+                     help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU)."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+                     help="Stop this worker after so many seconds (the running trial finishes)."),
+        click.option("--artifacts", metavar="DIR",
+                     help="Checkpoint/weights store (default: beside the SQLite file; must be shared "
+                          "by all workers of a PostgreSQL study)."),
+        click.option("--quiet", "-q", is_flag=True, help="Only warnings and the final result."),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
+
+
+def explicit_options(ctx: click.Context) -> set[str]:
+    return {name for name in ctx.params if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+
+
+def storage_settings(params: dict[str, Any]):
+    from tuner.storage import StorageSettings
+
+    return StorageSettings(
+        url=params["storage"], heartbeat_interval=params.get("heartbeat_interval", 30),
+        grace_period=params.get("grace_period", 120), max_retry=params.get("max_retry", 3),
+    )
+
+
+def worker_settings(params: dict[str, Any]):
+    from tuner.worker import WorkerOptions
+
+    return WorkerOptions(
+        device=params["device"], data=params.get("data"), artifacts=params.get("artifacts"),
+        num_workers=params.get("num_workers"), timeout=params.get("timeout"), quiet=params.get("quiet", False),
+    )
+
+
+def print_summary(summary) -> None:
+    click.echo(f"finished {summary.finished}/{summary.n_trials} trials ({summary.trials_run} run by this process)")
+    if summary.best_value is None:
+        click.echo("no finished trial yet")
+        return
+    click.echo(f"best value {summary.best_value:.4f} (trial {summary.best_number})")
+    for name, value in sorted(summary.best_params.items()):
+        click.echo(f"  {name}: {value}")
+
+
+# --- run, create, worker -------------------------------------------------------------
+
+@cli.command()
+@click.option("--study", help="Study name (default: from the space and data, e.g. default-digits).")
+@storage_option
+@study_options
+@heartbeat_options
+@worker_options
+@click.pass_context
+def run(ctx: click.Context, **params: Any) -> None:
+    """Create the study if absent (or join it), then run trials in this process.
+
+    \b
+    Quick demo on the built-in digits (CPU, a few minutes):
+      tuner run --data digits --weights none --image-size 32 --n-trials 8 --max-epochs 3
+    Your images (imagenet weights from the torch hub cache):
+      tuner run --data path/to/images --n-trials 30
+    """
+    from tuner.service import prepare_study, request_from
+    from tuner.worker import Worker
+
+    settings = storage_settings(params)
+    prepared = prepare_study(settings, params["study"], request_from(params), explicit_options(ctx))
+    verb = "created" if prepared.created else "continuing"
+    click.echo(f"{verb} study {prepared.study.study_name} ({prepared.config.n_trials} trials, "
+               f"metric {prepared.config.metric})")
+    worker = Worker(settings, prepared.study.study_name, worker_settings(params),
+                    reproducible=True, data=prepared.data)
+    summary = worker.run()
+    print_summary(summary)
+    if summary.stopped_by_signal:
+        sys.exit(130)
+
+
+@cli.command()
+@click.option("--study", required=True, help="Name of the new study.")
+@storage_option
+@study_options
+@heartbeat_options
+@click.option("--artifacts", metavar="DIR", help="Checkpoint/weights store shared by the workers "
+              "(default: beside the SQLite file).")
+@click.pass_context
+def create(ctx: click.Context, **params: Any) -> None:
+    """Create a study that stores its whole config; workers then join with --study alone."""
+    from tuner.service import prepare_study, request_from
+    from tuner.storage import mask_url
+
+    prepared = prepare_study(storage_settings(params), params["study"], request_from(params),
+                             explicit_options(ctx), create_only=True)
+    config = prepared.config
+    click.echo(f"created study {prepared.study.study_name} in {mask_url(params['storage'])}: "
+               f"{config.space_name} space, {config.model}, {config.n_trials} trials, metric {config.metric}")
+    click.echo(f"start workers with: tuner worker --study {prepared.study.study_name} --storage URL")
+
+
+@cli.command()
+@click.option("--study", required=True, help="The study to join.")
+@storage_option
+@worker_options
+@click.option("--data", metavar="DIR|CSV", help="Where this machine finds the study's data (default: as stored).")
+@click.option("--gpus", metavar="all|0,1,3", help="One worker process per GPU, supervised and restarted on a crash.")
+@click.option("--processes", type=click.IntRange(min=1), help="Run N supervised worker processes on --device.")
+def worker(**params: Any) -> None:
+    """Join a study with nothing but its name and storage, and run trials until the budget is spent."""
+    from tuner.service import require_existing_sqlite
+    from tuner.storage import StorageSettings
+    from tuner.supervisor import plan_processes, supervise
+    from tuner.worker import Worker
+
+    require_existing_sqlite(params["storage"])
+    if params["gpus"] or params["processes"]:
+        plan = plan_processes(params["gpus"], params["processes"], params["device"])
+        sys.exit(supervise(plan, worker_argv(params)))
+    summary = Worker(StorageSettings(url=params["storage"]), params["study"], worker_settings(params)).run()
+    print_summary(summary)
+    if summary.stopped_by_signal:
+        sys.exit(130)
+
+
+def worker_argv(params: dict[str, Any]) -> list[str]:
+    """The command line of one child worker, without --gpus/--processes/--device."""
+    argv = ["worker", "--study", params["study"], "--storage", params["storage"]]
+    for name in ("num_workers", "timeout", "artifacts", "data"):
+        if params.get(name) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(params[name])]
+    if params.get("quiet"):
+        argv.append("--quiet")
+    return argv
+
+
+# --- watch and use results -----------------------------------------------------------
+
+@cli.command()
+@click.option("--study", help="Only this study (default: every study in the storage).")
+@storage_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def status(study: str | None, storage: str, fmt: str) -> None:
+    """Trials by state, best value, and running trials with host, device, epoch and metric."""
+    from tuner.render import status_text
+    from tuner.results import study_status
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    report = study_status(storage, study)
+    click.echo(json.dumps(report, indent=2) if fmt == "json" else status_text(report))
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
+              help="yaml prints a search-space file that fixes every parameter to the best value.")
+def best(study: str, storage: str, fmt: str) -> None:
+    """The best trial's value, parameters and number."""
+    from tuner.results import best_as_space_yaml, best_summary
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    summary = best_summary(storage, study)
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=2))
+    elif fmt == "yaml":
+        click.echo(best_as_space_yaml(storage, study), nl=False)
+    else:
+        click.echo(f"study {summary['study']}: best {summary['metric']} = {summary['value']:.4f} "
+                   f"(trial {summary['number']})")
+        for name, value in summary["params"].items():
+            click.echo(f"  {name}: {value}")
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
+def export(study: str, storage: str, fmt: str, out: str | None) -> None:
+    """Every trial with its params, value, state and user attrs."""
+    from tuner.results import export_trials
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    text = export_trials(storage, study, fmt)
+    if out:
+        with open(out, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs and index.html.")
+def report(study: str, storage: str, out: str) -> None:
+    """PNG plots (history, importances, learning curves, parallel coordinates) and an index.html."""
+    from tuner.report import write_report
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    index = write_report(storage, study, out)
+    click.echo(f"wrote {index}")
+
+
+@cli.command()
+@storage_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address; localhost unless you mean it.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--artifacts", metavar="DIR", help="Artifact store to show (default: the studies' own).")
+def dashboard(storage: str, host: str, port: int, artifacts: str | None) -> None:
+    """optuna-dashboard on the same storage and artifact store."""
+    from tuner.results import serve_dashboard
+    from tuner.service import require_existing_sqlite
+    from tuner.storage import mask_url
+
+    require_existing_sqlite(storage)
+    click.echo(f"optuna-dashboard for {mask_url(storage)} on http://{host}:{port}/")
+    serve_dashboard(storage, host, port, artifacts)
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for weights.pt and model.json.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train (default: the best trial's best epoch).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--data", metavar="DIR|CSV", help="Where this machine finds the data (default: as stored).")
+def retrain(study: str, storage: str, out: str, epochs: int | None, device: str, data: str | None) -> None:
+    """Train the final model with the best parameters; save the weights and a JSON description."""
+    from tuner.results import retrain_best
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    result = retrain_best(storage, study, out, epochs=epochs, device=device, data=data)
+    click.echo(f"trained {result['model']} for {result['epochs']} epochs: {result['metric']} = "
+               f"{result['value']:.4f}; wrote {result['weights']} and {result['json']}")
+
+
+@cli.command()
+@click.argument("pattern", required=False)
+def models(pattern: str | None) -> None:
+    """List the torchvision classification models (optionally only names containing PATTERN)."""
+    from tuner.models import available_models
+
+    for name in available_models():
+        if pattern is None or pattern in name:
+            click.echo(name)
+
+
+# --- search spaces -------------------------------------------------------------------
 
 @cli.group(cls=TunerGroup)
 def space() -> None:
@@ -57,12 +376,14 @@ def space_list() -> None:
 def space_validate(files: tuple[str, ...]) -> None:
     """Check FILES (paths or shipped names); exit 1 if any is invalid."""
     from tuner.errors import SpaceError
+    from tuner.objective import check_space
     from tuner.space import load_space
 
     failed = 0
     for ref in files:
         try:
             loaded = load_space(ref)
+            check_space(loaded)
         except SpaceError as exc:
             failed += 1
             click.echo(f"Error: {exc}", err=True)

@@ -57,3 +57,25 @@ def space_table(space: SearchSpace) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in space.settings.items()) or "none"
     header = f"{space.name} ({space.source}): {space.description}\nsettings: {settings}"
     return header + "\n" + simple_table(None, ("parameter", "type", "range", "when"), rows)
+
+
+def status_text(report: dict[str, Any]) -> str:
+    blocks = [f"storage: {report['storage']}"]
+    if not report["studies"]:
+        blocks.append("no studies")
+    for study in report["studies"]:
+        states = ", ".join(f"{k.lower()} {v}" for k, v in study["states"].items() if v)
+        best = study["best"]
+        best_text = "none yet" if best is None else f"{best['value']:.4f} (trial {best['number']})"
+        blocks.append(
+            f"study {study['name']}: {study['finished']}/{study['n_trials']} finished "
+            f"[{states or 'no trials'}]; best {study['metric']} {best_text}"
+        )
+        if study["running"]:
+            rows = [
+                (r["number"], r["host"] or "-", r["device"] or "-", r["epoch"] or "-",
+                 "-" if r["last_metric"] is None else f"{r['last_metric']:.4f}", r["started"] or "-")
+                for r in study["running"]
+            ]
+            blocks.append(simple_table(None, ("trial", "host", "device", "epoch", study["metric"], "started"), rows))
+    return "\n".join(blocks)

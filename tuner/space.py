@@ -83,6 +83,11 @@ class Branch:
         # A fixed value is shown as a one-choice categorical; it is never suggested.
         return CategoricalDistribution((self.value,))
 
+    def contains(self, value: Any) -> bool:
+        if self.type in ("float", "int"):
+            return _is_number(value) and self.low <= value <= self.high
+        return any(_same(value, v) for v in self.possible_values())
+
     def possible_values(self) -> tuple[Any, ...]:
         return (self.value,) if self.fixed else self.choices
 
@@ -116,11 +121,11 @@ class SearchSpace:
                 values[name] = branch.suggest(trial)
         return {k: v for k, v in values.items() if k in self.params}
 
-    def fixed_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    def fixed_values(self, params: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
         """The entries of a sampled config that come from `fixed` branches."""
         out = {}
         for name, value in params.items():
-            branch = self.active_branch(name, params)
+            branch = self.active_branch(name, {**context, **params})
             if branch is not None and branch.fixed:
                 out[name] = value
         return out

@@ -1,0 +1,112 @@
+"""Per-epoch checkpoints and best weights in an Optuna artifact store, safe to resume from."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from sqlalchemy.engine import make_url
+
+from tuner.errors import StorageError
+
+CHECKPOINT_ATTR = "checkpoint"
+BEST_WEIGHTS_ATTR = "best_weights_artifact"
+
+
+def default_artifacts_dir(storage_url: str) -> str:
+    """Beside a SQLite file (tuner.db -> tuner-artifacts/); workers elsewhere must pass --artifacts."""
+    url = make_url(storage_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        database = Path(url.database)
+        return str(database.with_name(f"{database.stem}-artifacts"))
+    return str(Path("tuner-artifacts").resolve())
+
+
+def open_artifact_store(location: str):
+    """A local/shared folder, or s3://bucket/prefix through boto3."""
+    if location.startswith("s3://"):
+        from optuna.artifacts import Boto3ArtifactStore
+
+        bucket = location[len("s3://"):].split("/", 1)[0]
+        if not bucket:
+            raise StorageError(f"--artifacts {location!r} names no bucket (s3://bucket)")
+        return Boto3ArtifactStore(bucket)
+    path = Path(location)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"--artifacts {location}: cannot create the folder: {exc.strerror}") from None
+    return FileSystemArtifactStore(path)
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a study name that cannot climb out of the store (no '/', no '..')."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "study"
+    return f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+class ArtifactCheckpointer:
+    """Saves a trial's state every epoch; a retry (which inherits user attrs) resumes from it.
+
+    Each epoch writes a new object and only then moves the trial's pointer to it, so a
+    worker killed mid-write leaves the previous checkpoint intact and referenced.
+    """
+
+    def __init__(self, store, study_name: str) -> None:
+        self.store = store
+        self.prefix = f"ckpt-{safe_name(study_name)}"
+
+    def key(self, lineage: int, epoch: int) -> str:
+        return f"{self.prefix}-t{lineage}-e{epoch:04d}.pt"
+
+    def save(self, trial: optuna.Trial, lineage: int, state: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        buffer.seek(0)
+        key = self.key(lineage, state["epoch"])
+        self.store.write(key, buffer)
+        previous = trial.user_attrs.get(CHECKPOINT_ATTR)
+        trial.set_user_attr(CHECKPOINT_ATTR, key)
+        if previous and previous != key:
+            self.discard(previous)
+
+    def load(self, trial: optuna.Trial, lineage: int) -> dict[str, Any] | None:
+        key = trial.user_attrs.get(CHECKPOINT_ATTR)
+        if not key:
+            return None
+        try:
+            with self.store.open_reader(key) as reader:
+                data = io.BytesIO(reader.read())
+        except ArtifactNotFound:
+            return None
+        # weights_only: a checkpoint is data, never code, even from a shared folder.
+        return torch.load(data, map_location="cpu", weights_only=True)
+
+    def discard(self, key: str) -> None:
+        try:
+            self.store.remove(key)
+        except ArtifactNotFound:
+            pass
+
+    def finish(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
+        """A finished trial needs no resume point: free the space."""
+        key = trial.user_attrs.get(CHECKPOINT_ATTR)
+        if key:
+            self.discard(key)
+
+
+def upload_weights(store, trial: optuna.Trial, state_dict: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Keep a trial's best-epoch weights as an artifact that optuna-dashboard lists."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, f"trial-{trial.number}-weights.pt")
+        torch.save({"model": state_dict, "meta": meta}, path)
+        return upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial)

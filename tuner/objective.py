@@ -1,0 +1,312 @@
+"""The Optuna objective: one trial is one fine-tuning run, reporting its metric every epoch."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+import optuna
+import torch
+
+from tuner.data import AugmentConfig, ImageData, TensorImageDataset, eval_transform, train_transform
+from tuner.errors import SpaceError
+from tuner.models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode
+from tuner.space import SearchSpace
+from tuner.training import (
+    Diverged,
+    EarlyStopping,
+    Hyperparams,
+    OutOfMemory,
+    Runtime,
+    evaluate,
+    make_loss,
+    make_optimizer,
+    make_runtime,
+    make_scheduler,
+    resolve_device,
+    step_scheduler,
+    train_one_epoch,
+)
+
+STOP_REASONS = ("completed", "early_stopped", "pruned", "diverged", "oom")
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Study-wide settings every trial of a study shares."""
+
+    model: str
+    weights: str = "imagenet"
+    image_size: int = 224
+    device: str = "auto"
+    seed: int = 0
+    max_epochs: int | None = None
+    num_workers: int | None = None
+
+
+class Checkpointer(Protocol):
+    """Saves and restores a trial's training state, keyed by the trial's lineage."""
+
+    def load(self, trial: optuna.Trial, lineage: int) -> dict[str, Any] | None: ...
+
+    def save(self, trial: optuna.Trial, lineage: int, state: dict[str, Any]) -> None: ...
+
+
+def metric_name(multilabel: bool) -> str:
+    return "val_macro_f1" if multilabel else "val_accuracy"
+
+
+def task_of(data: ImageData) -> str:
+    return "multi_label" if data.multilabel else "single_label"
+
+
+def check_space(space: SearchSpace) -> None:
+    """Every parameter of the space must be one the trainer understands."""
+    known = Hyperparams.names()
+    for name in space.params:
+        if name not in known:
+            raise SpaceError(
+                f"{space.source}: parameter {name!r} is not one the trainer understands "
+                f"(known: {', '.join(known)})"
+            )
+
+
+def lineage(trial: optuna.Trial) -> int:
+    """The number of the original trial, so that a retried trial finds its checkpoints and seed.
+
+    Optuna's stale-trial retry (and our own hand-back) copies user attrs into the new
+    trial, so the first attempt's number travels with every retry.
+    """
+    original = trial.user_attrs.get("lineage")
+    if original is None:
+        trial.set_user_attr("lineage", trial.number)
+        return trial.number
+    return int(original)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 31-bit seed from the study seed, trial lineage and epoch."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class Objective:
+    """Callable for `study.optimize`: samples the space, trains, reports, and records attrs."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        data: ImageData,
+        settings: TrialSettings,
+        *,
+        checkpointer: Checkpointer | None = None,
+        on_epoch: Callable[[optuna.Trial, int, int, float], None] | None = None,
+        keep_best: Callable[[optuna.Trial, float, dict, dict], None] | None = None,
+    ) -> None:
+        check_space(space)
+        self.space = space
+        self.data = data
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.runtime = make_runtime(self.device)
+        self.checkpointer = checkpointer
+        self.on_epoch = on_epoch
+        self.keep_best = keep_best
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        context = {"task": task_of(self.data)}
+        params = self.space.sample(trial, context)
+        fixed = self.space.fixed_values(params, context)
+        if fixed:
+            trial.set_user_attr("fixed_params", fixed)
+        hp = Hyperparams.from_params(params, max_epochs=self.settings.max_epochs)
+        origin = lineage(trial)
+        run = TrialRun(self, hp, derive_seed(self.settings.seed, origin), origin)
+        return run.execute(trial)
+
+
+class TrialRun:
+    """The state of one trial's training: model, optimizer, schedule, loaders, early stopping."""
+
+    def __init__(self, objective: Objective, hp: Hyperparams, seed: int, origin: int) -> None:
+        self.objective = objective
+        self.hp = hp
+        self.seed = seed
+        self.origin = origin
+        self.runtime: Runtime = objective.runtime
+        self.data = objective.data
+        torch.manual_seed(seed)  # the new head's initialisation
+        self.built = self.build_model()
+        backbone, head = freeze(self.built, hp.freeze, hp.unfreeze_blocks)
+        self.model = self.built.model.to(self.runtime.device)
+        if self.runtime.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(hp, backbone, head)
+        self.scheduler = make_scheduler(hp, self.optimizer)
+        self.scaler = self.runtime.grad_scaler()
+        self.loss_fn = make_loss(hp, self.data.train_targets, self.data.num_classes, self.data.multilabel,
+                                 self.runtime.device)
+        self.stopper = EarlyStopping(hp.patience)
+        self.generator = torch.Generator()
+        self.train_loader = self.loader(train=True)
+        self.val_loader = self.loader(train=False)
+        self.start_epoch = 1
+        self.history: list[dict[str, float]] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def build_model(self) -> BuiltModel:
+        settings = self.objective.settings
+        return build_model(ModelSpec(
+            name=settings.model, weights=settings.weights,
+            num_classes=self.data.num_classes, dropout=self.hp.dropout,
+        ))
+
+    def loader(self, *, train: bool) -> torch.utils.data.DataLoader:
+        mean, std = self.built.mean, self.built.std
+        if train:
+            aug = AugmentConfig.from_params(self.hp.__dict__)
+            dataset = TensorImageDataset(
+                self.data.train_images, self.data.train_targets,
+                train_transform(aug, self.objective.settings.image_size, mean, std),
+            )
+        else:
+            dataset = TensorImageDataset(self.data.val_images, self.data.val_targets, eval_transform(mean, std))
+        workers = self.num_workers()
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=self.hp.batch_size,
+            shuffle=train,
+            generator=self.generator if train else None,
+            # A last batch of one sample breaks BatchNorm in train mode.
+            drop_last=train and len(dataset) > self.hp.batch_size,
+            num_workers=workers,
+            pin_memory=self.runtime.is_cuda,
+            # Persistent workers keep their RNG across epochs, which would make a resumed
+            # run differ from an uninterrupted one; only worth it on a GPU.
+            persistent_workers=workers > 0 and self.runtime.is_cuda,
+        )
+
+    def num_workers(self) -> int:
+        configured = self.objective.settings.num_workers
+        if configured is not None:
+            return configured
+        return 4 if self.runtime.is_cuda else 0
+
+    def seed_epoch(self, epoch: int) -> None:
+        # Reseeding from (seed, epoch) makes an epoch's augmentation, shuffling and dropout
+        # independent of what ran before it, so a resumed trial repeats the same epochs.
+        epoch_seed = derive_seed(self.seed, epoch)
+        torch.manual_seed(epoch_seed)
+        self.generator.manual_seed(epoch_seed)
+
+    def execute(self, trial: optuna.Trial) -> float:
+        started = time.monotonic()
+        trial.set_user_attr("device", str(self.runtime.device))
+        trial.set_user_attr("trainable_params", count_trainable(self.model))
+        self.restore(trial)
+        reason = "interrupted"  # kept if anything else (a hand-back, an error) ends the run
+        try:
+            reason = self.run_epochs(trial)
+        except Diverged:
+            reason = "diverged"
+        except OutOfMemory:
+            reason = "oom"
+            self.release_memory()
+        finally:
+            self.record(trial, reason, time.monotonic() - started)
+        if reason in ("pruned", "diverged", "oom"):
+            # Pruned, not failed: the budget counts it and the sampler learns to avoid it.
+            raise optuna.TrialPruned(reason)
+        self.keep_best_weights(trial)
+        return self.stopper.best
+
+    def keep_best_weights(self, trial: optuna.Trial) -> None:
+        if self.objective.keep_best is None or self.best_state is None:
+            return
+        meta = {
+            "model": self.objective.settings.model, "image_size": self.objective.settings.image_size,
+            "classes": list(self.data.classes), "multilabel": self.data.multilabel,
+            "best_epoch": self.stopper.best_epoch, "value": self.stopper.best,
+            "mean": list(self.built.mean), "std": list(self.built.std),
+        }
+        self.objective.keep_best(trial, self.stopper.best, self.best_state, meta)
+
+    def run_epochs(self, trial: optuna.Trial) -> str:
+        for epoch in range(self.start_epoch, self.hp.epochs + 1):
+            self.seed_epoch(epoch)
+            set_train_mode(self.model)
+            train_loss = train_one_epoch(self.model, self.train_loader, self.loss_fn, self.optimizer,
+                                         self.runtime, self.scaler)
+            result = evaluate(self.model, self.val_loader, self.loss_fn, self.runtime, self.data.multilabel)
+            step_scheduler(self.scheduler, result.metric)
+            if self.stopper.update(result.metric, epoch):
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.history.append({"epoch": epoch, "metric": result.metric, "val_loss": result.loss,
+                                 "train_loss": train_loss})
+            trial.report(result.metric, epoch)
+            self.checkpoint(trial, epoch)
+            if self.objective.on_epoch is not None:
+                self.objective.on_epoch(trial, epoch, self.hp.epochs, result.metric)
+            if trial.should_prune():
+                return "pruned"
+            if self.stopper.should_stop:
+                return "early_stopped"
+        return "completed"
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "early_stopping": self.stopper.state_dict(),
+            "history": self.history,
+            "best_model": self.best_state,
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        self.history = list(state["history"])
+        self.best_state = state.get("best_model")
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        self.start_epoch = state["epoch"] + 1
+
+    def checkpoint(self, trial: optuna.Trial, epoch: int) -> None:
+        if self.objective.checkpointer is not None:
+            self.objective.checkpointer.save(trial, self.origin, self.state_dict(epoch))
+
+    def restore(self, trial: optuna.Trial) -> None:
+        if self.objective.checkpointer is None:
+            return
+        state = self.objective.checkpointer.load(trial, self.origin)
+        if state is None:
+            return
+        self.load_state_dict(state)
+        trial.set_user_attr("resumed_from_epoch", state["epoch"])
+        # Re-report the epochs done before the interruption so the retried trial's
+        # learning curve is whole and the pruner sees the same history.
+        for row in self.history:
+            trial.report(row["metric"], int(row["epoch"]))
+
+    def release_memory(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.runtime.is_cuda:
+            torch.cuda.empty_cache()
+
+    def record(self, trial: optuna.Trial, reason: str, seconds: float) -> None:
+        trial.set_user_attr("stop_reason", reason)
+        trial.set_user_attr("epochs_run", len(self.history))
+        trial.set_user_attr("best_epoch", self.stopper.best_epoch)
+        trial.set_user_attr("train_seconds", round(seconds, 3))
+        trial.set_user_attr("history", self.history)

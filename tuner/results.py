@@ -1,0 +1,227 @@
+"""Reading a study's results: status, best trial, export, dashboard, and retraining the best."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.checkpoints import open_artifact_store
+from tuner.errors import StudyError
+from tuner.storage import StorageSettings, mask_url, open_storage, ping
+from tuner.study import StudyConfig, load_study, read_config
+
+
+def open_readonly(storage_url: str):
+    storage = open_storage(StorageSettings(url=storage_url), heartbeat=False)
+    ping(storage)
+    return storage
+
+
+def all_params(trial: FrozenTrial) -> dict[str, Any]:
+    """Sampled params plus the space's fixed values: the trial's whole configuration."""
+    return {**trial.params, **trial.user_attrs.get("fixed_params", {})}
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    try:
+        return study.best_trial
+    except ValueError:
+        raise StudyError(f"study {study.study_name!r} has no completed trial yet") from None
+
+
+def study_status(storage_url: str, name: str | None) -> dict[str, Any]:
+    storage = open_readonly(storage_url)
+    names = [name] if name else optuna.get_all_study_names(storage=storage)
+    return {"storage": mask_url(storage_url), "studies": [one_status(storage, n) for n in names]}
+
+
+def one_status(storage, name: str) -> dict[str, Any]:
+    study, config = load_study(storage, name)
+    trials = study.get_trials(deepcopy=False)
+    states = {state.name: 0 for state in TrialState}
+    for trial in trials:
+        states[trial.state.name] += 1
+    try:
+        best = study.best_trial
+        best_info = {"value": best.value, "number": best.number}
+    except ValueError:
+        best_info = None
+    return {
+        "name": name,
+        "metric": config.metric,
+        "direction": config.direction,
+        "n_trials": config.n_trials,
+        "finished": states["COMPLETE"] + states["PRUNED"],
+        "states": states,
+        "best": best_info,
+        "running": [running_info(t) for t in trials if t.state == TrialState.RUNNING],
+    }
+
+
+def running_info(trial: FrozenTrial) -> dict[str, Any]:
+    worker = trial.user_attrs.get("worker", "")
+    host = worker.split(":")[0] if worker else None
+    return {
+        "number": trial.number,
+        "worker": worker or None,
+        "host": host,
+        "device": trial.user_attrs.get("device"),
+        "epoch": trial.user_attrs.get("epoch"),
+        "last_metric": trial.user_attrs.get("last_metric"),
+        "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
+    }
+
+
+def best_summary(storage_url: str, name: str) -> dict[str, Any]:
+    study, config = load_study(open_readonly(storage_url), name)
+    best = best_trial(study)
+    return {
+        "study": name,
+        "metric": config.metric,
+        "value": best.value,
+        "number": best.number,
+        "params": dict(sorted(all_params(best).items())),
+        "best_epoch": best.user_attrs.get("best_epoch"),
+    }
+
+
+def best_as_space_yaml(storage_url: str, name: str) -> str:
+    """A search-space file fixing every parameter at the best trial's value: `--space` takes it."""
+    study, config = load_study(open_readonly(storage_url), name)
+    best = best_trial(study)
+    doc = {
+        "description": f"Best trial {best.number} of study {name}: {config.metric} = {best.value:.4f}.",
+        "settings": {"model": config.model, "image_size": config.image_size},
+        "params": {k: {"type": "fixed", "value": v} for k, v in sorted(all_params(best).items())},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def trial_record(trial: FrozenTrial) -> dict[str, Any]:
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": trial.value,
+        "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
+        "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+        "params": all_params(trial),
+        "intermediate_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
+        "user_attrs": dict(trial.user_attrs),
+    }
+
+
+def export_trials(storage_url: str, name: str, fmt: str) -> str:
+    study, _ = load_study(open_readonly(storage_url), name)
+    records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
+    if fmt == "json":
+        return json.dumps({"study": name, "trials": records}, indent=2, default=str) + "\n"
+    return records_to_csv(records)
+
+
+def records_to_csv(records: list[dict[str, Any]]) -> str:
+    """One row per trial; params and user attrs flattened into params_* / user_attrs_* columns."""
+    params = sorted({k for r in records for k in r["params"]})
+    attrs = sorted({k for r in records for k in r["user_attrs"]})
+    header = ["number", "state", "value", "datetime_start", "datetime_complete",
+              *(f"params_{p}" for p in params), *(f"user_attrs_{a}" for a in attrs), "intermediate_values"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for r in records:
+        writer.writerow([
+            r["number"], r["state"], "" if r["value"] is None else r["value"],
+            r["datetime_start"] or "", r["datetime_complete"] or "",
+            *(cell(r["params"].get(p)) for p in params),
+            *(cell(r["user_attrs"].get(a)) for a in attrs),
+            json.dumps(r["intermediate_values"]),
+        ])
+    return buffer.getvalue()
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def artifact_location(storage, explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    for name in optuna.get_all_study_names(storage=storage):
+        try:
+            config = read_config(optuna.load_study(study_name=name, storage=storage))
+        except StudyError:
+            continue
+        if config.artifacts:
+            return config.artifacts
+    return None
+
+
+def serve_dashboard(storage_url: str, host: str, port: int, artifacts: str | None) -> None:
+    import optuna_dashboard
+
+    storage = open_readonly(storage_url)
+    location = artifact_location(storage, artifacts)
+    store = open_artifact_store(location) if location else None
+    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
+
+
+def retrain_best(storage_url: str, name: str, out: str, *, epochs: int | None, device: str,
+                 data: str | None) -> dict[str, Any]:
+    """Train once more with the best parameters (on CPU, the same seed gives the same model)."""
+    from tuner.data import DataConfig, load_data
+    from tuner.objective import Objective, TrialSettings
+
+    study, config = load_study(open_readonly(storage_url), name)
+    best = best_trial(study)
+    params = dict(best.params)
+    params["epochs"] = epochs or best.user_attrs.get("best_epoch") or params.get("epochs", 10)
+    images = load_data(DataConfig(data or config.data, config.image_size, config.val_fraction, config.seed))
+    saved: dict[str, Any] = {}
+
+    def keep(trial, value, state_dict, meta) -> None:
+        saved.update(value=value, state_dict=state_dict, meta=meta)
+
+    settings = TrialSettings(model=config.model, weights=config.weights, image_size=config.image_size,
+                             device=device, seed=config.seed, max_epochs=None)
+    objective = Objective(config.space(), images, settings, keep_best=keep)
+    trial = optuna.trial.FixedTrial(params, number=best.user_attrs.get("lineage", best.number))
+    value = objective(trial)
+    return write_model(Path(out), config, best, params, saved, value)
+
+
+def write_model(out: Path, config: StudyConfig, best: FrozenTrial, params: dict[str, Any],
+                saved: dict[str, Any], value: float) -> dict[str, Any]:
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / "weights.pt"
+    torch.save(saved["state_dict"], weights)
+    description = {
+        "model": config.model,
+        "weights_file": weights.name,
+        "image_size": config.image_size,
+        "classes": saved["meta"]["classes"],
+        "multilabel": saved["meta"]["multilabel"],
+        "mean": saved["meta"]["mean"],
+        "std": saved["meta"]["std"],
+        "params": {**params, **best.user_attrs.get("fixed_params", {})},
+        "metric": config.metric,
+        "value": value,
+        "best_epoch": saved["meta"]["best_epoch"],
+        "source_trial": best.number,
+        "source_value": best.value,
+    }
+    json_path = out / "model.json"
+    json_path.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+    return {"model": config.model, "epochs": params["epochs"], "metric": config.metric, "value": value,
+            "weights": str(weights), "json": str(json_path)}

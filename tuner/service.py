@@ -1,0 +1,117 @@
+"""What `tuner create` and `tuner run` do: validate every input, then create or join the study."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import optuna
+from sqlalchemy.engine import make_url
+
+from tuner.checkpoints import default_artifacts_dir
+from tuner.data import DataConfig, ImageData, describe_source, load_data
+from tuner.errors import DataError, StorageError, StudyError
+from tuner.models import ModelSpec
+from tuner.objective import check_space, metric_name
+from tuner.space import SearchSpace, load_space
+from tuner.storage import StorageSettings, normalize_url, open_storage, ping
+from tuner.study import StudyConfig, ensure_study, load_study, study_note
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """A study's settings as the user gave them; anything None comes from the space file."""
+
+    space: str = "default"
+    data: str | None = None
+    model: str | None = None
+    image_size: int | None = None
+    weights: str = "imagenet"
+    val_fraction: float = 0.2
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    n_trials: int = 20
+    seed: int = 0
+    max_epochs: int | None = None
+    artifacts: str | None = None
+    warm_start: bool = True
+
+
+@dataclass(frozen=True)
+class PreparedStudy:
+    study: optuna.Study
+    config: StudyConfig
+    created: bool
+    data: ImageData | None
+
+
+def default_study_name(space_ref: str, data: str) -> str:
+    """`default-digits`, `fine_tuning-flowers`: from the space and the data's folder or file."""
+    stem = Path(data.rstrip("/")).stem or "data"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(space_ref).stem}-{stem}")
+
+
+def require_existing_sqlite(url: str) -> None:
+    """Commands that only read a study must not create an empty database by accident."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).exists():
+            raise StorageError(f"storage file {parsed.database} does not exist (create a study first)")
+
+
+def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[StudyConfig, SearchSpace, ImageData]:
+    """Validate the space, model and data before anything is written to the storage."""
+    space = load_space(request.space)
+    check_space(space)
+    model = request.model or space.settings.get("model") or "resnet18"
+    image_size = request.image_size or space.settings.get("image_size") or 224
+    ModelSpec(name=model, weights=request.weights)  # unknown model or bad --weights: fail now
+    if request.data is None:
+        raise DataError("--data is required to create a study (a folder, a CSV manifest, or 'digits')")
+    data = load_data(DataConfig(request.data, image_size, request.val_fraction, request.seed))
+    config = StudyConfig(
+        space_name=space.name, space_text=space.text, data=_absolute(request.data), model=model,
+        weights=_absolute(request.weights) if request.weights not in ("imagenet", "none") else request.weights,
+        image_size=image_size, val_fraction=request.val_fraction, sampler=request.sampler,
+        pruner=request.pruner, n_trials=request.n_trials, seed=request.seed, max_epochs=request.max_epochs,
+        metric=metric_name(data.multilabel), direction="maximize",
+        heartbeat_interval=storage.heartbeat_interval, grace_period=storage.grace_period,
+        max_retry=storage.max_retry,
+        artifacts=request.artifacts or default_artifacts_dir(normalize_url(storage.url)),
+        warm_start=request.warm_start,
+    )
+    return config, space, data
+
+
+def _absolute(source: str) -> str:
+    # Workers may start in another folder: store paths absolute ("digits" stays a name).
+    if source == "digits" or source.startswith("s3://"):
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
+def prepare_study(storage: StorageSettings, name: str | None, request: StudyRequest,
+                  explicit: Iterable[str], *, create_only: bool = False) -> PreparedStudy:
+    """Create the study (or, for `run`, join a compatible existing one)."""
+    normalize_url(storage.url)
+    study_name = name or default_study_name(request.space, request.data or "data")
+    rdb = open_storage(storage, heartbeat=False)
+    ping(rdb)
+    exists = study_name in optuna.get_all_study_names(storage=rdb)
+    if exists and request.data is None and not create_only:
+        study, stored = load_study(rdb, study_name)
+        return PreparedStudy(study, stored, False, None)
+    config, space, data = build_config(request, storage)
+    note = study_note(config, space, describe_source(request.data))
+    explicit_fields = set(explicit) | {"space_text"} if "space" in set(explicit) else set(explicit)
+    if create_only and exists:
+        raise StudyError(f"a study named {study_name!r} already exists in this storage")
+    study, config, created = ensure_study(rdb, study_name, config, explicit_fields, note)
+    return PreparedStudy(study, config, created, data)
+
+
+def request_from(values: Mapping[str, Any]) -> StudyRequest:
+    fields = StudyRequest.__dataclass_fields__
+    return StudyRequest(**{k: v for k, v in values.items() if k in fields})

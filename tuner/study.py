@@ -1,0 +1,272 @@
+"""Studies that carry their own config: create, load, compare, sampler, pruner, warm start, budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner.errors import StudyError, TunerError
+from tuner.space import SearchSpace, parse_space
+
+CONFIG_ATTR = "tuner_config"
+SAMPLERS = ("tpe", "random", "gp", "cmaes")
+PRUNERS = ("hyperband", "median", "asha", "none")
+# The seed's recommended starting points, tried first unless --no-warm-start.
+WARM_START = (
+    {"freeze": "head", "optimizer": "adamw", "lr": 1e-3},
+    {"freeze": "last_blocks", "unfreeze_blocks": 1, "backbone_lr": 1e-5, "lr": 1e-3},
+    {"freeze": "full", "backbone_lr": 1e-5, "lr": 1e-5},
+)
+# Settings a worker may set for its own machine without changing the study.
+MACHINE_LOCAL = ("device", "data", "artifacts", "num_workers")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a worker needs to join a study, stored in the study's user attrs."""
+
+    space_name: str
+    space_text: str
+    data: str
+    model: str
+    weights: str = "imagenet"
+    image_size: int = 224
+    val_fraction: float = 0.2
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    n_trials: int = 20
+    seed: int = 0
+    max_epochs: int | None = None
+    metric: str = "val_accuracy"
+    direction: str = "maximize"
+    heartbeat_interval: int = 30
+    grace_period: int = 120
+    max_retry: int = 3
+    artifacts: str = ""
+    warm_start: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise TunerError(f"--n-trials must be >= 1, got {self.n_trials}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise TunerError(f"--max-epochs must be >= 1, got {self.max_epochs}")
+        if self.sampler not in SAMPLERS:
+            raise TunerError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.pruner not in PRUNERS:
+            raise TunerError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+
+    def to_attr(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_attr(cls, value: Mapping[str, Any]) -> "StudyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in value.items() if k in known})
+
+    def space(self) -> SearchSpace:
+        return parse_space(self.space_text, source=f"{self.space_name}.yaml", name=self.space_name)
+
+    def differences(self, other: "StudyConfig", fields: Iterable[str]) -> list[str]:
+        return [
+            f"{name} (study has {getattr(self, name)!r}, given {getattr(other, name)!r})"
+            if name != "space_text" else "space file content"
+            for name in fields
+            if getattr(self, name) != getattr(other, name)
+        ]
+
+
+def epoch_cap(space: SearchSpace, max_epochs: int | None) -> int:
+    """The most epochs any trial can run: Hyperband's max_resource."""
+    branches = space.params.get("epochs", ())
+    highest = max((int(b.high if not b.fixed else b.value) for b in branches), default=10)
+    return min(highest, max_epochs) if max_epochs else highest
+
+
+def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if config.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    # Conditional spaces need group=True for multivariate TPE; constant_liar keeps
+    # parallel workers from all sampling next to the same running trial.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    cap = epoch_cap(config.space(), config.max_epochs)
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cap, reduction_factor=3)
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if config.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def read_config(study: optuna.Study) -> StudyConfig:
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    if raw is None:
+        raise StudyError(f"study {study.study_name!r} was not created by tuner (it has no stored config)")
+    return StudyConfig.from_attr(raw)
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str, *, sampler_seed: int | None = None) -> tuple[optuna.Study, StudyConfig]:
+    """Load an existing study with the sampler and pruner its stored config describes."""
+    if name not in optuna.get_all_study_names(storage=storage):
+        known = ", ".join(optuna.get_all_study_names(storage=storage)) or "none"
+        raise StudyError(f"no study named {name!r} in this storage (studies: {known})")
+    probe = optuna.load_study(study_name=name, storage=storage)
+    config = read_config(probe)
+    seed = config.seed if sampler_seed is None else sampler_seed
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=make_sampler(config, seed), pruner=make_pruner(config)
+    )
+    return study, config
+
+
+def create_study(storage: optuna.storages.BaseStorage, name: str, config: StudyConfig, note: str) -> optuna.Study:
+    """Create the study, store its config and note, and enqueue the warm-start trials."""
+    try:
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction=config.direction,
+            sampler=make_sampler(config, config.seed), pruner=make_pruner(config),
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        raise StudyError(f"a study named {name!r} already exists in this storage") from None
+    study.set_user_attr(CONFIG_ATTR, config.to_attr())
+    study.set_metric_names([config.metric])
+    save_note(study, note)
+    if config.warm_start:
+        for params in warm_start_params(config.space()):
+            study.enqueue_trial(params, user_attrs={"warm_start": True})
+    return study
+
+
+def ensure_study(storage, name: str, config: StudyConfig, explicit: Iterable[str], note: str) -> tuple[optuna.Study, StudyConfig, bool]:
+    """`tuner run`: create the study if absent; else load it and refuse a conflicting config.
+
+    Only options the user gave explicitly are compared, so re-running with just
+    --study and --storage continues a study with the config it already has.
+    """
+    if name not in optuna.get_all_study_names(storage=storage):
+        return create_study(storage, name, config, note), config, True
+    study, stored = load_study(storage, name)
+    compared = [f for f in explicit if f not in MACHINE_LOCAL and f in {x.name for x in dataclasses.fields(StudyConfig)}]
+    differences = stored.differences(config, compared)
+    if differences:
+        raise StudyError(
+            f"study {name!r} already exists with a different config: {'; '.join(differences)}. "
+            "Use another --study name, or leave those options out to continue it"
+        )
+    return study, stored, False
+
+
+def save_note(study: optuna.Study, body: str) -> None:
+    import optuna_dashboard
+
+    optuna_dashboard.save_note(study, body)
+
+
+def study_note(config: StudyConfig, space: SearchSpace, data_summary: str) -> str:
+    """Markdown shown by optuna-dashboard: what is searched, on what data."""
+    rows = "\n".join(
+        f"| `{name}` | {b.type} | {_range(b)} | {_when(b)} |" for name, bs in space.params.items() for b in bs
+    )
+    return (
+        f"# {config.space_name}: {config.model} on {config.data}\n\n"
+        f"{space.description}\n\n"
+        f"* **Data:** {data_summary}\n"
+        f"* **Model:** `{config.model}`, weights `{config.weights}`, {config.image_size}px\n"
+        f"* **Metric:** `{config.metric}` ({config.direction})\n"
+        f"* **Budget:** {config.n_trials} trials, sampler `{config.sampler}`, pruner `{config.pruner}`, "
+        f"seed {config.seed}, max epochs {config.max_epochs or 'from the space'}\n\n"
+        "| parameter | type | range | when |\n|---|---|---|---|\n" + rows + "\n"
+    )
+
+
+def _range(branch) -> str:
+    from tuner.render import branch_range
+
+    return branch_range(branch)
+
+
+def _when(branch) -> str:
+    from tuner.render import branch_when
+
+    return branch_when(branch)
+
+
+def warm_start_params(space: SearchSpace) -> list[dict[str, Any]]:
+    """The seed's recommended configurations that this space can express, as enqueue params."""
+    out = []
+    for config in WARM_START:
+        params = expressible(space, config)
+        if params is not None:
+            out.append(params)
+    return out
+
+
+def expressible(space: SearchSpace, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    values: dict[str, Any] = {"task": "single_label"}
+    params: dict[str, Any] = {}
+    for name in space.params:
+        branch = space.active_branch(name, {**values, **config})
+        if branch is None:
+            if name in config:
+                return None
+            continue
+        if branch.fixed:
+            if name in config and config[name] != branch.value:
+                return None
+            values[name] = branch.value
+            continue
+        if name not in config:
+            continue
+        value = config[name]
+        if not branch.contains(value):
+            return None
+        values[name] = params[name] = value
+    unknown = set(config) - set(space.params)
+    return None if unknown else params
+
+
+# --- the global budget -------------------------------------------------------------
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+def budget_left(study: optuna.Study, n_trials: int) -> int:
+    """Slots not yet taken: finished, running and queued trials all hold one."""
+    taken = sum(1 for t in study.get_trials(deepcopy=False, states=COUNTED) if not t.user_attrs.get("over_budget"))
+    return n_trials - taken
+
+
+def within_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """Whether `trial` holds one of the first n_trials slots.
+
+    Trial numbers are handed out atomically by the storage, so ranking by number gives
+    racing workers one consistent answer: a trial is in if fewer than n_trials earlier
+    trials still hold a slot. A retry continues its original's slot, so it always runs.
+    """
+    if trial.user_attrs.get("lineage", trial.number) != trial.number:
+        return True
+    earlier = [
+        t for t in study.get_trials(deepcopy=False, states=COUNTED)
+        if t.number < trial.number and not t.user_attrs.get("over_budget")
+    ]
+    return len(earlier) < n_trials
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def config_json(config: StudyConfig) -> str:
+    return json.dumps(config.to_attr(), indent=2, sort_keys=True)

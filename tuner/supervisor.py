@@ -1,0 +1,120 @@
+"""Several worker processes on one node: one per GPU (or N on a device), supervised and restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from tuner.errors import DeviceError
+
+# A child that keeps crashing is given up on after this many restarts.
+MAX_RESTARTS = 5
+# Exit codes of a child that stopped because it was told to (signal) or finished cleanly.
+CLEAN_EXITS = (0, 130, 143, -signal.SIGINT, -signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    label: str
+    device: str
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def visible_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def parse_gpus(spec: str, count: int) -> list[int]:
+    if count == 0:
+        raise DeviceError(f"--gpus {spec}: no CUDA GPU is visible on this node (use --device cpu)")
+    if spec.strip() == "all":
+        return list(range(count))
+    try:
+        indices = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise DeviceError(f"--gpus must be 'all' or comma-separated GPU indices like 0,1,3, got {spec!r}") from None
+    if not indices:
+        raise DeviceError(f"--gpus must name at least one GPU, got {spec!r}")
+    for index in indices:
+        if not 0 <= index < count:
+            raise DeviceError(f"--gpus names GPU {index}, but this node has {count} (0..{count - 1})")
+    return indices
+
+
+def plan_processes(gpus: str | None, processes: int | None, device: str) -> list[ChildSpec]:
+    if gpus is not None:
+        # Each child sees exactly one GPU, so inside it the device is plain cuda.
+        return [ChildSpec(f"gpu{i}", "cuda", (("CUDA_VISIBLE_DEVICES", str(i)),))
+                for i in parse_gpus(gpus, visible_gpu_count())]
+    return [ChildSpec(f"proc{i}", device) for i in range(processes or 1)]
+
+
+class Supervisor:
+    """Starts the children, restarts one that crashes, and forwards SIGINT/SIGTERM to all."""
+
+    def __init__(self, plan: list[ChildSpec], argv: list[str]) -> None:
+        self.plan = plan
+        self.argv = argv
+        self.children: dict[str, subprocess.Popen] = {}
+        self.restarts = {spec.label: 0 for spec in plan}
+        self.stopping = False
+
+    def start(self, spec: ChildSpec) -> None:
+        env = {**os.environ, **dict(spec.env)}
+        command = [sys.executable, "-m", "tuner", *self.argv, "--device", spec.device]
+        self.children[spec.label] = subprocess.Popen(command, env=env)
+        print(f"[supervisor] started {spec.label} (pid {self.children[spec.label].pid})", file=sys.stderr)
+
+    def forward(self, signum: int, frame) -> None:
+        if self.stopping:
+            # Second signal: children exit at once too (their own second signal).
+            for child in self.children.values():
+                if child.poll() is None:
+                    child.send_signal(signum)
+            sys.exit(128 + signum)
+        self.stopping = True
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.forward)
+        for spec in self.plan:
+            self.start(spec)
+        failed = False
+        while self.children:
+            time.sleep(0.5)
+            for spec in self.plan:
+                child = self.children.get(spec.label)
+                if child is None or child.poll() is None:
+                    continue
+                del self.children[spec.label]
+                failed |= self.handle_exit(spec, child.returncode)
+        if self.stopping:
+            return 130
+        return 1 if failed else 0
+
+    def handle_exit(self, spec: ChildSpec, code: int) -> bool:
+        """True when the child is given up on."""
+        if code in CLEAN_EXITS or self.stopping:
+            return False
+        if self.restarts[spec.label] >= MAX_RESTARTS:
+            print(f"[supervisor] {spec.label} crashed {MAX_RESTARTS + 1} times; giving up on it", file=sys.stderr)
+            return True
+        self.restarts[spec.label] += 1
+        print(f"[supervisor] {spec.label} exited with {code}; restarting "
+              f"({self.restarts[spec.label]}/{MAX_RESTARTS})", file=sys.stderr)
+        time.sleep(min(2 ** self.restarts[spec.label], 30) / 4)
+        self.start(spec)
+        return False
+
+
+def supervise(plan: list[ChildSpec], argv: list[str]) -> int:
+    return Supervisor(plan, argv).run()

@@ -1,0 +1,309 @@
+"""One fine-tuning run's phases: device, optimizer, schedule, loss, train_one_epoch, evaluate."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from tuner.errors import DeviceError, TunerError
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+class OutOfMemory(Exception):
+    """The device ran out of memory during a step."""
+
+
+@dataclass(frozen=True)
+class Hyperparams:
+    """A trial's sampled parameters with the trainer's defaults for anything the space omits."""
+
+    freeze: str = "head"
+    unfreeze_blocks: int = 1
+    lr: float = 1e-3
+    backbone_lr: float | None = None
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    epochs: int = 10
+    scheduler: str = "none"
+    step_size: int = 5
+    step_gamma: float = 0.1
+    plateau_factor: float = 0.1
+    plateau_patience: int = 3
+    cosine_min_lr_ratio: float = 0.0
+    dropout: float = 0.0
+    aug_crop_scale: float = 1.0
+    aug_hflip: float = 0.0
+    aug_rotation: float = 0.0
+    aug_color_jitter: float = 0.0
+    loss: str = "cross_entropy"
+    label_smoothing: float = 0.0
+    class_weighting: str = "none"
+    patience: int = 5
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], *, max_epochs: int | None = None) -> "Hyperparams":
+        unknown = sorted(set(params) - set(cls.names()))
+        if unknown:
+            raise TunerError(
+                f"unknown hyperparameter {unknown[0]!r}; the trainer understands: {', '.join(cls.names())}"
+            )
+        hp = cls(**params)
+        if max_epochs is not None and hp.epochs > max_epochs:
+            hp = cls(**{**params, "epochs": max_epochs})
+        return hp.checked()
+
+    def checked(self) -> "Hyperparams":
+        choices = {
+            "freeze": ("head", "last_blocks", "full"),
+            "optimizer": ("adam", "adamw", "sgd"),
+            "scheduler": ("none", "step", "plateau", "cosine"),
+            "loss": ("cross_entropy", "bce_with_logits"),
+            "class_weighting": ("none", "balanced"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise TunerError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("lr", "batch_size", "epochs", "patience"):
+            if getattr(self, name) <= 0:
+                raise TunerError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors run: device, mixed precision and memory layout."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
+        if self.amp_dtype == torch.float16:
+            return torch.amp.GradScaler("cuda")
+        return None
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; an explicit device must exist."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise DeviceError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {spec!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise DeviceError(f"--device {spec}: no CUDA GPU is available here (use --device cpu)")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"--device {spec}: only {count} CUDA GPU(s) here (cuda:0..cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"--device {spec}: MPS is not available here (use --device cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {spec!r}")
+    return device
+
+
+def make_runtime(device: torch.device) -> Runtime:
+    if device.type != "cuda":
+        return Runtime(device)
+    torch.backends.cudnn.benchmark = True
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return Runtime(device, amp_dtype=dtype, channels_last=True)
+
+
+def make_optimizer(hp: Hyperparams, backbone: list[nn.Parameter], head: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """Parameter groups give the backbone and head their own learning rates (differential LR)."""
+    groups = [{"params": head, "lr": hp.lr, "name": "head"}]
+    if backbone:
+        groups.append({"params": backbone, "lr": hp.backbone_lr or hp.lr, "name": "backbone"})
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay)
+    cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, weight_decay=hp.weight_decay)
+
+
+def make_scheduler(hp: Hyperparams, optimizer: torch.optim.Optimizer):
+    if hp.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.step_size, gamma=hp.step_gamma)
+    if hp.scheduler == "plateau":
+        # Stepped on the validation metric, which is maximised.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=hp.plateau_factor, patience=hp.plateau_patience
+        )
+    if hp.scheduler == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(hp.epochs, hp.cosine_min_lr_ratio))
+    return None
+
+
+def _cosine(epochs: int, min_ratio: float):
+    # CosineAnnealingLR's curve as a multiplier, so each param group keeps its own base LR
+    # and eta_min is a fraction of it rather than one absolute value for all groups.
+    def factor(epoch: int) -> float:
+        return min_ratio + (1 - min_ratio) * (1 + math.cos(math.pi * min(epoch, epochs) / epochs)) / 2
+
+    return factor
+
+
+def step_scheduler(scheduler, metric: float) -> None:
+    if scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(metric)
+    else:
+        scheduler.step()
+
+
+def class_weights(targets: torch.Tensor, num_classes: int, multilabel: bool) -> torch.Tensor:
+    """Inverse-frequency weights ("balanced"), from the training set only."""
+    if multilabel:
+        positives = targets.sum(0).clamp(min=1)
+        return (len(targets) - positives).clamp(min=1) / positives  # BCE pos_weight
+    counts = torch.bincount(targets, minlength=num_classes).float().clamp(min=1)
+    return len(targets) / (num_classes * counts)
+
+
+def make_loss(hp: Hyperparams, targets: torch.Tensor, num_classes: int, multilabel: bool, device) -> nn.Module:
+    weight = None
+    if hp.class_weighting == "balanced":
+        weight = class_weights(targets, num_classes, multilabel).to(device)
+    if multilabel:
+        return nn.BCEWithLogitsLoss(pos_weight=weight)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=hp.label_smoothing)
+
+
+def to_device(batch: Iterable[torch.Tensor], runtime: Runtime) -> list[torch.Tensor]:
+    out = []
+    for tensor in batch:
+        tensor = tensor.to(runtime.device, non_blocking=runtime.is_cuda)
+        if runtime.channels_last and tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        out.append(tensor)
+    return out
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, runtime: Runtime, scaler=None) -> float:
+    """One pass over the training data; returns the mean loss. Raises Diverged or OutOfMemory."""
+    total, count = 0.0, 0
+    for inputs, targets in loader:
+        inputs, targets = to_device((inputs, targets), runtime)
+        try:
+            with runtime.autocast():
+                loss = loss_fn(model(inputs), targets)
+            if not torch.isfinite(loss):
+                raise Diverged(f"training loss became {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(str(exc).splitlines()[0]) from None
+        except RuntimeError as exc:
+            if "can't allocate memory" in str(exc):  # CPU allocator's out-of-memory
+                raise OutOfMemory(str(exc).splitlines()[0]) from None
+            raise
+        total += loss.item() * len(inputs)
+        count += len(inputs)
+    return total / max(count, 1)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metric: float
+    loss: float
+
+
+@torch.no_grad()
+def evaluate(model, loader, loss_fn, runtime: Runtime, multilabel: bool) -> Evaluation:
+    """Validation metric: accuracy (single-label) or macro F1 at threshold 0.5 (multi-label)."""
+    model.eval()
+    total_loss, count = 0.0, 0
+    outputs, truths = [], []
+    for inputs, targets in loader:
+        inputs, targets = to_device((inputs, targets), runtime)
+        with runtime.autocast():
+            logits = model(inputs)
+            loss = loss_fn(logits, targets)
+        total_loss += loss.float().item() * len(inputs)
+        count += len(inputs)
+        outputs.append(logits.float().cpu())
+        truths.append(targets.cpu())
+    logits, truth = torch.cat(outputs), torch.cat(truths)
+    metric = macro_f1(logits, truth) if multilabel else accuracy(logits, truth)
+    return Evaluation(metric=metric, loss=total_loss / max(count, 1))
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return (logits.argmax(1) == targets).float().mean().item()
+
+
+def macro_f1(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over classes of F1 at probability 0.5; a class absent and never predicted counts 1."""
+    predicted = logits > 0
+    truth = targets > 0.5
+    tp = (predicted & truth).sum(0).float()
+    fp = (predicted & ~truth).sum(0).float()
+    fn = (~predicted & truth).sum(0).float()
+    denom = 2 * tp + fp + fn
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.ones_like(tp))
+    return f1.mean().item()
+
+
+class EarlyStopping:
+    """Stops after `patience` epochs without improvement of a maximised metric."""
+
+    def __init__(self, patience: int) -> None:
+        if patience < 1:
+            raise TunerError(f"patience must be >= 1, got {patience}")
+        self.patience = patience
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def update(self, metric: float, epoch: int) -> bool:
+        """Record an epoch's metric; True when it is a new best."""
+        if self.best is None or metric > self.best:
+            self.best, self.best_epoch, self.bad_epochs = metric, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]

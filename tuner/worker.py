@@ -1,0 +1,258 @@
+"""A worker: joins a study from its stored config and runs trials until the global budget is spent."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.checkpoints import (
+    BEST_WEIGHTS_ATTR,
+    ArtifactCheckpointer,
+    open_artifact_store,
+    upload_weights,
+)
+from tuner.data import DataConfig, ImageData, load_data
+from tuner.objective import Objective, TrialSettings, derive_seed
+from tuner.storage import StorageSettings, mask_url, open_storage, ping
+from tuner.study import StudyConfig, budget_left, finished_count, load_study, within_budget
+
+HANDED_BACK_ATTR = "handed_back"
+
+
+class OverBudget(Exception):
+    """The trial started after the study's budget was already taken by other trials."""
+
+
+class HandBack(Exception):
+    """The worker is stopping: the trial was checkpointed and goes back to the queue."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Machine-local settings a worker may choose without changing the study."""
+
+    device: str = "auto"
+    data: str | None = None
+    artifacts: str | None = None
+    num_workers: int | None = None
+    timeout: float | None = None
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerSummary:
+    trials_run: int
+    finished: int
+    n_trials: int
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_number: int | None
+    stopped_by_signal: bool
+
+
+class StopFlag:
+    """Set by the first SIGINT/SIGTERM; a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, self.handle)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
+            # Second signal: leave now. The running trial goes stale and is retried from
+            # its last checkpoint after the grace period.
+            os._exit(128 + signum)
+        self.event.set()
+
+    @property
+    def set(self) -> bool:
+        return self.event.is_set()
+
+
+def worker_name(device: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{device}"
+
+
+def make_logger(name: str, quiet: bool) -> logging.LoggerAdapter:
+    logger = logging.getLogger(f"tuner.worker.{os.getpid()}")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(worker)s] %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    return logging.LoggerAdapter(logger, {"worker": name})
+
+
+class Worker:
+    """Runs trials of one study in this process, sharing the budget with every other worker."""
+
+    def __init__(self, storage: StorageSettings, study_name: str, options: WorkerOptions,
+                 *, reproducible: bool = False, data: ImageData | None = None) -> None:
+        """`reproducible` seeds the sampler with the study seed (a lone `tuner run`);
+        otherwise each worker mixes in its host and pid so workers explore differently."""
+        self.options = options
+        self.study_name = study_name
+        self.stop = StopFlag()
+        # Read the study's own heartbeat settings before opening the storage that uses them.
+        plain = open_storage(storage, heartbeat=False)
+        ping(plain)
+        _, config = load_study(plain, study_name)
+        self.storage_settings = replace(
+            storage, heartbeat_interval=config.heartbeat_interval,
+            grace_period=config.grace_period, max_retry=config.max_retry,
+        )
+        self.storage = open_storage(self.storage_settings)
+        seed = config.seed if reproducible else sampler_seed_for_worker(config)
+        self.study, self.config = load_study(self.storage, study_name, sampler_seed=seed)
+        self.data = data if options.data is None else None
+        self.store = open_artifact_store(options.artifacts or config.artifacts)
+        self.checkpointer = ArtifactCheckpointer(self.store, study_name)
+        self.name = worker_name(options.device)
+        self.log = make_logger(self.name, options.quiet)
+        self.objective: Objective | None = None
+        self.trials_run = 0
+
+    def build_objective(self) -> Objective:
+        config = self.config
+        data = self.data or load_data(DataConfig(
+            source=self.options.data or config.data, image_size=config.image_size,
+            val_fraction=config.val_fraction, seed=config.seed,
+        ))
+        settings = TrialSettings(
+            model=config.model, weights=config.weights, image_size=config.image_size,
+            device=self.options.device, seed=config.seed, max_epochs=config.max_epochs,
+            num_workers=self.options.num_workers,
+        )
+        return Objective(
+            config.space(), data, settings, checkpointer=self.checkpointer,
+            on_epoch=self.on_epoch, keep_best=self.keep_best,
+        )
+
+    def run(self) -> WorkerSummary:
+        if budget_left(self.study, self.config.n_trials) <= 0:
+            self.log.info("budget of %d trials already taken; nothing to do", self.config.n_trials)
+            return self.summary()
+        self.objective = self.build_objective()
+        self.log.info(
+            "joined study %s on %s (%s, budget %d trials)", self.study_name,
+            mask_url(self.storage_settings.url), self.objective.runtime.device, self.config.n_trials,
+        )
+        # Our own lines say what each trial did; Optuna's INFO lines would repeat them.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        restore = self.stop.install()
+        try:
+            self.study.optimize(
+                self.run_trial, timeout=self.options.timeout, catch=(OverBudget, HandBack),
+                callbacks=[self.after_trial], gc_after_trial=True,
+            )
+        finally:
+            restore()
+        return self.summary()
+
+    def run_trial(self, trial: optuna.Trial) -> float:
+        if self.stop.set:
+            raise HandBack("stopping before the trial started")
+        if not within_budget(self.study, trial, self.config.n_trials):
+            # Ended before any training, never counted: FAIL with a marker, then stop.
+            trial.set_user_attr("over_budget", True)
+            self.study.stop()
+            raise OverBudget(f"trial {trial.number} started after the budget was taken")
+        self.trials_run += 1
+        trial.set_user_attr("worker", self.name)
+        self.log.info("trial %d started", trial.number)
+        return self.objective(trial)
+
+    def on_epoch(self, trial: optuna.Trial, epoch: int, epochs: int, metric: float) -> None:
+        trial.set_user_attr("epoch", epoch)
+        trial.set_user_attr("last_metric", metric)
+        self.log.info("trial %d epoch %d/%d %s=%.4f", trial.number, epoch, epochs, self.config.metric, metric)
+        if self.stop.set:
+            trial.set_user_attr(HANDED_BACK_ATTR, True)
+            raise HandBack(f"handed back after epoch {epoch}")
+
+    def keep_best(self, trial: optuna.Trial, value: float, state_dict: dict, meta: dict) -> None:
+        """Upload the weights when this trial beats every finished trial so far."""
+        try:
+            best = self.study.best_value
+        except ValueError:
+            best = None
+        better = best is None or (value > best if self.config.direction == "maximize" else value < best)
+        if better:
+            artifact_id = upload_weights(self.store, trial, state_dict, meta)
+            trial.set_user_attr(BEST_WEIGHTS_ATTR, artifact_id)
+
+    def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        if frozen.user_attrs.get(HANDED_BACK_ATTR):
+            self.requeue(frozen)
+            study.stop()
+            return
+        if frozen.user_attrs.get("over_budget"):
+            return
+        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self.checkpointer.finish(frozen)
+        self.log_finished(frozen)
+        if self.stop.set or budget_left(study, self.config.n_trials) <= 0:
+            study.stop()
+
+    def requeue(self, frozen: FrozenTrial) -> None:
+        """Put a handed-back trial straight back in the queue (no grace period to wait out)."""
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k != HANDED_BACK_ATTR}
+        self.study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+            user_attrs=attrs,
+        ))
+        self.log.warning("trial %d handed back at epoch %s; another worker resumes it",
+                         frozen.number, frozen.user_attrs.get("epoch"))
+
+    def log_finished(self, frozen: FrozenTrial) -> None:
+        reason = frozen.user_attrs.get("stop_reason", frozen.state.name.lower())
+        value = frozen.value if frozen.value is not None else frozen.user_attrs.get("last_metric")
+        shown = "-" if value is None else f"{value:.4f}"
+        best = self.best_text()
+        self.log.info("trial %d %s (%s) value=%s; %d/%d finished; best %s", frozen.number,
+                      frozen.state.name, reason, shown, finished_count(self.study), self.config.n_trials, best)
+
+    def best_text(self) -> str:
+        try:
+            best = self.study.best_trial
+        except ValueError:
+            return "none yet"
+        return f"{best.value:.4f} (trial {best.number})"
+
+    def summary(self) -> WorkerSummary:
+        try:
+            best = self.study.best_trial
+            value, params, number = best.value, dict(best.params), best.number
+            params.update(best.user_attrs.get("fixed_params", {}))
+        except ValueError:
+            value, params, number = None, {}, None
+        return WorkerSummary(
+            trials_run=self.trials_run, finished=finished_count(self.study), n_trials=self.config.n_trials,
+            best_value=value, best_params=params, best_number=number, stopped_by_signal=self.stop.set,
+        )
+
+
+def sampler_seed_for_worker(config: StudyConfig) -> int:
+    # Workers of one study must not draw the same random start-up trials: mix in the pid.
+    return derive_seed(config.seed, socket.gethostname(), os.getpid())
