@@ -410,4 +410,11 @@ def space_show(ref: str, fmt: str) -> None:
 
 
 def main() -> None:
+    import warnings
+
+    import optuna
+
+    # Heartbeats, grouped TPE and metric names are "experimental" in Optuna; we rely on
+    # them on purpose, and the warnings would bury our own output.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cli(prog_name="tuner")

@@ -144,7 +144,7 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, config: StudyC
     study.set_metric_names([config.metric])
     save_note(study, note)
     if config.warm_start:
-        for params in warm_start_params(config.space()):
+        for params in warm_start_params(config.space())[: config.n_trials]:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
     return study
 
@@ -243,9 +243,9 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialStat
 
 
 def budget_left(study: optuna.Study, n_trials: int) -> int:
-    """Slots not yet taken: finished, running and queued trials all hold one."""
-    taken = sum(1 for t in study.get_trials(deepcopy=False, states=COUNTED) if not t.user_attrs.get("over_budget"))
-    return n_trials - taken
+    """Trials still to start: finished and running ones have taken their slot (queued ones not yet)."""
+    taken = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return n_trials - sum(1 for t in taken if not t.user_attrs.get("over_budget"))
 
 
 def within_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:

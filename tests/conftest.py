@@ -1,0 +1,147 @@
+"""Shared fixtures: real SQLite and PostgreSQL storages, small spaces, and image folders."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+# A fast space for end-to-end tests: head-only or last block, 1-3 epochs, no augmentation cost.
+TINY_SPACE = """\
+description: Tiny test space.
+settings:
+  model: resnet18
+  image_size: 16
+params:
+  freeze:
+    type: categorical
+    choices: [head, last_blocks]
+  lr:
+    type: float
+    low: 1.0e-3
+    high: 1.0e-2
+    log: true
+  backbone_lr:
+    type: float
+    low: 1.0e-5
+    high: 1.0e-4
+    log: true
+    when: {freeze: last_blocks}
+  optimizer:
+    type: categorical
+    choices: [adam, sgd]
+  momentum:
+    type: float
+    low: 0.8
+    high: 0.95
+    when: {optimizer: sgd}
+  batch_size:
+    type: categorical
+    choices: [64, 128]
+  epochs:
+    type: int
+    low: 2
+    high: 3
+  loss:
+    - {type: fixed, value: cross_entropy, when: {task: single_label}}
+    - {type: fixed, value: bce_with_logits, when: {task: multi_label}}
+  patience:
+    type: fixed
+    value: 5
+"""
+
+
+def postgres_required() -> bool:
+    return os.environ.get("TUNER_REQUIRE_POSTGRES") == "1" or os.environ.get("CI", "").lower() == "true"
+
+
+def postgres_admin_url() -> str:
+    return os.environ.get("TUNER_TEST_POSTGRES_URL", POSTGRES_DEFAULT)
+
+
+def _admin_engine():
+    import sqlalchemy
+
+    return sqlalchemy.create_engine(
+        postgres_admin_url(), isolation_level="AUTOCOMMIT", pool_pre_ping=True,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> bool:
+    import sqlalchemy
+
+    try:
+        with _admin_engine().connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        if postgres_required():
+            pytest.fail(f"PostgreSQL is required here but not reachable at {postgres_admin_url()}: {exc}")
+        return False
+
+
+@pytest.fixture
+def postgres_url(postgres_available):
+    """A fresh database for one test, dropped afterwards."""
+    if not postgres_available:
+        pytest.skip("PostgreSQL is not reachable (CI requires it; set TUNER_TEST_POSTGRES_URL)")
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    name = f"tuner_t_{uuid.uuid4().hex[:12]}"
+    engine = _admin_engine()
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    yield make_url(postgres_admin_url()).set(database=name).render_as_string(hide_password=False)
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    """Every storage test runs on both backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def tiny_space(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Two classes of small images in mixed modes (L, RGBA, P, CMYK, RGB) and one corrupt file.
+
+    Class 'bright' images are lighter than class 'dark' ones, so a model can learn them.
+    """
+    root = tmp_path / "images"
+    modes = ("L", "RGBA", "P", "CMYK", "RGB")
+    for label, offset in (("dark", 0), ("bright", 1)):
+        for index in range(20):
+            rng = np.random.default_rng(index * 2 + offset)
+            base = 40 if label == "dark" else 200
+            pixels = np.clip(rng.normal(base, 20, (12, 12, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels, "RGB")
+            mode = modes[index % len(modes)]
+            image = image.quantize(16) if mode == "P" else image.convert(mode)
+            folder = root / label
+            folder.mkdir(parents=True, exist_ok=True)
+            if mode == "CMYK":
+                image.save(folder / f"{index}.jpg", "JPEG")
+            else:
+                image.save(folder / f"{index}.png", "PNG")
+    (root / "dark" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
+    return root
