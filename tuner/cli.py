@@ -417,4 +417,6 @@ def main() -> None:
     # Heartbeats, grouped TPE and metric names are "experimental" in Optuna; we rely on
     # them on purpose, and the warnings would bury our own output.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Our worker lines say what each trial did; Optuna's INFO lines would repeat them.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     cli(prog_name="tuner")

@@ -17,7 +17,7 @@ from tuner.models import ModelSpec
 from tuner.objective import check_space, metric_name
 from tuner.space import SearchSpace, load_space
 from tuner.storage import StorageSettings, normalize_url, open_storage, ping
-from tuner.study import StudyConfig, ensure_study, load_study, study_note
+from tuner.study import MACHINE_LOCAL, StudyConfig, create_study, load_study, study_note
 
 
 @dataclass(frozen=True)
@@ -94,22 +94,51 @@ def _absolute(source: str) -> str:
 
 def prepare_study(storage: StorageSettings, name: str | None, request: StudyRequest,
                   explicit: Iterable[str], *, create_only: bool = False) -> PreparedStudy:
-    """Create the study (or, for `run`, join a compatible existing one)."""
+    """Create the study (or, for `run`, join a compatible existing one).
+
+    Every input is validated before the storage is opened, so a bad space, model or
+    data folder leaves the storage untouched.
+    """
     normalize_url(storage.url)
     study_name = name or default_study_name(request.space, request.data or "data")
+    built = build_config(request, storage) if request.data is not None or create_only else None
+    if built is None:
+        require_existing_sqlite(storage.url)
     rdb = open_storage(storage, heartbeat=False)
     ping(rdb)
-    exists = study_name in optuna.get_all_study_names(storage=rdb)
-    if exists and request.data is None and not create_only:
+    if study_name in optuna.get_all_study_names(storage=rdb):
+        if create_only:
+            raise StudyError(f"a study named {study_name!r} already exists in this storage")
         study, stored = load_study(rdb, study_name)
-        return PreparedStudy(study, stored, False, None)
-    config, space, data = build_config(request, storage)
+        check_compatible(study_name, stored, request, explicit)
+        return PreparedStudy(study, stored, False, built[2] if built else None)
+    if built is None:
+        raise DataError(f"study {study_name!r} does not exist yet: --data is required to create it")
+    config, space, data = built
     note = study_note(config, space, describe_source(request.data))
-    explicit_fields = set(explicit) | {"space_text"} if "space" in set(explicit) else set(explicit)
-    if create_only and exists:
-        raise StudyError(f"a study named {study_name!r} already exists in this storage")
-    study, config, created = ensure_study(rdb, study_name, config, explicit_fields, note)
-    return PreparedStudy(study, config, created, data)
+    return PreparedStudy(create_study(rdb, study_name, config, note), config, True, data)
+
+
+def check_compatible(name: str, stored: StudyConfig, request: StudyRequest, explicit: Iterable[str]) -> None:
+    """Options given explicitly must match the stored config; machine-local ones may differ."""
+    differences = []
+    for option in sorted(set(explicit)):
+        if option in MACHINE_LOCAL or option not in StudyRequest.__dataclass_fields__:
+            continue
+        given = getattr(request, option)
+        if option == "space":
+            if load_space(given).text != stored.space_text:
+                differences.append(f"space (the content of {given} differs from the study's)")
+            continue
+        if option == "weights" and given not in ("imagenet", "none"):
+            given = _absolute(given)
+        if given != getattr(stored, option):
+            differences.append(f"{option.replace('_', '-')} (study has {getattr(stored, option)!r}, given {given!r})")
+    if differences:
+        raise StudyError(
+            f"study {name!r} already exists with a different config: {'; '.join(differences)}. "
+            "Use another --study name, or leave those options out to continue it"
+        )
 
 
 def request_from(values: Mapping[str, Any]) -> StudyRequest:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
+import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from tuner.errors import StorageError
 
@@ -85,6 +89,65 @@ def engine_kwargs(url: str, connect_timeout: int) -> dict:
     return kwargs
 
 
+# Storage calls a worker makes while training; each is safe to repeat after a dropped connection.
+RETRIED_METHODS = (
+    "create_new_trial", "set_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials",
+    "get_best_trial", "get_trial_id_from_study_id_trial_number", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_study_id_from_name", "get_study_name_from_id",
+    "get_study_directions", "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",
+    "set_study_user_attr", "set_study_system_attr", "record_heartbeat", "_get_stale_trial_ids",
+)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """A lost or refused database connection (restart, failover, network), not a bad query."""
+    cause = exc
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        cause = exc.__cause__
+    if isinstance(cause, DBAPIError) and cause.connection_invalidated:
+        return True
+    return isinstance(cause, (OperationalError, InterfaceError))
+
+
+def retrying(method: Callable, name: str) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self: "ResilientRDBStorage", *args: Any, **kwargs: Any) -> Any:
+        delay, deadline, failed = 0.5, time.monotonic() + self.retry_seconds, False
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # The attempt before the connection dropped did commit: the update is done.
+                if failed and name == "set_trial_state_values":
+                    return True
+                raise
+            except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+                if not is_connection_error(exc) or time.monotonic() + delay > deadline:
+                    raise
+                failed = True
+                logging.getLogger("tuner.storage").warning(
+                    "storage unreachable during %s (%s); retrying in %.1fs", name, short_reason(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    return wrapper
+
+
+class ResilientRDBStorage(RDBStorage):
+    """RDBStorage that rides out a database restart: calls retry with backoff on lost connections.
+
+    Without this, a PostgreSQL restart mid-trial would crash every worker (and the
+    heartbeat thread would die silently, getting live trials declared stale).
+    """
+
+    retry_seconds: float = 120.0
+
+
+for _name in RETRIED_METHODS:
+    setattr(ResilientRDBStorage, _name, retrying(getattr(RDBStorage, _name), _name))
+
+
 def open_storage(settings: StorageSettings, *, heartbeat: bool = True) -> RDBStorage:
     """Connect to the storage, creating its tables if needed; a clear StorageError otherwise."""
     url = normalize_url(settings.url)
@@ -96,7 +159,7 @@ def open_storage(settings: StorageSettings, *, heartbeat: bool = True) -> RDBSto
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry),
         }
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs(url, settings.connect_timeout), **options)
+        return ResilientRDBStorage(url, engine_kwargs=engine_kwargs(url, settings.connect_timeout), **options)
     except (OperationalError, SQLAlchemyError, ImportError) as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {short_reason(exc)}") from None
 

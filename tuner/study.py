@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import optuna
 from optuna.trial import TrialState
@@ -70,14 +70,6 @@ class StudyConfig:
 
     def space(self) -> SearchSpace:
         return parse_space(self.space_text, source=f"{self.space_name}.yaml", name=self.space_name)
-
-    def differences(self, other: "StudyConfig", fields: Iterable[str]) -> list[str]:
-        return [
-            f"{name} (study has {getattr(self, name)!r}, given {getattr(other, name)!r})"
-            if name != "space_text" else "space file content"
-            for name in fields
-            if getattr(self, name) != getattr(other, name)
-        ]
 
 
 def epoch_cap(space: SearchSpace, max_epochs: int | None) -> int:
@@ -147,25 +139,6 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, config: StudyC
         for params in warm_start_params(config.space())[: config.n_trials]:
             study.enqueue_trial(params, user_attrs={"warm_start": True})
     return study
-
-
-def ensure_study(storage, name: str, config: StudyConfig, explicit: Iterable[str], note: str) -> tuple[optuna.Study, StudyConfig, bool]:
-    """`tuner run`: create the study if absent; else load it and refuse a conflicting config.
-
-    Only options the user gave explicitly are compared, so re-running with just
-    --study and --storage continues a study with the config it already has.
-    """
-    if name not in optuna.get_all_study_names(storage=storage):
-        return create_study(storage, name, config, note), config, True
-    study, stored = load_study(storage, name)
-    compared = [f for f in explicit if f not in MACHINE_LOCAL and f in {x.name for x in dataclasses.fields(StudyConfig)}]
-    differences = stored.differences(config, compared)
-    if differences:
-        raise StudyError(
-            f"study {name!r} already exists with a different config: {'; '.join(differences)}. "
-            "Use another --study name, or leave those options out to continue it"
-        )
-    return study, stored, False
 
 
 def save_note(study: optuna.Study, body: str) -> None:

@@ -158,8 +158,6 @@ class Worker:
             "joined study %s on %s (%s, budget %d trials)", self.study_name,
             mask_url(self.storage_settings.url), self.objective.runtime.device, self.config.n_trials,
         )
-        # Our own lines say what each trial did; Optuna's INFO lines would repeat them.
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         restore = self.stop.install()
         try:
             self.study.optimize(
