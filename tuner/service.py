@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from tuner.checkpoints import default_artifacts_dir
 from tuner.data import DataConfig, ImageData, describe_source, load_data
 from tuner.errors import DataError, StorageError, StudyError
-from tuner.models import ModelSpec
+from tuner.models import ModelSpec, build_model
 from tuner.objective import check_space, metric_name
 from tuner.space import SearchSpace, load_space
 from tuner.storage import StorageSettings, normalize_url, open_storage, ping
@@ -67,10 +67,13 @@ def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[Study
     check_space(space)
     model = request.model or space.settings.get("model") or "resnet18"
     image_size = request.image_size or space.settings.get("image_size") or 224
-    ModelSpec(name=model, weights=request.weights)  # unknown model or bad --weights: fail now
+    ModelSpec(name=model, weights=request.weights)  # an unknown model name fails before data loads
     if request.data is None:
         raise DataError("--data is required to create a study (a folder, a CSV manifest, or 'digits')")
     data = load_data(DataConfig(request.data, image_size, request.val_fraction, request.seed))
+    # Build the model once: weights that cannot be had (no cache offline, a bad file) fail
+    # here with their fix, not in every worker's first trial.
+    build_model(ModelSpec(name=model, weights=request.weights, num_classes=data.num_classes))
     config = StudyConfig(
         space_name=space.name, space_text=space.text, data=_absolute(request.data), model=model,
         weights=_absolute(request.weights) if request.weights not in ("imagenet", "none") else request.weights,
