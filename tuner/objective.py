@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
@@ -25,6 +26,7 @@ from tuner.training import (
     make_optimizer,
     make_runtime,
     make_scheduler,
+    param_problem,
     resolve_device,
     step_scheduler,
     train_one_epoch,
@@ -63,14 +65,24 @@ def task_of(data: ImageData) -> str:
 
 
 def check_space(space: SearchSpace) -> None:
-    """Every parameter of the space must be one the trainer understands."""
+    """Every parameter of the space must be one the trainer understands, with usable values."""
     known = Hyperparams.names()
-    for name in space.params:
+    for name, branches in space.params.items():
         if name not in known:
             raise SpaceError(
                 f"{space.source}: parameter {name!r} is not one the trainer understands "
                 f"(known: {', '.join(known)})"
             )
+        for branch in branches:
+            # Fixed values and choices are untyped in the space file (YAML reads `1e-3` as
+            # text); check them now rather than in the middle of the first trial that
+            # samples them. A float/int range is checked by its high end: its type, and
+            # that at least some of it is allowed (lr high 0 is not).
+            values = branch.possible_values() if branch.type in ("fixed", "categorical") else (branch.high,)
+            for value in values:
+                problem = param_problem(name, value)
+                if problem is not None:
+                    raise SpaceError(f"{space.source}: {problem}")
 
 
 def lineage(trial: optuna.Trial) -> int:
@@ -122,6 +134,14 @@ class Objective:
         if fixed:
             trial.set_user_attr("fixed_params", fixed)
         hp = Hyperparams.from_params(params, max_epochs=self.settings.max_epochs)
+        # make_loss picks the loss from the data (BCE-with-logits for multi-label data), so a
+        # sampled `loss` that contradicts the data would be recorded but silently not used.
+        expected_loss = "bce_with_logits" if self.data.multilabel else "cross_entropy"
+        if "loss" in params and params["loss"] != expected_loss:
+            raise SpaceError(
+                f"{self.space.source}: loss {params['loss']!r} does not fit {context['task']} data, "
+                f"which trains with {expected_loss} (choose loss with `when: {{task: ...}}`)"
+            )
         origin = lineage(trial)
         run = TrialRun(self, hp, derive_seed(self.settings.seed, origin), origin)
         return run.execute(trial)
@@ -234,12 +254,25 @@ class TrialRun:
         self.objective.keep_best(trial, self.stopper.best, self.best_state, meta)
 
     def run_epochs(self, trial: optuna.Trial) -> str:
+        if self.history:
+            # Resumed from a checkpoint. A hand-back (on_epoch) comes after the epoch's
+            # checkpoint but before its prune/stop decisions: take them now, as the
+            # uninterrupted run did, instead of training on past them.
+            if trial.should_prune():
+                return "pruned"
+            if self.stopper.should_stop:
+                return "early_stopped"
         for epoch in range(self.start_epoch, self.hp.epochs + 1):
             self.seed_epoch(epoch)
             set_train_mode(self.model)
             train_loss = train_one_epoch(self.model, self.train_loader, self.loss_fn, self.optimizer,
                                          self.runtime, self.scaler)
             result = evaluate(self.model, self.val_loader, self.loss_fn, self.runtime, self.data.multilabel)
+            if not math.isfinite(result.loss):
+                # The epoch's last optimizer step left NaN/inf weights, which train_one_epoch
+                # cannot see (always so with one batch per epoch, and in a trial's last epoch);
+                # their metric is meaningless and must neither be reported nor win the study.
+                raise Diverged(f"validation loss became {result.loss}")
             step_scheduler(self.scheduler, result.metric)
             if self.stopper.update(result.metric, epoch):
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}

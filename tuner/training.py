@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -61,26 +61,69 @@ class Hyperparams:
             raise TunerError(
                 f"unknown hyperparameter {unknown[0]!r}; the trainer understands: {', '.join(cls.names())}"
             )
-        hp = cls(**params)
+        # Checked before the cap: comparing a mistyped epochs value with max_epochs would
+        # raise a TypeError instead of the message checked() gives.
+        hp = cls(**params).checked()
         if max_epochs is not None and hp.epochs > max_epochs:
-            hp = cls(**{**params, "epochs": max_epochs})
-        return hp.checked()
+            hp = replace(hp, epochs=max_epochs)
+        return hp
 
     def checked(self) -> "Hyperparams":
-        choices = {
-            "freeze": ("head", "last_blocks", "full"),
-            "optimizer": ("adam", "adamw", "sgd"),
-            "scheduler": ("none", "step", "plateau", "cosine"),
-            "loss": ("cross_entropy", "bce_with_logits"),
-            "class_weighting": ("none", "balanced"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise TunerError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("lr", "batch_size", "epochs", "patience"):
-            if getattr(self, name) <= 0:
-                raise TunerError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for f in fields(self):
+            problem = param_problem(f.name, getattr(self, f.name))
+            if problem is not None:
+                raise TunerError(problem)
         return self
+
+
+_CHOICES = {
+    "freeze": ("head", "last_blocks", "full"),
+    "optimizer": ("adam", "adamw", "sgd"),
+    "scheduler": ("none", "step", "plateau", "cosine"),
+    "loss": ("cross_entropy", "bce_with_logits"),
+    "class_weighting": ("none", "balanced"),
+}
+# backbone_lr may be None (it then follows lr); when given, 0 or less is as wrong as for lr.
+_POSITIVE = ("lr", "backbone_lr", "batch_size", "epochs", "patience")
+# Annotations are strings here (from __future__ import annotations): "int", "float | None", ...
+_FIELD_TYPES = {f.name: f.type for f in fields(Hyperparams)}
+
+
+def param_problem(name: str, value: Any) -> str | None:
+    """Why `value` cannot be hyperparameter `name`, or None when it can.
+
+    The type checks matter because a space file's fixed values and choices are not typed:
+    YAML reads `1e-3` or `1.0e30` (no dot, or no exponent sign) as text, which used to
+    reach the optimizer or a comparison and end the run with a TypeError traceback.
+    """
+    kind = _FIELD_TYPES[name]
+    if name in _CHOICES:
+        if not isinstance(value, str) or value not in _CHOICES[name]:
+            return f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}"
+        return None
+    if kind == "bool":
+        ok, noun = isinstance(value, bool), "true or false"
+    elif kind == "int":
+        ok, noun = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    else:  # "float" or "float | None"
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok, noun = is_number or (value is None and "None" in kind), "a number"
+    if not ok:
+        hint = " (YAML reads a number like 1e-3 as text: write 1.0e-3)" if _reads_as_number(value) else ""
+        return f"{name} must be {noun}, got {value!r}{hint}"
+    if name in _POSITIVE and value is not None and value <= 0:
+        return f"{name} must be > 0, got {value!r}"
+    return None
+
+
+def _reads_as_number(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -142,7 +185,8 @@ def make_optimizer(hp: Hyperparams, backbone: list[nn.Parameter], head: list[nn.
     """Parameter groups give the backbone and head their own learning rates (differential LR)."""
     groups = [{"params": head, "lr": hp.lr, "name": "head"}]
     if backbone:
-        groups.append({"params": backbone, "lr": hp.backbone_lr or hp.lr, "name": "backbone"})
+        backbone_lr = hp.lr if hp.backbone_lr is None else hp.backbone_lr
+        groups.append({"params": backbone, "lr": backbone_lr, "name": "backbone"})
     if hp.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay)
     cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
