@@ -57,6 +57,19 @@ params:
 """
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_feature_cache(tmp_path_factory):
+    """Keep the feature cache (and anything else under XDG_CACHE_HOME) out of the user's home;
+    subprocess workers inherit it through the environment."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 def postgres_required() -> bool:
     return os.environ.get("TUNER_REQUIRE_POSTGRES") == "1" or os.environ.get("CI", "").lower() == "true"
 

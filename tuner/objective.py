@@ -6,6 +6,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 import optuna
@@ -13,6 +14,7 @@ import torch
 
 from tuner.data import AugmentConfig, ImageData, TensorImageDataset, eval_transform, train_transform
 from tuner.errors import SpaceError
+from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, default_cache_dir
 from tuner.models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode
 from tuner.space import SearchSpace
 from tuner.training import (
@@ -46,6 +48,10 @@ class TrialSettings:
     seed: int = 0
     max_epochs: int | None = None
     num_workers: int | None = None
+    # Head-only trials train on cached backbone features: K augmented views per image
+    # (0 turns the cache off). The folder is local to the machine.
+    cache_views: int = 4
+    cache_dir: str | None = None
 
 
 class Checkpointer(Protocol):
@@ -104,6 +110,12 @@ def derive_seed(*parts: int | str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def reset_parameters(module: torch.nn.Module) -> None:
+    for layer in module.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+
+
 class Objective:
     """Callable for `study.optimize`: samples the space, trains, reports, and records attrs."""
 
@@ -126,6 +138,10 @@ class Objective:
         self.checkpointer = checkpointer
         self.on_epoch = on_epoch
         self.keep_best = keep_best
+        self.cache = None
+        if settings.cache_views > 0:
+            directory = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+            self.cache = FeatureCache(FeatureCacheConfig(directory, settings.cache_views), self.runtime)
 
     def __call__(self, trial: optuna.Trial) -> float:
         context = {"task": task_of(self.data)}
@@ -157,12 +173,19 @@ class TrialRun:
         self.origin = origin
         self.runtime: Runtime = objective.runtime
         self.data = objective.data
-        torch.manual_seed(seed)  # the new head's initialisation
+        # Every trial of a study starts from the same backbone (it matters for --weights none),
+        # so cached features are shared; only the new head's initialisation is the trial's own.
+        torch.manual_seed(objective.settings.seed)
         self.built = self.build_model()
+        torch.manual_seed(seed)
+        reset_parameters(self.built.head)
         backbone, head = freeze(self.built, hp.freeze, hp.unfreeze_blocks)
         self.model = self.built.model.to(self.runtime.device)
         if self.runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.features = self.cached_features()
+        # With cached features only the head runs; otherwise the whole model does.
+        self.net = self.built.head if self.features is not None else self.model
         self.optimizer = make_optimizer(hp, backbone, head)
         self.scheduler = make_scheduler(hp, self.optimizer)
         self.scaler = self.runtime.grad_scaler()
@@ -183,7 +206,42 @@ class TrialRun:
             num_classes=self.data.num_classes, dropout=self.hp.dropout,
         ))
 
+    def cached_features(self) -> CachedFeatures | None:
+        if self.hp.freeze != "head" or self.objective.cache is None:
+            return None
+        settings = self.objective.settings
+        aug = AugmentConfig.from_params(self.hp.__dict__)
+        return self.objective.cache.get(self.built, settings.model, self.data, settings.image_size, aug)
+
+    def feature_loader(self, features: torch.Tensor, targets: torch.Tensor, *, train: bool):
+        dataset = torch.utils.data.TensorDataset(features, targets)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=self.hp.batch_size, shuffle=train,
+            generator=self.generator if train else None,
+            drop_last=train and len(dataset) > self.hp.batch_size,
+        )
+
+    def epoch_loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        """This epoch's training batches: images, or one cached view of their features."""
+        if self.features is None:
+            return self.train_loader
+        view = derive_seed(self.seed, epoch, "view") % len(self.features.train_views)
+        return self.feature_loader(self.features.view(view), self.data.train_targets, train=True)
+
+    def set_train_mode(self) -> None:
+        if self.hp.freeze == "head":
+            # A frozen backbone is a fixed feature extractor: eval mode throughout (BatchNorm
+            # statistics and any dropout inside it), exactly as the cached features were made.
+            self.model.eval()
+            self.built.head.train()
+        else:
+            set_train_mode(self.model)
+
     def loader(self, *, train: bool) -> torch.utils.data.DataLoader:
+        if self.features is not None:
+            if train:
+                return self.epoch_loader(1)
+            return self.feature_loader(self.features.val, self.data.val_targets, train=False)
         mean, std = self.built.mean, self.built.std
         if train:
             aug = AugmentConfig.from_params(self.hp.__dict__)
@@ -225,6 +283,7 @@ class TrialRun:
         started = time.monotonic()
         trial.set_user_attr("device", str(self.runtime.device))
         trial.set_user_attr("trainable_params", count_trainable(self.model))
+        trial.set_user_attr("feature_cache", self.features is not None)
         self.restore(trial)
         reason = "interrupted"  # kept if anything else (a hand-back, an error) ends the run
         try:
@@ -264,10 +323,10 @@ class TrialRun:
                 return "early_stopped"
         for epoch in range(self.start_epoch, self.hp.epochs + 1):
             self.seed_epoch(epoch)
-            set_train_mode(self.model)
-            train_loss = train_one_epoch(self.model, self.train_loader, self.loss_fn, self.optimizer,
+            self.set_train_mode()
+            train_loss = train_one_epoch(self.net, self.epoch_loader(epoch), self.loss_fn, self.optimizer,
                                          self.runtime, self.scaler)
-            result = evaluate(self.model, self.val_loader, self.loss_fn, self.runtime, self.data.multilabel)
+            result = evaluate(self.net, self.val_loader, self.loss_fn, self.runtime, self.data.multilabel)
             if not math.isfinite(result.loss):
                 # The epoch's last optimizer step left NaN/inf weights, which train_one_epoch
                 # cannot see (always so with one batch per epoch, and in a trial's last epoch);

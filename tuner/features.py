@@ -1,0 +1,171 @@
+"""A frozen-backbone feature cache: head-only trials train on features computed once per view."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from tuner.data import AugmentConfig, TensorImageDataset, eval_transform, train_transform
+from tuner.errors import TunerError
+from tuner.training import Runtime, to_device
+
+# Extraction batch: large enough to keep the device busy, small enough for 224px on a laptop.
+EXTRACT_BATCH = 128
+
+
+def default_cache_dir() -> Path:
+    """Local to the machine (not the shared artifact store): workers on one node share it."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tuner" / "features"
+
+
+@dataclass(frozen=True)
+class FeatureCacheConfig:
+    """Where features live and how many augmented views of each training image are cached.
+
+    K views trade diversity for speed: each epoch trains on one of K fixed augmentations
+    of every image, instead of a fresh one. K=1 is plain feature extraction; 4-8 keep
+    most of augmentation's regularising effect at K backbone passes in all (vs one per epoch).
+    """
+
+    directory: Path
+    views: int = 4
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise TunerError(f"--cache-views must be >= 1, got {self.views}")
+
+
+@dataclass(frozen=True)
+class CachedFeatures:
+    train_views: tuple[torch.Tensor, ...]  # K tensors, N_train x F, float32
+    val: torch.Tensor  # N_val x F
+
+    def view(self, index: int) -> torch.Tensor:
+        return self.train_views[index % len(self.train_views)]
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in tensors:
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def backbone_digest(model: torch.nn.Module, head: torch.nn.Module) -> str:
+    """Identifies the frozen backbone's weights, whatever their source (imagenet, file, seed)."""
+    head_params = {id(p) for p in head.parameters()}
+    params = [p for p in model.parameters() if id(p) not in head_params]
+    buffers = list(model.buffers())
+    return tensor_digest(*params, *buffers)
+
+
+def aug_is_random(aug: AugmentConfig) -> bool:
+    return aug.crop_scale < 1.0 or aug.hflip > 0 or aug.rotation > 0 or aug.color_jitter > 0
+
+
+class FeatureCache:
+    """Computes backbone features once per (backbone, data, size, augmentation, view).
+
+    Held in memory for the trials of this process and on disk for the other workers on
+    the machine; a file lock makes concurrent workers compute a missing entry only once.
+    """
+
+    def __init__(self, config: FeatureCacheConfig, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.memory: dict[str, CachedFeatures] = {}
+        self.data_digests: dict[int, str] = {}
+
+    def key(self, model_name: str, backbone: str, data_digest: str, image_size: int, aug: AugmentConfig,
+            mean: Sequence[float], std: Sequence[float]) -> str:
+        views = self.config.views if aug_is_random(aug) else 1
+        parts = (model_name, backbone, data_digest, image_size, aug, tuple(mean), tuple(std), views)
+        return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+    def get(self, built, model_name: str, data, image_size: int, aug: AugmentConfig) -> CachedFeatures:
+        data_digest = self.data_digest(data)
+        key = self.key(model_name, backbone_digest(built.model, built.head), data_digest, image_size,
+                       aug, built.mean, built.std)
+        if key not in self.memory:
+            # Keep one entry: a study has one backbone and a few augmentation settings at most.
+            self.memory = {key: self.load_or_compute(key, built, data, image_size, aug)}
+        return self.memory[key]
+
+    def data_digest(self, data) -> str:
+        # ImageData is immutable: hash its pixels once per object, not once per trial.
+        if id(data) not in self.data_digests:
+            self.data_digests = {id(data): tensor_digest(data.train_images, data.val_images)}
+        return self.data_digests[id(data)]
+
+    def load_or_compute(self, key: str, built, data, image_size: int, aug: AugmentConfig) -> CachedFeatures:
+        path = self.config.directory / f"{key}.pt"
+        with locked(path.with_suffix(".lock")):
+            if path.exists():
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                return CachedFeatures(tuple(state["train_views"]), state["val"])
+            features = self.compute(built, data, image_size, aug, key)
+            write_atomically(path, {"train_views": list(features.train_views), "val": features.val})
+            return features
+
+    def compute(self, built, data, image_size: int, aug: AugmentConfig, key: str) -> CachedFeatures:
+        views = self.config.views if aug_is_random(aug) else 1
+        transform = train_transform(aug, image_size, built.mean, built.std)
+        train = []
+        for view in range(views):
+            # Each view's augmentation is seeded by the cache key, so a view is the same
+            # tensor whichever worker computes it.
+            torch.manual_seed(int(key[:8], 16) + view)
+            train.append(extract(built, data.train_images, transform, self.runtime))
+        val = extract(built, data.val_images, eval_transform(built.mean, built.std), self.runtime)
+        return CachedFeatures(tuple(train), val)
+
+
+@torch.no_grad()
+def extract(built, images: torch.Tensor, transform, runtime: Runtime) -> torch.Tensor:
+    """The head's input for every image: the frozen backbone's output, in eval mode."""
+    captured: list[torch.Tensor] = []
+    hook = built.head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().cpu()))
+    model = built.model.to(runtime.device)
+    was_training = model.training
+    model.eval()
+    try:
+        dataset = TensorImageDataset(images, torch.zeros(len(images)), transform)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=EXTRACT_BATCH, shuffle=False)
+        for inputs, _ in loader:
+            (inputs,) = to_device((inputs,), runtime)
+            with runtime.autocast():
+                model(inputs)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return torch.cat(captured)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_atomically(path: Path, state: dict) -> None:
+    """Write to a temporary name, then rename: a reader never sees half a file."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(buffer.getvalue())
+    os.replace(temporary, path)
