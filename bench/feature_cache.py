@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, timed  # noqa: E402
 
 from tuner.data import AugmentConfig, DataConfig, TensorImageDataset, load_data, train_transform  # noqa: E402
-from tuner.features import FeatureCache, FeatureCacheConfig  # noqa: E402
+from tuner.features import FeatureCache, FeatureCacheConfig, TensorBatches  # noqa: E402
 from tuner.models import ModelSpec, build_model, freeze  # noqa: E402
 from tuner.training import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
 
@@ -62,8 +62,8 @@ def main() -> None:
             features = cache.get(built, args.model, data, args.image_size, aug)
         optimizer = make_optimizer(hp, [], list(built.head.parameters()))
         for epoch in range(args.epochs):
-            view = torch.utils.data.TensorDataset(features.view(epoch).to(runtime.device), data.train_targets.to(runtime.device))
-            head_loader = torch.utils.data.DataLoader(view, batch_size=args.batch_size, shuffle=True)
+            head_loader = TensorBatches((features.view(epoch).to(runtime.device), data.train_targets.to(runtime.device)),
+                                        args.batch_size, shuffle=True)
             built.head.train()
             with timed(times, f"cached{epoch}"):
                 train_one_epoch(built.head, head_loader, loss_fn, optimizer, runtime)

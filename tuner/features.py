@@ -53,6 +53,38 @@ class CachedFeatures:
         return self.train_views[index % len(self.train_views)]
 
 
+class TensorBatches:
+    """Mini-batches of in-memory tensors by slicing: no per-sample indexing or collation.
+
+    The shuffled order is `torch.randperm(n, generator)`, the same order a DataLoader's
+    RandomSampler draws from the same generator, so cached and uncached epochs match.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor], batch_size: int, *, shuffle: bool = False,
+                 generator: torch.Generator | None = None, drop_last: bool = False) -> None:
+        self.tensors = tuple(tensors)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = len(self.tensors[0])
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n = len(self.tensors[0])
+        if self.generator is not None:
+            # A DataLoader iterator first draws its workers' base seed from the generator;
+            # draw it too, so the permutation below is the one a DataLoader would use.
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for chunk in order.split(self.batch_size):
+            if self.drop_last and len(chunk) < self.batch_size:
+                break
+            yield tuple(tensor[chunk] for tensor in self.tensors)
+
+
 def tensor_digest(*tensors: torch.Tensor) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for tensor in tensors:

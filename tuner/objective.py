@@ -14,7 +14,7 @@ import torch
 
 from tuner.data import AugmentConfig, ImageData, TensorImageDataset, eval_transform, train_transform
 from tuner.errors import SpaceError
-from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, default_cache_dir
+from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, TensorBatches, default_cache_dir
 from tuner.models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode
 from tuner.space import SearchSpace
 from tuner.training import (
@@ -213,15 +213,14 @@ class TrialRun:
         aug = AugmentConfig.from_params(self.hp.__dict__)
         return self.objective.cache.get(self.built, settings.model, self.data, settings.image_size, aug)
 
-    def feature_loader(self, features: torch.Tensor, targets: torch.Tensor, *, train: bool):
-        dataset = torch.utils.data.TensorDataset(features, targets)
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=self.hp.batch_size, shuffle=train,
+    def feature_loader(self, features: torch.Tensor, targets: torch.Tensor, *, train: bool) -> TensorBatches:
+        return TensorBatches(
+            (features, targets), self.hp.batch_size, shuffle=train,
             generator=self.generator if train else None,
-            drop_last=train and len(dataset) > self.hp.batch_size,
+            drop_last=train and len(features) > self.hp.batch_size,
         )
 
-    def epoch_loader(self, epoch: int) -> torch.utils.data.DataLoader:
+    def epoch_loader(self, epoch: int) -> torch.utils.data.DataLoader | TensorBatches:
         """This epoch's training batches: images, or one cached view of their features."""
         if self.features is None:
             return self.train_loader
