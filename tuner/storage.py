@@ -48,10 +48,16 @@ class StorageSettings:
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ***, safe for logs, errors and status output."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        # libpq/psycopg (and the mysql drivers) also take the password as a query
+        # parameter (?password=...), which hide_password alone leaves in clear text.
+        hidden = [key for key in parsed.query if key.lower() in ("password", "passwd")]
+        parsed = parsed.update_query_dict({key: "MASKEDPASSWORD" for key in hidden})
+        return parsed.render_as_string(hide_password=True).replace("MASKEDPASSWORD", "***")
     except (ArgumentError, ValueError):
         # Not parseable: hide anything between '://user:' and '@' by hand.
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        return re.sub(r"([?&](?:password|passwd)=)[^&]*", r"\1***", masked, flags=re.IGNORECASE)
 
 
 def normalize_url(url: str) -> str:

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from tuner.errors import StudyError, TunerError
 from tuner.space import SearchSpace, parse_space
+from tuner.training import Hyperparams
 
 CONFIG_ATTR = "tuner_config"
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
@@ -178,36 +179,56 @@ def _when(branch) -> str:
 
 def warm_start_params(space: SearchSpace) -> list[dict[str, Any]]:
     """The seed's recommended configurations that this space can express, as enqueue params."""
-    out = []
+    out: list[dict[str, Any]] = []
     for config in WARM_START:
         params = expressible(space, config)
-        if params is not None:
+        # Two recommendations may shrink to the same params in a narrow space: enqueue once.
+        if params is not None and params not in out:
             out.append(params)
     return out
 
 
 def expressible(space: SearchSpace, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The part of a recommended configuration that `space` can express, as enqueue params.
+
+    The freeze strategy defines a configuration: a space that cannot take it (or fixes
+    another one) gets none of it. Any other value the space cannot take (a parameter
+    it lacks, a choice or range it does not offer, a branch that is inactive there) is
+    left to the sampler, "as far as the space can express them" (README). Rejecting the
+    whole configuration instead meant that e.g. a space without `unfreeze_blocks`, or
+    whose optimizers exclude adamw, never got the head / last-block warm start at all.
+    """
+    defining = "freeze"
+    if defining in config and defining not in space.params and config[defining] != Hyperparams.freeze:
+        return None  # the space leaves freeze at the trainer's default, and this is another strategy
     values: dict[str, Any] = {"task": "single_label"}
     params: dict[str, Any] = {}
+    dropped: set[str] = set()
     for name in space.params:
-        branch = space.active_branch(name, {**values, **config})
+        kept = {k: v for k, v in config.items() if k not in dropped}
+        branch = space.active_branch(name, {**values, **kept})
         if branch is None:
-            if name in config:
+            if name == defining and name in config:
                 return None
+            dropped.add(name)
             continue
         if branch.fixed:
             if name in config and config[name] != branch.value:
-                return None
+                if name == defining:
+                    return None
+                dropped.add(name)
             values[name] = branch.value
             continue
         if name not in config:
             continue
         value = config[name]
         if not branch.contains(value):
-            return None
+            if name == defining:
+                return None
+            dropped.add(name)
+            continue
         values[name] = params[name] = value
-    unknown = set(config) - set(space.params)
-    return None if unknown else params
+    return params
 
 
 # --- the global budget -------------------------------------------------------------

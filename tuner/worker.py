@@ -150,6 +150,7 @@ class Worker:
         )
 
     def run(self) -> WorkerSummary:
+        self.recover_stale()
         if budget_left(self.study, self.config.n_trials) <= 0:
             self.log.info("budget of %d trials already taken; nothing to do", self.config.n_trials)
             return self.summary()
@@ -210,8 +211,22 @@ class Worker:
         if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
             self.checkpointer.finish(frozen)
         self.log_finished(frozen)
-        if self.stop.set or budget_left(study, self.config.n_trials) <= 0:
+        if self.stop.set:
             study.stop()
+            return
+        self.recover_stale()
+        if budget_left(study, self.config.n_trials) <= 0:
+            study.stop()
+
+    def recover_stale(self) -> None:
+        """Fail (and queue the retry of) trials whose worker died, before counting the budget.
+
+        budget_left() counts RUNNING trials as taken, and Optuna only looks for stale
+        trials when a trial starts. Without this, a dead worker's trial kept its slot
+        forever: a new worker found the budget "already taken" and exited, and the last
+        live worker stopped without ever retrying it.
+        """
+        optuna.storages.fail_stale_trials(self.study)
 
     def requeue(self, frozen: FrozenTrial) -> None:
         """Put a handed-back trial straight back in the queue (no grace period to wait out)."""

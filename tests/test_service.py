@@ -1,0 +1,501 @@
+"""The study service in-process: `tuner create/run/status/best/export/report/retrain/worker`
+through click's CliRunner and the library, on real Optuna studies in SQLite and PostgreSQL.
+
+Subprocess workers (budget races, kill -9, SIGTERM, --processes, the dashboard server) are
+in test_workers.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import optuna_dashboard
+import pytest
+import sqlalchemy
+import torch
+import yaml
+from click.testing import CliRunner
+from optuna.trial import TrialState
+from PIL import Image
+from sqlalchemy.engine import make_url
+
+from conftest import TINY_SPACE, _admin_engine, postgres_admin_url
+from tuner.cli import cli
+from tuner.models import ModelSpec, build_model
+from tuner.results import all_params
+from tuner.space import load_space
+from tuner.storage import StorageSettings, mask_url, open_storage
+from tuner.study import StudyConfig, create_study
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HEAD = {"freeze": "head", "lr": 1e-3}
+LAST_BLOCK = {"freeze": "last_blocks", "lr": 1e-3, "backbone_lr": 1e-5}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny 16 px models train as fast on one thread, and far faster than on two contended cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fast_args(space: Path) -> list[str]:
+    """The study options every test uses: digits at 16 px, random init, at most 2 epochs."""
+    return ["--space", str(space), "--data", "digits", "--image-size", "16", "--weights", "none",
+            "--max-epochs", "2"]
+
+
+def invoke(args: list[str]):
+    result = CliRunner().invoke(cli, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def library_study(url: str, name: str, space_ref: str | Path, *, n_trials: int = 2, warm_start: bool = True,
+                  artifacts: str = "") -> optuna.Study:
+    """A tuner study created through the library (no data loaded): for tests that train nothing."""
+    space = load_space(str(space_ref))
+    config = StudyConfig(space_name=space.name, space_text=space.text, data="digits", model="resnet18",
+                         weights="none", image_size=16, n_trials=n_trials, max_epochs=2, artifacts=artifacts,
+                         warm_start=warm_start)
+    storage = open_storage(StorageSettings(url=url), heartbeat=False)
+    return create_study(storage, name, config, note=f"# {space.name} on digits")
+
+
+# --- tuner create ----------------------------------------------------------------------
+
+CREATE_CASES = [
+    pytest.param([], True, [HEAD, LAST_BLOCK], id="warm-start"),
+    pytest.param(["--no-warm-start"], False, [], id="no-warm-start"),
+]
+
+
+@pytest.mark.parametrize("extra, warm_start, enqueued", CREATE_CASES)
+def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url, tiny_space, tmp_path,
+                                                                    extra, warm_start, enqueued):
+    artifacts = tmp_path / "shared-artifacts"
+    result = invoke([
+        "create", "--study", "s1", *fast_args(tiny_space), "--n-trials", "3", "--storage", storage_url,
+        "--artifacts", str(artifacts), "--sampler", "random", "--pruner", "median", "--seed", "7",
+        "--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", "2", *extra,
+    ])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"created study s1 in {mask_url(storage_url)}: tiny space, resnet18, 3 trials, metric val_accuracy",
+        "start workers with: tuner worker --study s1 --storage URL",
+    ]
+    study = load(storage_url, "s1")
+    assert study.user_attrs["tuner_config"] == {
+        "space_name": "tiny", "space_text": TINY_SPACE, "data": "digits", "model": "resnet18",
+        "weights": "none", "image_size": 16, "val_fraction": 0.2, "sampler": "random", "pruner": "median",
+        "n_trials": 3, "seed": 7, "max_epochs": 2, "metric": "val_accuracy", "direction": "maximize",
+        "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2, "artifacts": str(artifacts),
+        "warm_start": warm_start,
+    }
+    assert study.metric_names == ["val_accuracy"]
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    note = optuna_dashboard.get_note(study)
+    assert note.startswith("# tiny: resnet18 on digits\n")
+    assert "Tiny test space." in note
+    assert "* **Data:** digits (scikit-learn 8x8 handwritten digits)" in note
+    assert "| `backbone_lr` | float | 1e-05 .. 0.0001 (log) | freeze = 'last_blocks' |" in note
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.WAITING] * len(enqueued)
+    assert [t.system_attrs["fixed_params"] for t in trials] == enqueued
+    assert all(t.user_attrs == {"warm_start": True} for t in trials)
+
+
+WARM_START_CASES = [
+    # space, budget, enqueued params: only what the space can express, and never more than the budget
+    pytest.param("tiny", 3, [HEAD, LAST_BLOCK], id="tiny: adamw and unfreeze_blocks left to the space"),
+    pytest.param("tiny", 1, [HEAD], id="tiny: cut to the budget"),
+    pytest.param("default", 20, [
+        {"freeze": "head", "lr": 1e-3, "optimizer": "adamw"},
+        {"freeze": "last_blocks", "unfreeze_blocks": 1, "lr": 1e-3, "backbone_lr": 1e-5},
+        {"freeze": "full", "lr": 1e-5, "backbone_lr": 1e-5},
+    ], id="default: all three"),
+    pytest.param("fine_tuning", 20, [
+        {"freeze": "last_blocks", "unfreeze_blocks": 1, "lr": 1e-3, "backbone_lr": 1e-5},
+        {"freeze": "full", "lr": 1e-5, "backbone_lr": 1e-5},
+    ], id="fine_tuning: no head-only"),
+    pytest.param("feature_extraction", 20, [{"lr": 1e-3, "optimizer": "adamw"}], id="feature_extraction: fixed head"),
+]
+
+
+@pytest.mark.parametrize("space_name, budget, enqueued", WARM_START_CASES)
+def test_warm_start_enqueues_what_the_space_can_express(storage_url, tiny_space, space_name, budget, enqueued):
+    ref = tiny_space if space_name == "tiny" else space_name
+    study = library_study(storage_url, "ws", ref, n_trials=budget)
+    trials = study.get_trials()
+    assert [t.system_attrs["fixed_params"] for t in trials] == enqueued
+    assert {t.state for t in trials} <= {TrialState.WAITING}
+    space = load_space(str(ref))
+    for params in enqueued:  # every enqueued value is one the space really offers
+        for name, value in params.items():
+            assert any(b.contains(value) for b in space.params[name]), (name, value)
+
+
+BAD_NUMBERS = [
+    pytest.param(["--n-trials", "0"], "Error: --n-trials must be >= 1, got 0", id="n-trials 0"),
+]
+
+
+@pytest.mark.parametrize("options, message", BAD_NUMBERS)
+def test_create_with_a_bad_budget_fails_and_creates_nothing(storage_url, tiny_space, options, message):
+    args = ["create", "--study", "bad", *fast_args(tiny_space), *options, "--storage", storage_url]
+    result = invoke(args)
+    assert result.exit_code == 1
+    assert result.output == message + "\n"
+    database = make_url(storage_url).database
+    if storage_url.startswith("sqlite"):
+        assert not Path(database).exists()
+    else:
+        assert optuna.get_all_study_names(storage=storage_url) == []
+
+
+# --- passwords -------------------------------------------------------------------------
+
+MASK_CASES = [
+    ("postgresql+psycopg://u:secret@h/db", "postgresql+psycopg://u:***@h/db"),
+    ("postgresql+psycopg://u:secret@h:5432/db?sslmode=require", "postgresql+psycopg://u:***@h:5432/db?sslmode=require"),
+    ("postgresql://u:se%40cret@h/db", "postgresql://u:***@h/db"),
+    ("postgresql+psycopg://u@h/db?password=secret", "postgresql+psycopg://u@h/db?password=***"),
+    ("postgresql+psycopg://u:secret@h/db?sslmode=require&password=secret",
+     "postgresql+psycopg://u:***@h/db?password=***&sslmode=require"),
+    ("mysql+pymysql://u:secret@h/db", "mysql+pymysql://u:***@h/db"),
+    ("postgresql+psycopg://u:secret@h:notaport/db", "postgresql+psycopg://u:***@h:notaport/db"),
+    ("sqlite:////tmp/secret-free.db", "sqlite:////tmp/secret-free.db"),
+]
+
+
+@pytest.mark.parametrize("url, masked", MASK_CASES)
+def test_mask_url_hides_every_password(url, masked):
+    assert mask_url(url) == masked
+    assert "secret" not in mask_url(url).replace("secret-free", "")
+
+
+def with_password(url: str, form: str) -> str:
+    """The same trust-auth database, with a password the server ignores (and we must never print)."""
+    parsed = make_url(url)
+    if form == "userinfo":
+        return parsed.set(password="hunter2").render_as_string(hide_password=False)
+    return parsed.update_query_dict({"password": "hunter2"}).render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("form", ["userinfo", "query"])
+def test_create_and_status_never_print_the_password(postgres_url, tiny_space, tmp_path, form):
+    url = with_password(postgres_url, form)
+    masked = mask_url(url)
+    assert "hunter2" in url and "hunter2" not in masked
+    created = invoke(["create", "--study", "pw", *fast_args(tiny_space), "--n-trials", "2", "--storage", url,
+                      "--artifacts", str(tmp_path / "art")])
+    assert created.exit_code == 0, created.output
+    assert created.stdout.splitlines()[0].startswith(f"created study pw in {masked}: ")
+    for fmt in ("table", "json"):
+        result = invoke(["status", "--storage", url, "--format", fmt])
+        assert result.exit_code == 0, result.output
+        assert "hunter2" not in result.output
+        if fmt == "table":
+            assert result.stdout.splitlines() == [
+                f"storage: {masked}",
+                "study pw: 0/2 finished [waiting 2]; best val_accuracy none yet",
+            ]
+        else:
+            assert json.loads(result.stdout)["storage"] == masked
+
+
+UNREACHABLE_COMMANDS = [
+    pytest.param(["status"], id="status"),
+    pytest.param(["best", "--study", "x"], id="best"),
+    pytest.param(["export", "--study", "x"], id="export"),
+    pytest.param(["worker", "--study", "x"], id="worker"),
+]
+
+
+@pytest.mark.parametrize("command", UNREACHABLE_COMMANDS)
+def test_an_unreachable_storage_error_names_the_url_without_its_password(command):
+    url = "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/nowhere"
+    result = invoke([*command, "--storage", url])
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "Error: cannot open storage postgresql+psycopg://postgres:***@127.0.0.1:1/nowhere: "), result.output
+    assert "hunter2" not in result.output
+    assert len(result.output.splitlines()) == 1
+
+
+# --- status with a running trial ---------------------------------------------------------
+
+def test_status_lists_running_trials_with_host_device_epoch_and_metric(storage_url, tiny_space):
+    study = library_study(storage_url, "live", tiny_space, n_trials=4, warm_start=False)
+    done = study.ask()
+    study.tell(done, 0.75)
+    pruned = study.ask()
+    study.tell(pruned, state=TrialState.PRUNED)
+    running = study.ask()
+    for key, value in {"worker": "node7:4242:cuda", "device": "cuda:0", "epoch": 3, "last_metric": 0.5}.items():
+        running.set_user_attr(key, value)
+    started = load(storage_url, "live").trials[2].datetime_start.isoformat(timespec="seconds")
+
+    report = json.loads(invoke(["status", "--storage", storage_url, "--study", "live", "--format", "json"]).stdout)
+    assert report == {"storage": mask_url(storage_url), "studies": [{
+        "name": "live", "metric": "val_accuracy", "direction": "maximize", "n_trials": 4, "finished": 2,
+        "states": {"RUNNING": 1, "COMPLETE": 1, "PRUNED": 1, "FAIL": 0, "WAITING": 0},
+        "best": {"value": 0.75, "number": 0},
+        "running": [{"number": 2, "worker": "node7:4242:cuda", "host": "node7", "device": "cuda:0", "epoch": 3,
+                     "last_metric": 0.5, "started": started}],
+    }]}
+    table = invoke(["status", "--storage", storage_url, "--study", "live"])
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert lines[:2] == [f"storage: {mask_url(storage_url)}",
+                         "study live: 2/4 finished [running 1, complete 1, pruned 1]; best val_accuracy 0.7500 (trial 0)"]
+    cells = [line.split() for line in lines[2:] if line.strip() and set(line.strip()) != {"─"}]
+    assert cells == [["trial", "host", "device", "epoch", "val_accuracy", "started"],
+                     ["2", "node7", "cuda:0", "3", "0.5000", started]]
+
+
+# --- a finished study: one per backend, shared by the read-only tests below -------------
+
+@dataclass(frozen=True)
+class Finished:
+    url: str
+    name: str
+    root: Path
+    run_output: str
+
+    def study(self) -> optuna.Study:
+        return load(self.url, self.name)
+
+
+# The tiny space, head-only: head trials train on cached backbone features, in a blink.
+HEAD_ONLY_SPACE = re.sub(r"  backbone_lr:\n(    .*\n)+", "", TINY_SPACE).replace(
+    "choices: [head, last_blocks]", "choices: [head]")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def finished(request, tmp_path_factory):
+    """`tuner run` of a 2-trial study, run once per backend and shared by the read-only tests."""
+    root = tmp_path_factory.mktemp(f"finished-{request.param}")
+    database = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{root / 'study.db'}"
+    else:
+        if not request.getfixturevalue("postgres_available"):
+            pytest.skip("PostgreSQL is not reachable (CI requires it; set TUNER_TEST_POSTGRES_URL)")
+        database = f"tuner_t_{uuid.uuid4().hex[:12]}"  # unique, like conftest's postgres_url
+        with _admin_engine().connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
+        url = make_url(postgres_admin_url()).set(database=database).render_as_string(hide_password=False)
+    space = root / "tiny.yaml"
+    space.write_text(HEAD_ONLY_SPACE)
+    try:
+        result = invoke(["run", "--study", "out", *fast_args(space), "--n-trials", "2", "--storage", url,
+                         "--artifacts", str(root / "artifacts"), "--device", "cpu", "--quiet"])
+        assert result.exit_code == 0, result.output
+        yield Finished(url, "out", root, result.stdout)
+    finally:
+        if database is not None:
+            engine = _admin_engine()
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            engine.dispose()
+
+
+def test_run_finishes_the_budget_starting_with_the_warm_start(finished):
+    study = finished.study()
+    trials = study.get_trials()
+    assert [t.state for t in trials if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)] == []
+    assert len(trials) == 2
+    # Only the head-only recommendation fits this space; the second trial is sampled.
+    assert {k: trials[0].params[k] for k in HEAD} == HEAD and trials[0].user_attrs["warm_start"] is True
+    assert "warm_start" not in trials[1].user_attrs
+    for trial in trials:
+        assert trial.user_attrs["lineage"] == trial.number
+        assert sorted(trial.intermediate_values) == list(range(1, trial.user_attrs["epochs_run"] + 1))
+        assert trial.user_attrs["epochs_run"] <= 2  # --max-epochs 2 caps the sampled 2..3
+    best = study.best_trial
+    assert finished.run_output.splitlines()[:3] == [
+        "created study out (2 trials, metric val_accuracy)",
+        "finished 2/2 trials (2 run by this process)",
+        f"best value {best.value:.4f} (trial {best.number})",
+    ]
+
+
+def test_status_of_a_finished_study(finished):
+    study = finished.study()
+    best = study.best_trial
+    states = {s.name: 0 for s in TrialState}
+    for trial in study.trials:
+        states[trial.state.name] += 1
+    shown = ", ".join(f"{k.lower()} {v}" for k, v in states.items() if v)
+    table = invoke(["status", "--storage", finished.url])
+    assert table.exit_code == 0
+    assert table.stdout == (f"storage: {mask_url(finished.url)}\n"
+                            f"study out: 2/2 finished [{shown}]; best val_accuracy {best.value:.4f} "
+                            f"(trial {best.number})\n")
+    report = json.loads(invoke(["status", "--storage", finished.url, "--format", "json"]).stdout)
+    assert report["studies"][0]["states"] == states
+    assert report["studies"][0]["best"] == {"value": best.value, "number": best.number}
+    assert report["studies"][0]["running"] == []
+
+
+def test_best_as_table_and_json(finished):
+    best = finished.study().best_trial
+    params = dict(sorted(all_params(best).items()))
+    assert set(params) >= {"freeze", "lr", "optimizer", "batch_size", "epochs", "loss", "patience"}
+    table = invoke(["best", "--study", "out", "--storage", finished.url])
+    assert table.exit_code == 0
+    assert table.stdout.splitlines() == [
+        f"study out: best val_accuracy = {best.value:.4f} (trial {best.number})",
+        *(f"  {k}: {v}" for k, v in params.items()),
+    ]
+    summary = json.loads(invoke(["best", "--study", "out", "--storage", finished.url, "--format", "json"]).stdout)
+    assert summary == {"study": "out", "metric": "val_accuracy", "value": best.value, "number": best.number,
+                       "params": params, "best_epoch": best.user_attrs["best_epoch"]}
+
+
+def test_best_as_yaml_is_a_space_that_fixes_every_best_param(finished, tmp_path):
+    best = finished.study().best_trial
+    result = invoke(["best", "--study", "out", "--storage", finished.url, "--format", "yaml"])
+    assert result.exit_code == 0
+    doc = yaml.safe_load(result.stdout)
+    assert doc["settings"] == {"model": "resnet18", "image_size": 16}
+    assert doc["params"] == {k: {"type": "fixed", "value": v} for k, v in all_params(best).items()}
+    path = tmp_path / "best.yaml"
+    path.write_text(result.stdout)
+    validated = invoke(["space", "validate", str(path)])
+    assert validated.exit_code == 0, validated.output
+    assert validated.stdout == f"best.yaml: OK ({len(doc['params'])} parameters)\n"
+
+
+def test_export_csv_has_one_row_per_trial_with_param_and_attr_columns(finished, tmp_path):
+    trials = finished.study().get_trials()
+    result = invoke(["export", "--study", "out", "--storage", finished.url])
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [int(r["number"]) for r in rows] == [t.number for t in trials]
+    header = list(rows[0])
+    assert header[:5] == ["number", "state", "value", "datetime_start", "datetime_complete"]
+    assert header[-1] == "intermediate_values"
+    assert {h for h in header if h.startswith("params_")} == {f"params_{k}" for t in trials for k in all_params(t)}
+    assert {h for h in header if h.startswith("user_attrs_")} == {
+        f"user_attrs_{k}" for t in trials for k in t.user_attrs}
+    for row, trial in zip(rows, trials):
+        assert row["state"] == trial.state.name
+        assert row["value"] == ("" if trial.value is None else str(trial.value))
+        assert all(row[f"params_{k}"] == str(v) for k, v in all_params(trial).items())
+        assert row["user_attrs_lineage"] == str(trial.number)
+        assert json.loads(row["user_attrs_history"]) == trial.user_attrs["history"]
+        assert json.loads(row["intermediate_values"]) == {str(k): v for k, v in trial.intermediate_values.items()}
+    out = tmp_path / "trials.csv"
+    written = invoke(["export", "--study", "out", "--storage", finished.url, "--out", str(out)])
+    assert written.stdout == f"wrote {out}\n"
+    assert out.read_text() == result.stdout
+
+
+def test_export_json_has_every_trial(finished, tmp_path):
+    trials = finished.study().get_trials()
+    out = tmp_path / "trials.json"
+    result = invoke(["export", "--study", "out", "--storage", finished.url, "--format", "json", "--out", str(out)])
+    assert result.exit_code == 0 and result.stdout == f"wrote {out}\n"
+    doc = json.loads(out.read_text())
+    assert doc["study"] == "out"
+    assert [(r["number"], r["state"], r["value"]) for r in doc["trials"]] == [
+        (t.number, t.state.name, t.value) for t in trials]
+    for record, trial in zip(doc["trials"], trials):
+        assert record["params"] == all_params(trial)
+        assert record["user_attrs"] == trial.user_attrs
+        assert record["intermediate_values"] == {str(k): v for k, v in trial.intermediate_values.items()}
+
+
+def test_report_writes_valid_pngs_that_index_html_shows(finished, tmp_path):
+    out = tmp_path / "report"
+    result = invoke(["report", "--study", "out", "--storage", finished.url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"wrote {out / 'index.html'}\n"
+    index = (out / "index.html").read_text()
+    shown = re.findall(r'<img src="([^"]+)"', index)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert sorted(shown) == pngs
+    # Two finished trials are enough for every plot, importances included.
+    assert pngs == ["learning_curves.png", "optimization_history.png", "parallel_coordinate.png",
+                    "param_importances.png"]
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+        with Image.open(out / name) as image:
+            image.verify()
+    assert "<h1>Study out</h1>" in index and "Not available yet" not in index
+
+
+def test_retrain_writes_loadable_weights_and_a_model_description(finished, tmp_path):
+    best = finished.study().best_trial
+    out = tmp_path / "model"
+    result = invoke(["retrain", "--study", "out", "--storage", finished.url, "--out", str(out), "--epochs", "1",
+                     "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    description = json.loads((out / "model.json").read_text())
+    assert result.stdout == (f"trained resnet18 for 1 epochs: val_accuracy = {description['value']:.4f}; "
+                             f"wrote {out / 'weights.pt'} and {out / 'model.json'}\n")
+    assert description["params"] == {**all_params(best), "epochs": 1}
+    assert description["classes"] == [str(i) for i in range(10)]
+    assert description["metric"] == "val_accuracy"
+    assert description["source_trial"] == best.number and description["image_size"] == 16
+    # Same seed (study seed + lineage), same first epoch: on CPU the value is the trial's epoch-1 value.
+    assert description["value"] == best.intermediate_values[1]
+    state = torch.load(out / "weights.pt", weights_only=True)
+    model = build_model(ModelSpec(name="resnet18", weights="none", num_classes=10)).model
+    model.load_state_dict(state)
+
+
+MISMATCH_CASES = [
+    pytest.param(["--model", "resnet34"], 1,
+                 "Error: study 'out' already exists with a different config: model (study has 'resnet18', "
+                 "given 'resnet34'). Use another --study name, or leave those options out to continue it\n",
+                 id="model"),
+    pytest.param(["--n-trials", "5"], 1,
+                 "Error: study 'out' already exists with a different config: n-trials (study has 2, given 5). "
+                 "Use another --study name, or leave those options out to continue it\n",
+                 id="n-trials"),
+    pytest.param(["--n-trials", "5", "--seed", "3"], 1,
+                 "Error: study 'out' already exists with a different config: n-trials (study has 2, given 5); "
+                 "seed (study has 0, given 3). Use another --study name, or leave those options out to "
+                 "continue it\n",
+                 id="n-trials and seed"),
+    pytest.param(["--n-trials", "2", "--device", "cpu"], 0,
+                 "continuing study out (2 trials, metric val_accuracy)\nfinished 2/2 trials (0 run by this process)\n",
+                 id="same n-trials continues"),
+]
+
+
+@pytest.mark.parametrize("options, code, output", MISMATCH_CASES)
+def test_run_against_an_existing_study_refuses_a_different_config(finished, options, code, output):
+    before = len(finished.study().trials)
+    result = invoke(["run", "--study", "out", "--storage", finished.url, "--quiet", *options])
+    assert result.exit_code == code
+    assert result.output.startswith(output), result.output
+    assert len(finished.study().trials) == before
+
+
+GPU_SPECS = ["all", "0", "0,1"]
+
+
+@pytest.mark.parametrize("spec", GPU_SPECS)
+def test_worker_gpus_without_a_gpu_is_one_clear_error(finished, spec):
+    assert not torch.cuda.is_available()
+    result = invoke(["worker", "--study", "out", "--storage", finished.url, "--gpus", spec])
+    assert result.exit_code == 1
+    assert result.output == f"Error: --gpus {spec}: no CUDA GPU is visible on this node (use --device cpu)\n"
