@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -151,7 +152,8 @@ class Worker:
 
     def run(self) -> WorkerSummary:
         self.recover_stale()
-        if budget_left(self.study, self.config.n_trials) <= 0:
+        deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
+        if budget_left(self.study, self.config.n_trials) <= 0 and not self.await_others(deadline):
             self.log.info("budget of %d trials already taken; nothing to do", self.config.n_trials)
             return self.summary()
         self.objective = self.build_objective()
@@ -161,10 +163,14 @@ class Worker:
         )
         restore = self.stop.install()
         try:
-            self.study.optimize(
-                self.run_trial, timeout=self.options.timeout, catch=(OverBudget, HandBack),
-                callbacks=[self.after_trial], gc_after_trial=True,
-            )
+            while True:
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+                self.study.optimize(
+                    self.run_trial, timeout=remaining, catch=(OverBudget, HandBack),
+                    callbacks=[self.after_trial], gc_after_trial=True,
+                )
+                if self.stop.set or not self.await_others(deadline):
+                    break
         finally:
             restore()
         return self.summary()
@@ -210,13 +216,36 @@ class Worker:
             return
         if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
             self.checkpointer.finish(frozen)
-        self.log_finished(frozen)
+        if self.log.isEnabledFor(logging.INFO):
+            self.log_finished(frozen)
         if self.stop.set:
             study.stop()
             return
-        self.recover_stale()
+        # Only when the budget looks spent is it worth asking whether a RUNNING trial is
+        # really a dead worker's (one query per trial saved on the hot path).
         if budget_left(study, self.config.n_trials) <= 0:
-            study.stop()
+            self.recover_stale()
+            if budget_left(study, self.config.n_trials) <= 0:
+                study.stop()
+
+    def await_others(self, deadline: float | None) -> bool:
+        """With the budget taken, stay while other workers' trials run: True if one of them
+        died and its retry is queued for this worker to take, False once all have finished.
+
+        Without this, the last worker could leave while a dead worker's trial is still
+        within its grace period, and that trial would wait for a worker that never comes.
+        """
+        while deadline is None or time.monotonic() < deadline:
+            if self.stop.set:
+                return False
+            self.recover_stale()
+            waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if waiting or budget_left(self.study, self.config.n_trials) > 0:
+                return True
+            if not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return False
+            self.stop.event.wait(self.storage_settings.heartbeat_interval)
+        return False
 
     def recover_stale(self) -> None:
         """Fail (and queue the retry of) trials whose worker died, before counting the budget.
