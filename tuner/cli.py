@@ -92,6 +92,9 @@ def study_options(f: Callable) -> Callable:
         click.option("--max-epochs", type=int, help="Cap on any sampled epoch count (for quick runs)."),
         click.option("--no-warm-start", "warm_start", flag_value=False, default=True,
                      help="Do not enqueue the seed's recommended configurations as the first trials."),
+        click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True,
+                     help="Head-only trials train on cached backbone features of K augmented views "
+                          "per image (0: no cache, recompute the backbone every epoch)."),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
 
@@ -108,6 +111,8 @@ def worker_options(f: Callable) -> Callable:
         click.option("--artifacts", metavar="DIR",
                      help="Checkpoint/weights store (default: beside the SQLite file; must be shared "
                           "by all workers of a PostgreSQL study)."),
+        click.option("--cache-dir", metavar="DIR",
+                     help="Feature cache folder on this machine (default: ~/.cache/tuner/features)."),
         click.option("--quiet", "-q", is_flag=True, help="Only warnings and the final result."),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
@@ -132,6 +137,7 @@ def worker_settings(params: dict[str, Any]):
     return WorkerOptions(
         device=params["device"], data=params.get("data"), artifacts=params.get("artifacts"),
         num_workers=params.get("num_workers"), timeout=params.get("timeout"), quiet=params.get("quiet", False),
+        cache_dir=params.get("cache_dir"),
     )
 
 
@@ -227,7 +233,7 @@ def worker(**params: Any) -> None:
 def worker_argv(params: dict[str, Any]) -> list[str]:
     """The command line of one child worker, without --gpus/--processes/--device."""
     argv = ["worker", "--study", params["study"], "--storage", params["storage"]]
-    for name in ("num_workers", "timeout", "artifacts", "data"):
+    for name in ("num_workers", "timeout", "artifacts", "data", "cache_dir"):
         if params.get(name) is not None:
             argv += [f"--{name.replace('_', '-')}", str(params[name])]
     if params.get("quiet"):

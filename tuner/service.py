@@ -37,6 +37,7 @@ class StudyRequest:
     max_epochs: int | None = None
     artifacts: str | None = None
     warm_start: bool = True
+    cache_views: int = 4
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[Study
         heartbeat_interval=storage.heartbeat_interval, grace_period=storage.grace_period,
         max_retry=storage.max_retry,
         artifacts=request.artifacts or default_artifacts_dir(normalize_url(storage.url)),
-        warm_start=request.warm_start,
+        warm_start=request.warm_start, cache_views=request.cache_views,
     )
     return config, space, data
 

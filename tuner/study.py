@@ -50,6 +50,7 @@ class StudyConfig:
     max_retry: int = 3
     artifacts: str = ""
     warm_start: bool = True
+    cache_views: int = 4
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:

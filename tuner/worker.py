@@ -46,6 +46,7 @@ class WorkerOptions:
     num_workers: int | None = None
     timeout: float | None = None
     quiet: bool = False
+    cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ class Worker:
         settings = TrialSettings(
             model=config.model, weights=config.weights, image_size=config.image_size,
             device=self.options.device, seed=config.seed, max_epochs=config.max_epochs,
-            num_workers=self.options.num_workers,
+            num_workers=self.options.num_workers, cache_views=config.cache_views,
+            cache_dir=self.options.cache_dir,
         )
         return Objective(
             config.space(), data, settings, checkpointer=self.checkpointer,
