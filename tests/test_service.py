@@ -91,7 +91,7 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
     result = invoke([
         "create", "--study", "s1", *fast_args(tiny_space), "--n-trials", "3", "--storage", storage_url,
         "--artifacts", str(artifacts), "--sampler", "random", "--pruner", "median", "--seed", "7",
-        "--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", "2", *extra,
+        "--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", "2", "--cache-views", "2", *extra,
     ])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
@@ -103,8 +103,8 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
         "space_name": "tiny", "space_text": TINY_SPACE, "data": "digits", "model": "resnet18",
         "weights": "none", "image_size": 16, "val_fraction": 0.2, "sampler": "random", "pruner": "median",
         "n_trials": 3, "seed": 7, "max_epochs": 2, "metric": "val_accuracy", "direction": "maximize",
-        "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2, "artifacts": str(artifacts),
-        "warm_start": warm_start,
+        "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2, "artifacts": str(artifacts.resolve()),
+        "warm_start": warm_start, "cache_views": 2,
     }
     assert study.metric_names == ["val_accuracy"]
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -117,6 +117,25 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
     assert [t.state for t in trials] == [TrialState.WAITING] * len(enqueued)
     assert [t.system_attrs["fixed_params"] for t in trials] == enqueued
     assert all(t.user_attrs == {"warm_start": True} for t in trials)
+
+
+def test_create_stores_a_relative_artifact_folder_absolute(storage_url, tiny_space, tmp_path, monkeypatch):
+    """Workers start in other folders: a relative path would find no checkpoint to resume."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["create", "--study", "a", *fast_args(tiny_space), "--n-trials", "1", "--storage", storage_url,
+                     "--artifacts", "rel-art"])
+    assert result.exit_code == 0, result.output
+    assert load(storage_url, "a").user_attrs["tuner_config"]["artifacts"] == str((tmp_path / "rel-art").resolve())
+
+
+def test_create_beside_a_relative_sqlite_file_stores_the_default_artifact_folder_absolute(
+        tiny_space, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["create", "--study", "a", *fast_args(tiny_space), "--n-trials", "1", "--storage",
+                     "sqlite:///rel.db"])
+    assert result.exit_code == 0, result.output
+    stored = load(f"sqlite:///{tmp_path / 'rel.db'}", "a").user_attrs["tuner_config"]["artifacts"]
+    assert stored == str((tmp_path / "rel-artifacts").resolve())
 
 
 WARM_START_CASES = [

@@ -27,7 +27,8 @@ def default_artifacts_dir(storage_url: str) -> str:
     url = make_url(storage_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         database = Path(url.database)
-        return str(database.with_name(f"{database.stem}-artifacts"))
+        # Absolute even for sqlite:///relative.db: the path is stored in the study's config.
+        return str(database.with_name(f"{database.stem}-artifacts").resolve())
     return str(Path("tuner-artifacts").resolve())
 
 

@@ -83,7 +83,11 @@ def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[Study
         metric=metric_name(data.multilabel), direction="maximize",
         heartbeat_interval=storage.heartbeat_interval, grace_period=storage.grace_period,
         max_retry=storage.max_retry,
-        artifacts=request.artifacts or default_artifacts_dir(normalize_url(storage.url)),
+        # Absolute, like data: a relative --artifacts stored as given would name another
+        # folder for every worker started elsewhere, and a retry would silently find no
+        # checkpoint and train from scratch.
+        artifacts=_absolute(request.artifacts) if request.artifacts else default_artifacts_dir(
+            normalize_url(storage.url)),
         warm_start=request.warm_start, cache_views=request.cache_views,
     )
     return config, space, data
