@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from typing import Any, Callable
 
@@ -223,6 +224,9 @@ def worker(**params: Any) -> None:
     require_existing_sqlite(params["storage"])
     if params["gpus"] or params["processes"]:
         plan = plan_processes(params["gpus"], params["processes"], params["device"])
+        # The children read the URL from the environment: on their command lines `ps`
+        # would show its password to every user of the node.
+        os.environ["TUNER_STORAGE"] = params["storage"]
         sys.exit(supervise(plan, worker_argv(params)))
     summary = Worker(StorageSettings(url=params["storage"]), params["study"], worker_settings(params)).run()
     print_summary(summary)
@@ -232,7 +236,7 @@ def worker(**params: Any) -> None:
 
 def worker_argv(params: dict[str, Any]) -> list[str]:
     """The command line of one child worker, without --gpus/--processes/--device."""
-    argv = ["worker", "--study", params["study"], "--storage", params["storage"]]
+    argv = ["worker", "--study", params["study"]]
     for name in ("num_workers", "timeout", "artifacts", "data", "cache_dir"):
         if params.get(name) is not None:
             argv += [f"--{name.replace('_', '-')}", str(params[name])]

@@ -179,6 +179,8 @@ class Worker:
 
     def run_trial(self, trial: optuna.Trial) -> float:
         if self.stop.set:
+            # A queued retry or warm-start trial was just taken: give it back, not lose it.
+            trial.set_user_attr(HANDED_BACK_ATTR, True)
             raise HandBack("stopping before the trial started")
         if not within_budget(self.study, trial, self.config.n_trials):
             # Ended before any training, never counted: FAIL with a marker, then stop.
@@ -246,7 +248,8 @@ class Worker:
                 return True
             if not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 return False
-            self.stop.event.wait(self.storage_settings.heartbeat_interval)
+            # Poll at most every 5 s: a requeued trial should not wait a whole heartbeat.
+            self.stop.event.wait(min(self.storage_settings.heartbeat_interval, 5))
         return False
 
     def recover_stale(self) -> None:
@@ -264,7 +267,7 @@ class Worker:
         attrs = {k: v for k, v in frozen.user_attrs.items() if k != HANDED_BACK_ATTR}
         self.study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
-            user_attrs=attrs,
+            user_attrs=attrs, system_attrs=frozen.system_attrs,  # keeps Optuna's retry history
         ))
         self.log.warning("trial %d handed back at epoch %s; another worker resumes it",
                          frozen.number, frozen.user_attrs.get("epoch"))
