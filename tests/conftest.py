@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -158,3 +160,21 @@ def image_folder(tmp_path) -> Path:
                 image.save(folder / f"{index}.png", "PNG")
     (root / "dark" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
     return root
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty torch hub cache under tmp_path and no network, so nothing can hang or download."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # torch.hub.get_dir() prefers a directory set by set_dir() over TORCH_HOME.
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(2)
+    yield tmp_path / "torch" / "hub" / "checkpoints"
+    socket.setdefaulttimeout(old_timeout)

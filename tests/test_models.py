@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import socket
 
 import pytest
 import torch
@@ -63,24 +62,6 @@ def _assert_backbone_equals(model: nn.Module, state: dict[str, torch.Tensor], he
     assert checked, "nothing to compare"
     for key in checked:
         assert torch.equal(own[key], state[key]), key
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache under tmp_path and no network, so nothing can hang or download."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    # torch.hub.get_dir() prefers a directory set by set_dir() over TORCH_HOME.
-    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
-
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled by the test")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(2)
-    yield tmp_path / "torch" / "hub" / "checkpoints"
-    socket.setdefaulttimeout(old_timeout)
 
 
 # --- model list and spec validation ---------------------------------------------------------

@@ -6,7 +6,6 @@ Small and fast on purpose: resnet18 at 16 px on a few dozen images, 1-4 epochs.
 from __future__ import annotations
 
 import csv
-import socket
 import textwrap
 
 import numpy as np
@@ -98,20 +97,6 @@ def manifest(tmp_path):
 @pytest.fixture
 def multi_data(manifest):
     return load_data(DataConfig(str(manifest), 16))
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache under tmp_path, and no network: nothing can download."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    # torch.hub.get_dir() prefers a directory set by set_dir() over TORCH_HOME.
-    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
-
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled by the test")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
 
 
 # --- how a trial ends ------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 
 import optuna
 import pytest
@@ -37,20 +36,6 @@ CONFLICT = "Error: study 's' already exists with a different config: "
 @pytest.fixture
 def runner():
     return CliRunner()
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache under tmp_path, and no network: nothing can download."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    # torch.hub.get_dir() prefers a directory set by set_dir() over TORCH_HOME.
-    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
-
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled by the test")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
 
 
 def run_args(data, space, db: str, **options: str) -> list[str]:
