@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -178,8 +179,10 @@ def run(ctx: click.Context, **params: Any) -> None:
     verb = "created" if prepared.created else "continuing"
     click.echo(f"{verb} study {prepared.study.study_name} ({prepared.config.n_trials} trials, "
                f"metric {prepared.config.metric})")
-    worker = Worker(settings, prepared.study.study_name, worker_settings(params),
-                    reproducible=True, data=prepared.data)
+    # The data was loaded (and checked) to create the study: hand it over, not its path,
+    # so it is not decoded twice.
+    options = dataclasses.replace(worker_settings(params), data=None)
+    worker = Worker(settings, prepared.study.study_name, options, reproducible=True, data=prepared.data)
     summary = worker.run()
     print_summary(summary)
     if summary.stopped_by_signal:
