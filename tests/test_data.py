@@ -1,4 +1,4 @@
-"""Tests of tuner.data: real image files in tmp_path, the bundled digits set, and the transforms."""
+"""Tests of tuner.data: real image files in tmp_path, the bundled digits set, augmentation settings."""
 
 from __future__ import annotations
 
@@ -11,24 +11,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from tuner.data import (
     AugmentConfig,
     DataConfig,
     DataWarning,
-    TensorImageDataset,
     describe_source,
-    eval_transform,
     load_data,
-    train_transform,
 )
 from tuner.errors import DataError, TunerError
 
 SIZE = 8  # the smallest allowed image_size keeps decoding fast
 FRACTION_MESSAGE = "val_fraction must be between 0 and 1 (exclusive)"
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 # --- helpers that write real files ------------------------------------------
@@ -462,11 +456,6 @@ def test_describe_source(source, expected):
 # --- augmentation ---------------------------------------------------------------
 
 
-def random_image(seed: int = 0, size: int = SIZE) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
-
-
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
@@ -504,97 +493,3 @@ def test_augment_config_errors(kwargs, message):
 def test_augment_config_from_params_validates():
     with pytest.raises(DataError, match=r"^hflip must be between 0 and 1, got 2$"):
         AugmentConfig.from_params({"aug_hflip": 2})
-
-
-def test_train_transform_output_is_normalized_float():
-    aug = AugmentConfig(crop_scale=0.5, hflip=0.5, rotation=20, color_jitter=0.3)
-    output = train_transform(aug, SIZE, MEAN, STD)(random_image())
-    assert output.dtype == torch.float32
-    assert output.shape == (3, SIZE, SIZE)
-    assert bool(torch.isfinite(output).all())
-
-
-def test_train_transform_without_augmentation_equals_eval():
-    image = random_image()
-    torch.manual_seed(0)
-    plain = train_transform(AugmentConfig(), SIZE, MEAN, STD)
-    assert torch.equal(plain(image), eval_transform(MEAN, STD)(image))
-
-
-def test_eval_transform_is_deterministic_and_normalizes():
-    transform = eval_transform((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    image = random_image()
-    assert torch.equal(transform(image), transform(image))
-    white = torch.full((3, SIZE, SIZE), 255, dtype=torch.uint8)
-    assert torch.allclose(transform(white), torch.full((3, SIZE, SIZE), 2.0))
-
-
-def test_certain_hflip_mirrors_the_image():
-    image = random_image()
-    flipped = train_transform(AugmentConfig(hflip=1.0), SIZE, MEAN, STD)(image)
-    assert torch.equal(flipped, eval_transform(MEAN, STD)(image).flip(-1))
-
-
-@pytest.mark.parametrize(
-    "aug",
-    [AugmentConfig(crop_scale=0.3), AugmentConfig(rotation=45), AugmentConfig(color_jitter=0.8)],
-    ids=["crop", "rotation", "color_jitter"],
-)
-def test_each_augmentation_changes_the_image(aug):
-    image = random_image(size=16)
-    transform = train_transform(aug, 16, MEAN, STD)
-    plain = eval_transform(MEAN, STD)(image)
-    torch.manual_seed(0)
-    # Several draws: one draw may be (nearly) the identity, e.g. a rotation well under a degree.
-    draws = [transform(image) for _ in range(5)]
-    assert all(draw.shape == (3, 16, 16) for draw in draws)
-    assert any(not torch.allclose(draw, plain) for draw in draws)
-
-
-@pytest.mark.parametrize(
-    ("mean", "std", "message"),
-    [
-        (
-            (0.5, 0.5),
-            (0.2, 0.2, 0.2),
-            "mean and std need 3 values each (RGB), got [0.5, 0.5] and [0.2, 0.2, 0.2]",
-        ),
-        ((0.5, 0.5, 0.5), (0.2, 0.0, 0.2), "std values must be > 0, got [0.2, 0.0, 0.2]"),
-    ],
-)
-def test_normalization_errors(mean, std, message):
-    with pytest.raises(DataError) as excinfo:
-        eval_transform(mean, std)
-    assert str(excinfo.value) == message
-
-
-# --- dataset --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("targets", "target_shape"),
-    [
-        (torch.arange(10) % 3, (4,)),
-        (torch.eye(5)[torch.arange(10) % 5], (4, 5)),
-    ],
-    ids=["single_label", "multi_label"],
-)
-def test_tensor_dataset_batches(targets, target_shape):
-    images = torch.stack([random_image(seed) for seed in range(10)])
-    transform = train_transform(AugmentConfig(hflip=0.5), SIZE, MEAN, STD)
-    dataset = TensorImageDataset(images, targets, transform)
-
-    batches = list(DataLoader(dataset, batch_size=4))
-
-    assert len(dataset) == 10
-    assert [len(batch_targets) for _, batch_targets in batches] == [4, 4, 2]
-    batch_images, batch_targets = batches[0]
-    assert batch_images.shape == (4, 3, SIZE, SIZE) and batch_images.dtype == torch.float32
-    assert batch_targets.shape == target_shape
-    assert batch_targets.dtype == targets.dtype
-
-
-def test_tensor_dataset_rejects_mismatched_lengths():
-    with pytest.raises(DataError, match=r"same length, got 3 and 2"):
-        images = torch.zeros(3, 3, SIZE, SIZE, dtype=torch.uint8)
-        TensorImageDataset(images, torch.zeros(2), eval_transform(MEAN, STD))

@@ -69,11 +69,11 @@ def test_cached_views_are_the_backbone_on_the_same_augmented_views(digits, tmp_p
     assert len(features.train_views) == 2
     assert not torch.equal(features.train_views[0], features.train_views[1])  # two different views
     # Recompute view 1 the way the cache seeds it: identical tensors.
-    from tuner.data import train_transform
+    from tuner.batches import train_transform
 
     key = next(iter(cache.memory))
     torch.manual_seed(int(key[:8], 16) + 1)
-    again = extract(built, digits.train_images, train_transform(aug, 16, built.mean, built.std), runtime)
+    again = extract(built, digits.train_images, train_transform(aug, built.mean, built.std), runtime)
     assert torch.allclose(again, features.train_views[1], atol=1e-6)
     assert features.val.shape == (len(digits.val_images), 512)
 

@@ -20,7 +20,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from tuner.checkpoints import ArtifactCheckpointer
-from tuner.data import DataConfig, DataWarning, eval_transform, load_data
+from tuner.batches import eval_transform
+from tuner.data import DataConfig, DataWarning, load_data
 from tuner.errors import SpaceError
 from tuner.models import ModelSpec, build_model, count_trainable, weights_cache_path
 from tuner.objective import Objective, TrialRun, TrialSettings, check_space
@@ -346,8 +347,8 @@ def test_sampled_hyperparameters_reach_the_run(presplit):
     assert presplit.classes == ("bright", "dark")
     assert run.loss_fn.weight.tolist() == pytest.approx([8 / (2 * 2), 8 / (2 * 6)])
     assert run.loss_fn.weight.tolist() == pytest.approx(class_weights(presplit.train_targets, 2, False).tolist())
-    assert (run.train_loader.batch_size, run.train_loader.drop_last) == (4, True)
-    assert run.val_loader.batch_size == 4 and len(run.val_loader.dataset) == 4
+    assert (run.train_loader.batches.batch_size, run.train_loader.batches.drop_last) == (4, True)
+    assert run.val_loader.batches.batch_size == 4 and len(run.val_loader.batches.tensors[0]) == 4
     assert run.stopper.patience == 2
 
 

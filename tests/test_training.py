@@ -401,17 +401,15 @@ def test_train_one_epoch_returns_the_sample_mean_loss():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_non_finite_training_loss_raises_diverged_before_the_step(bad):
+def test_a_non_finite_loss_in_any_batch_raises_diverged_at_the_epoch_end(bad):
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
-    before = [p.clone() for p in model.parameters()]
-    inputs = torch.randn(4, 4)
-    inputs[2, 1] = bad
+    inputs = torch.randn(8, 4)
+    inputs[2, 1] = bad  # in the first of two batches: the second one trains on as usual
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    loader = DataLoader(TensorDataset(inputs, torch.tensor([0, 1, 0, 1])), batch_size=4)
+    loader = DataLoader(TensorDataset(inputs, torch.tensor([0, 1, 0, 1] * 2)), batch_size=4)
     with pytest.raises(Diverged, match=r"^training loss became (nan|inf)$"):
         train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, CPU)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 # --- early stopping --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Decode an image folder, CSV manifest or the digits set once into uint8 tensors; augmentations."""
+"""Decode an image folder, CSV manifest or the digits set once into uint8 tensors; augmentation settings."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import csv
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from tuner.errors import DataError
@@ -526,69 +525,6 @@ class AugmentConfig:
     def from_params(cls, params: Mapping[str, Any]) -> AugmentConfig:
         """Read the aug_* keys of trial params; missing ones keep defaults, others are ignored."""
         return cls(**{field: params[key] for field, key in AUG_PARAM_KEYS if key in params})
-
-
-def train_transform(
-    aug: AugmentConfig, image_size: int, mean: Sequence[float], std: Sequence[float]
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Randomly augment a uint8 3 x S x S tensor, then make it a normalized float32 tensor."""
-    _check_image_size(image_size)
-    return v2.Compose([*_augmentations(aug, image_size), *_normalization(mean, std)])
-
-
-def eval_transform(
-    mean: Sequence[float], std: Sequence[float]
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Deterministic conversion of a uint8 3 x S x S tensor to a normalized float32 tensor."""
-    return v2.Compose(_normalization(mean, std))
-
-
-def _augmentations(aug: AugmentConfig, image_size: int) -> list[Callable[[Any], Any]]:
-    steps: list[Callable[[Any], Any]] = []
-    # Each step is left out when off, so an all-off config is exactly the eval transform.
-    if aug.crop_scale < 1.0:
-        steps.append(v2.RandomResizedCrop(image_size, scale=(aug.crop_scale, 1.0), antialias=True))
-    if aug.hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(p=aug.hflip))
-    if aug.rotation > 0:
-        steps.append(v2.RandomRotation(aug.rotation))
-    if aug.color_jitter > 0:
-        jitter = aug.color_jitter
-        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-    return steps
-
-
-def _normalization(mean: Sequence[float], std: Sequence[float]) -> list[Callable[[Any], Any]]:
-    if len(mean) != 3 or len(std) != 3:
-        raise DataError(f"mean and std need 3 values each (RGB), got {list(mean)} and {list(std)}")
-    if any(value <= 0 for value in std):
-        raise DataError(f"std values must be > 0, got {list(std)}")
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-
-
-class TensorImageDataset(Dataset):
-    """Pairs already-decoded uint8 images with their targets, transforming each image on access."""
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        transform: Callable[[torch.Tensor], torch.Tensor],
-    ) -> None:
-        if len(images) != len(targets):
-            raise DataError(
-                "images and targets must have the same length, "
-                f"got {len(images)} and {len(targets)}"
-            )
-        self.images = images
-        self.targets = targets
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[index]), self.targets[index]
 
 
 # --- small helpers ----------------------------------------------------------

@@ -13,7 +13,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from tuner.data import AugmentConfig, TensorImageDataset, eval_transform, train_transform
+from tuner.batches import ImageBatches, eval_transform, is_random, train_transform
+from tuner.data import AugmentConfig
 from tuner.errors import TunerError
 from tuner.training import Runtime, to_device
 
@@ -53,38 +54,6 @@ class CachedFeatures:
         return self.train_views[index % len(self.train_views)]
 
 
-class TensorBatches:
-    """Mini-batches of in-memory tensors by slicing: no per-sample indexing or collation.
-
-    The shuffled order is `torch.randperm(n, generator)`, the same order a DataLoader's
-    RandomSampler draws from the same generator, so cached and uncached epochs match.
-    """
-
-    def __init__(self, tensors: Sequence[torch.Tensor], batch_size: int, *, shuffle: bool = False,
-                 generator: torch.Generator | None = None, drop_last: bool = False) -> None:
-        self.tensors = tuple(tensors)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = generator
-        self.drop_last = drop_last
-
-    def __len__(self) -> int:
-        n = len(self.tensors[0])
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        n = len(self.tensors[0])
-        if self.generator is not None:
-            # A DataLoader iterator first draws its workers' base seed from the generator;
-            # draw it too, so the permutation below is the one a DataLoader would use.
-            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for chunk in order.split(self.batch_size):
-            if self.drop_last and len(chunk) < self.batch_size:
-                break
-            yield tuple(tensor[chunk] for tensor in self.tensors)
-
-
 def tensor_digest(*tensors: torch.Tensor) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for tensor in tensors:
@@ -99,10 +68,6 @@ def backbone_digest(model: torch.nn.Module, head: torch.nn.Module) -> str:
     params = [p for p in model.parameters() if id(p) not in head_params]
     buffers = list(model.buffers())
     return tensor_digest(*params, *buffers)
-
-
-def aug_is_random(aug: AugmentConfig) -> bool:
-    return aug.crop_scale < 1.0 or aug.hflip > 0 or aug.rotation > 0 or aug.color_jitter > 0
 
 
 class FeatureCache:
@@ -120,7 +85,7 @@ class FeatureCache:
 
     def key(self, model_name: str, backbone: str, data_digest: str, image_size: int, aug: AugmentConfig,
             mean: Sequence[float], std: Sequence[float]) -> str:
-        views = self.config.views if aug_is_random(aug) else 1
+        views = self.config.views if is_random(aug) else 1
         parts = (model_name, backbone, data_digest, image_size, aug, tuple(mean), tuple(std), views)
         return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
@@ -150,8 +115,8 @@ class FeatureCache:
             return features
 
     def compute(self, built, data, image_size: int, aug: AugmentConfig, key: str) -> CachedFeatures:
-        views = self.config.views if aug_is_random(aug) else 1
-        transform = train_transform(aug, image_size, built.mean, built.std)
+        views = self.config.views if is_random(aug) else 1
+        transform = train_transform(aug, built.mean, built.std)
         train = []
         for view in range(views):
             # Each view's augmentation is seeded by the cache key, so a view is the same
@@ -171,9 +136,7 @@ def extract(built, images: torch.Tensor, transform, runtime: Runtime) -> torch.T
     was_training = model.training
     model.eval()
     try:
-        dataset = TensorImageDataset(images, torch.zeros(len(images)), transform)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=EXTRACT_BATCH, shuffle=False)
-        for inputs, _ in loader:
+        for inputs, _ in ImageBatches(images, torch.zeros(len(images)), transform, runtime.device, EXTRACT_BATCH):
             (inputs,) = to_device((inputs,), runtime)
             with runtime.autocast():
                 model(inputs)

@@ -12,9 +12,10 @@ from typing import Any, Callable, Mapping, Protocol
 import optuna
 import torch
 
-from tuner.data import AugmentConfig, ImageData, TensorImageDataset, eval_transform, train_transform
+from tuner.batches import ImageBatches, TensorBatches, eval_transform, place_images, train_transform
+from tuner.data import AugmentConfig, ImageData
 from tuner.errors import SpaceError
-from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, TensorBatches, default_cache_dir
+from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, default_cache_dir
 from tuner.models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode
 from tuner.space import SearchSpace
 from tuner.training import (
@@ -138,6 +139,7 @@ class Objective:
         self.checkpointer = checkpointer
         self.on_epoch = on_epoch
         self.keep_best = keep_best
+        self.images = place_images(data, self.device)
         self.cache = None
         if settings.cache_views > 0:
             directory = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
@@ -220,7 +222,7 @@ class TrialRun:
             drop_last=train and len(features) > self.hp.batch_size,
         )
 
-    def epoch_loader(self, epoch: int) -> torch.utils.data.DataLoader | TensorBatches:
+    def epoch_loader(self, epoch: int) -> ImageBatches | TensorBatches:
         """This epoch's training batches: images, or one cached view of their features."""
         if self.features is None:
             return self.train_loader
@@ -236,40 +238,33 @@ class TrialRun:
         else:
             set_train_mode(self.model)
 
-    def loader(self, *, train: bool) -> torch.utils.data.DataLoader:
+    def loader(self, *, train: bool) -> ImageBatches | TensorBatches:
         if self.features is not None:
             if train:
                 return self.epoch_loader(1)
             return self.feature_loader(self.features.val, self.data.val_targets, train=False)
         mean, std = self.built.mean, self.built.std
+        images = self.objective.images
         if train:
             aug = AugmentConfig.from_params(self.hp.__dict__)
-            dataset = TensorImageDataset(
-                self.data.train_images, self.data.train_targets,
-                train_transform(aug, self.objective.settings.image_size, mean, std),
-            )
+            pixels, targets, transform = images.train, self.data.train_targets, train_transform(aug, mean, std)
         else:
-            dataset = TensorImageDataset(self.data.val_images, self.data.val_targets, eval_transform(mean, std))
-        workers = self.num_workers()
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.hp.batch_size,
-            shuffle=train,
-            generator=self.generator if train else None,
+            pixels, targets, transform = images.val, self.data.val_targets, eval_transform(mean, std)
+        return ImageBatches(
+            pixels, targets, transform, self.runtime.device, self.hp.batch_size,
+            shuffle=train, generator=self.generator if train else None,
             # A last batch of one sample breaks BatchNorm in train mode.
-            drop_last=train and len(dataset) > self.hp.batch_size,
-            num_workers=workers,
-            pin_memory=self.runtime.is_cuda,
-            # Persistent workers keep their RNG across epochs, which would make a resumed
-            # run differ from an uninterrupted one; only worth it on a GPU.
-            persistent_workers=workers > 0 and self.runtime.is_cuda,
+            drop_last=train and len(pixels) > self.hp.batch_size,
+            num_workers=self.num_workers(),
         )
 
     def num_workers(self) -> int:
         configured = self.objective.settings.num_workers
         if configured is not None:
             return configured
-        return 4 if self.runtime.is_cuda else 0
+        # Loader processes only pay off when batches come from host memory to a GPU;
+        # images kept on the GPU, or a CPU run, slice batches faster in this process.
+        return 4 if self.runtime.is_cuda and self.objective.images.train.device.type == "cpu" else 0
 
     def seed_epoch(self, epoch: int) -> None:
         # Reseeding from (seed, epoch) makes an epoch's augmentation, shuffling and dropout

@@ -253,15 +253,20 @@ def to_device(batch: Iterable[torch.Tensor], runtime: Runtime) -> list[torch.Ten
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, runtime: Runtime, scaler=None) -> float:
-    """One pass over the training data; returns the mean loss. Raises Diverged or OutOfMemory."""
-    total, count = 0.0, 0
+    """One pass over the training data; returns the mean loss. Raises Diverged or OutOfMemory.
+
+    The loss is summed on the device and read once at the end: reading it every step
+    would make the host wait for the device at every batch. A NaN or infinite loss
+    poisons the sum (and, through its gradients, the weights), so divergence is still
+    caught, at the end of the epoch it happens in.
+    """
+    total = torch.zeros((), device=runtime.device)
+    count = 0
     for inputs, targets in loader:
         inputs, targets = to_device((inputs, targets), runtime)
         try:
             with runtime.autocast():
                 loss = loss_fn(model(inputs), targets)
-            if not torch.isfinite(loss):
-                raise Diverged(f"training loss became {loss.item()}")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -276,9 +281,12 @@ def train_one_epoch(model, loader, loss_fn, optimizer, runtime: Runtime, scaler=
             if "can't allocate memory" in str(exc):  # CPU allocator's out-of-memory
                 raise OutOfMemory(str(exc).splitlines()[0]) from None
             raise
-        total += loss.item() * len(inputs)
+        total += loss.detach().float() * len(inputs)
         count += len(inputs)
-    return total / max(count, 1)
+    mean = total.item() / max(count, 1)
+    if not math.isfinite(mean):
+        raise Diverged(f"training loss became {mean}")
+    return mean
 
 
 @dataclass(frozen=True)
@@ -291,20 +299,21 @@ class Evaluation:
 def evaluate(model, loader, loss_fn, runtime: Runtime, multilabel: bool) -> Evaluation:
     """Validation metric: accuracy (single-label) or macro F1 at threshold 0.5 (multi-label)."""
     model.eval()
-    total_loss, count = 0.0, 0
+    # Summed and gathered on the device, read once: no host-device wait per batch.
+    total_loss, count = torch.zeros((), device=runtime.device), 0
     outputs, truths = [], []
     for inputs, targets in loader:
         inputs, targets = to_device((inputs, targets), runtime)
         with runtime.autocast():
             logits = model(inputs)
             loss = loss_fn(logits, targets)
-        total_loss += loss.float().item() * len(inputs)
+        total_loss += loss.float() * len(inputs)
         count += len(inputs)
-        outputs.append(logits.float().cpu())
-        truths.append(targets.cpu())
-    logits, truth = torch.cat(outputs), torch.cat(truths)
+        outputs.append(logits.float())
+        truths.append(targets)
+    logits, truth = torch.cat(outputs).cpu(), torch.cat(truths).cpu()
     metric = macro_f1(logits, truth) if multilabel else accuracy(logits, truth)
-    return Evaluation(metric=metric, loss=total_loss / max(count, 1))
+    return Evaluation(metric=metric, loss=total_loss.item() / max(count, 1))
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
