@@ -183,3 +183,20 @@ def test_images_stay_in_host_memory_on_cpu():
     data = ImageData(random_images(4), torch.arange(4), random_images(2), torch.arange(2), ("a", "b"), False, 0)
     placed = place_images(data, CPU)
     assert placed.train is data.train_images and placed.val is data.val_images
+
+
+def test_batches_of_images_mapped_from_disk_match_those_in_memory(tmp_path):
+    from tuner.data import DataConfig, load_data
+
+    in_memory = load_data(DataConfig("digits", 8))
+    on_disk = load_data(DataConfig("digits", 8, memory_limit=0, spill_dir=str(tmp_path)))
+    assert on_disk.on_disk
+
+    def batches(data: ImageData, workers: int) -> list[torch.Tensor]:
+        loader = ImageBatches(data.train_images, data.train_targets, train_transform(ALL_ON, MEAN, STD), CPU, 256,
+                              shuffle=True, generator=torch.Generator().manual_seed(3), num_workers=workers)
+        torch.manual_seed(0)
+        return [b for pair in loader for b in pair]
+
+    # Loader processes read the mapped file too (it was unlinked, but their mapping is inherited).
+    assert all(torch.equal(a, b) for a, b in zip(batches(in_memory, 0), batches(on_disk, 1), strict=True))

@@ -347,6 +347,8 @@ def _csv_single_label(tmp: Path):
         _config_error({"image_size": 4}, "image_size must be an integer >= 8, got 4"),
         _config_error({"image_size": 32.0}, "image_size must be an integer >= 8, got 32.0"),
         _config_error({"seed": -1}, "seed must be a non-negative integer, got -1"),
+        _config_error({"memory_limit": -1}, "memory_limit must be a non-negative number of bytes, got -1"),
+        _config_error({"memory_limit": 1.5}, "memory_limit must be a non-negative number of bytes, got 1.5"),
         _csv_missing,
         _csv_empty,
         _csv_header_only,
@@ -493,3 +495,64 @@ def test_augment_config_errors(kwargs, message):
 def test_augment_config_from_params_validates():
     with pytest.raises(DataError, match=r"^hflip must be between 0 and 1, got 2$"):
         AugmentConfig.from_params({"aug_hflip": 2})
+
+
+# --- decoded images on disk ----------------------------------------------------------
+
+
+def _presplit(tmp: Path) -> str:
+    for split, start in (("train", 0), ("val", 10)):
+        class_folder(tmp / split, "a", 3, start=start)
+        class_folder(tmp / split, "b", 2, start=start + 3)
+    return str(tmp)
+
+
+def _folder_with_a_corrupt_file(tmp: Path) -> str:
+    class_folder(tmp, "a", 4)
+    class_folder(tmp, "b", 4, start=4)
+    corrupt(tmp / "b" / "broken.png")
+    return str(tmp)
+
+
+def _manifest(tmp: Path) -> str:
+    for index in range(6):
+        rgb(tmp / f"{index}.png", (index * 40, 10, 10))
+    return str(write_csv(tmp / "m.csv", ["path,label", *(f"{i}.png,{'ab'[i % 2]}" for i in range(6))]))
+
+
+def mapped_files(folder: Path) -> list[str]:
+    """This process's memory mappings of (deleted) files in `folder`."""
+    with open("/proc/self/maps") as maps:
+        return [line.split()[-2] for line in maps if str(folder) in line and line.rstrip().endswith("(deleted)")]
+
+
+@pytest.mark.parametrize("make_source", [lambda tmp: "digits", _presplit, _folder_with_a_corrupt_file, _manifest],
+                         ids=["digits", "presplit", "skipped_file", "manifest"])
+def test_over_the_memory_limit_images_are_mapped_from_disk(tmp_path, make_source):
+    source = make_source(tmp_path / "data")
+    in_memory = load_quietly(DataConfig(source, SIZE))
+    spill = tmp_path / "spill"
+    on_disk = load_quietly(DataConfig(source, SIZE, memory_limit=0, spill_dir=str(spill)))
+    assert (in_memory.on_disk, on_disk.on_disk) == (False, True)
+    for name in ("train_images", "val_images", "train_targets", "val_targets"):
+        assert torch.equal(getattr(on_disk, name), getattr(in_memory, name)), name
+    # The images live in mapped files that were unlinked at once: nothing to clean up,
+    # even after a crash.
+    assert mapped_files(spill) and list(spill.iterdir()) == []
+
+
+def test_the_limit_is_in_bytes_of_decoded_pixels(tmp_path):
+    class_folder(tmp_path / "data", "a", 5)
+    class_folder(tmp_path / "data", "b", 5, start=5)
+    train_bytes = 8 * 3 * SIZE * SIZE  # 8 of 10 images train with val_fraction 0.2
+    fits = load_data(DataConfig(str(tmp_path / "data"), SIZE, memory_limit=train_bytes))
+    spills = load_data(DataConfig(str(tmp_path / "data"), SIZE, memory_limit=train_bytes - 1,
+                                  spill_dir=str(tmp_path / "spill")))
+    assert (fits.on_disk, spills.on_disk) == (False, True)
+
+
+def test_an_unusable_spill_folder_is_a_data_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match=rf"^cannot create a file for decoded images in {blocker}: "):
+        load_data(DataConfig("digits", SIZE, memory_limit=0, spill_dir=str(blocker)))

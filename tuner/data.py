@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ class DataConfig:
     image_size: int
     val_fraction: float = 0.2
     seed: int = 0
+    # Decoded images above this many bytes are memory-mapped from a file in `spill_dir`
+    # instead of held in RAM (None: half of this machine's RAM).
+    memory_limit: int | None = None
+    spill_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -66,6 +71,8 @@ class DataConfig:
             )
         if not _is_int(self.seed) or self.seed < 0:
             raise DataError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.memory_limit is not None and (not _is_int(self.memory_limit) or self.memory_limit < 0):
+            raise DataError(f"memory_limit must be a non-negative number of bytes, got {self.memory_limit!r}")
 
 
 # eq=False: the generated __eq__ would compare tensors and fail on their ambiguous truth value.
@@ -84,6 +91,8 @@ class ImageData:
     classes: tuple[str, ...]
     multilabel: bool
     skipped: int
+    # The training images are memory-mapped from disk (too big for the memory limit).
+    on_disk: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -144,7 +153,7 @@ def _load_digits(config: DataConfig) -> ImageData:
     labels = bunch.target.astype(np.int64)
     train, val = _stratified_split(labels, config.val_fraction, config.seed)
     classes = tuple(str(name) for name in bunch.target_names)
-    return _assemble(images, torch.from_numpy(labels), train, val, classes, False, 0)
+    return _assemble(images, torch.from_numpy(labels), train, val, classes, False, 0, config)
 
 
 # --- image folder -----------------------------------------------------------
@@ -153,17 +162,17 @@ def _load_digits(config: DataConfig) -> ImageData:
 def _load_folder(root: Path, config: DataConfig) -> tuple[ImageData, list[Path]]:
     _require_folder(root)
     if all((root / name).is_dir() for name in SPLIT_DIRS):
-        return _load_presplit_folder(root, config.image_size)
+        return _load_presplit_folder(root, config)
     classes = _class_names(root)
     _require_classes(f"data folder {root}", classes)
-    images, labels, skipped = _read_class_folders(root, classes, classes, config.image_size)
+    images, labels, skipped = _read_class_folders(root, classes, classes, config)
     train, val = _stratified_split(labels, config.val_fraction, config.seed)
     _require_val_images(f"data folder {root}", val, "each class needs at least 2 readable images")
-    data = _assemble(images, torch.from_numpy(labels), train, val, classes, False, len(skipped))
+    data = _assemble(images, torch.from_numpy(labels), train, val, classes, False, len(skipped), config)
     return data, skipped
 
 
-def _load_presplit_folder(root: Path, image_size: int) -> tuple[ImageData, list[Path]]:
+def _load_presplit_folder(root: Path, config: DataConfig) -> tuple[ImageData, list[Path]]:
     train_dir, val_dir = (root / name for name in SPLIT_DIRS)
     classes = _class_names(train_dir)
     val_names = _class_names(val_dir)
@@ -174,10 +183,10 @@ def _load_presplit_folder(root: Path, image_size: int) -> tuple[ImageData, list[
     if not val_names:
         raise DataError(f"data folder {val_dir} has no class folders")
     train_images, train_labels, train_skipped = _read_class_folders(
-        train_dir, classes, classes, image_size
+        train_dir, classes, classes, config
     )
     val_images, val_labels, val_skipped = _read_class_folders(
-        val_dir, val_names, classes, image_size
+        val_dir, val_names, classes, config
     )
     skipped = train_skipped + val_skipped
     data = ImageData(
@@ -188,6 +197,7 @@ def _load_presplit_folder(root: Path, image_size: int) -> tuple[ImageData, list[
         classes=classes,
         multilabel=False,
         skipped=len(skipped),
+        on_disk=not fits_in_memory(len(train_images), config),
     )
     return data, skipped
 
@@ -217,15 +227,15 @@ def _require_classes(where: str, classes: Sequence[str]) -> None:
 
 
 def _read_class_folders(
-    folder: Path, names: Sequence[str], classes: Sequence[str], image_size: int
+    folder: Path, names: Sequence[str], classes: Sequence[str], config: DataConfig
 ) -> tuple[torch.Tensor, np.ndarray, list[Path]]:
     """Decode the class subfolders `names` of `folder`; labels index into `classes`."""
     where = f"data folder {folder}"
     files, labels, others = _scan_class_folders(where, folder, names, classes)
-    buffer, ok = _decode_files(files, image_size)
+    buffer, ok = _decode_files(files, config)
     _require_readable(where, "class", classes, _one_hot(labels, len(classes)), ok)
     skipped = others + [path for path, good in zip(files, ok) if not good]
-    return _keep(buffer, ok), labels[ok], skipped
+    return _keep(buffer, ok, config), labels[ok], skipped
 
 
 def _scan_class_folders(
@@ -276,11 +286,11 @@ def _load_manifest(path: Path, config: DataConfig) -> tuple[ImageData, list[Path
         )
     _require_image_files(where, rows)
     hot = np.array([[name in row.labels for name in classes] for row in rows], dtype=bool)
-    buffer, ok = _decode_files([row.path for row in rows], config.image_size)
+    buffer, ok = _decode_files([row.path for row in rows], config)
     _require_readable(where, "label", classes, hot, ok)
     skipped = [row.path for row, good in zip(rows, ok) if not good]
     multilabel = any(len(row.labels) > 1 for row in rows)
-    images, hot = _keep(buffer, ok), hot[ok]
+    images, hot = _keep(buffer, ok, config), hot[ok]
     if multilabel:
         targets = torch.from_numpy(hot.astype(np.float32))
         train, val = _random_split(len(hot), config.val_fraction, config.seed)
@@ -290,7 +300,7 @@ def _load_manifest(path: Path, config: DataConfig) -> tuple[ImageData, list[Path
         targets = torch.from_numpy(labels)
         train, val = _stratified_split(labels, config.val_fraction, config.seed)
         _require_val_images(where, val, "each label needs at least 2 readable images")
-    data = _assemble(images, targets, train, val, classes, multilabel, len(skipped))
+    data = _assemble(images, targets, train, val, classes, multilabel, len(skipped), config)
     return data, skipped
 
 
@@ -358,12 +368,12 @@ def _require_image_files(where: str, rows: Iterable[_ManifestRow]) -> None:
 # --- decoding ---------------------------------------------------------------
 
 
-def _decode_files(paths: Sequence[Path], image_size: int) -> tuple[torch.Tensor, np.ndarray]:
+def _decode_files(paths: Sequence[Path], config: DataConfig) -> tuple[torch.Tensor, np.ndarray]:
     """Decode into one preallocated buffer (stacking would copy); `ok` marks readable rows."""
-    buffer = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    buffer = allocate_images(len(paths), config)
     ok = np.zeros(len(paths), dtype=bool)
     for index, path in enumerate(paths):
-        image = _read_image(path, image_size)
+        image = _read_image(path, config.image_size)
         if image is not None:
             buffer[index] = image
             ok[index] = True
@@ -403,8 +413,8 @@ def _to_8bit_gray(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(values.round(), 0, 255).astype(np.uint8))
 
 
-def _keep(buffer: torch.Tensor, ok: np.ndarray) -> torch.Tensor:
-    return buffer if ok.all() else buffer[torch.from_numpy(np.flatnonzero(ok))]
+def _keep(buffer: torch.Tensor, ok: np.ndarray, config: DataConfig) -> torch.Tensor:
+    return buffer if ok.all() else _take(buffer, np.flatnonzero(ok), config)
 
 
 def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -481,18 +491,82 @@ def _assemble(
     classes: Sequence[str],
     multilabel: bool,
     skipped: int,
+    config: DataConfig,
 ) -> ImageData:
     train_index, val_index = torch.from_numpy(train), torch.from_numpy(val)
     return ImageData(
-        # Indexing copies, so expanded views (digits) become real contiguous tensors here.
-        train_images=images[train_index].contiguous(),
+        # _take copies, so expanded views (digits) become real contiguous tensors here.
+        train_images=_take(images, train, config),
         train_targets=targets[train_index],
-        val_images=images[val_index].contiguous(),
+        val_images=_take(images, val, config),
         val_targets=targets[val_index],
         classes=tuple(classes),
         multilabel=multilabel,
         skipped=skipped,
+        on_disk=not fits_in_memory(len(train), config),
     )
+
+
+# --- where decoded images live ----------------------------------------------
+
+
+def allocate_images(count: int, config: DataConfig) -> torch.Tensor:
+    """An uninitialised uint8 count x 3 x S x S buffer: in RAM, or on disk above the memory limit."""
+    shape = (count, 3, config.image_size, config.image_size)
+    if fits_in_memory(count, config):
+        return torch.empty(shape, dtype=torch.uint8)
+    return _mapped_buffer(shape, Path(config.spill_dir) if config.spill_dir else default_spill_dir())
+
+
+def fits_in_memory(count: int, config: DataConfig) -> bool:
+    limit = config.memory_limit if config.memory_limit is not None else default_memory_limit()
+    return count * 3 * config.image_size**2 <= limit
+
+
+def default_memory_limit() -> int:
+    """Half of this machine's RAM: the rest is for the model, the loader and other workers."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def default_spill_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tuner" / "decoded"
+
+
+def _mapped_buffer(shape: tuple[int, ...], folder: Path) -> torch.Tensor:
+    """A buffer backed by a file in `folder`, which is unlinked at once.
+
+    The mapping keeps the data reachable for this process (and loader processes forked
+    from it); the file has no name, so nothing is left behind when the process ends,
+    even after kill -9, and two workers never share or clobber each other's file.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix="decoded-", suffix=".u8", dir=folder)
+    except OSError as exc:
+        raise DataError(f"cannot create a file for decoded images in {folder}: {exc.strerror}") from None
+    try:
+        os.ftruncate(handle, math.prod(shape))
+        array = np.memmap(name, dtype=np.uint8, mode="r+", shape=shape)
+    except OSError as exc:
+        raise DataError(f"cannot map {math.prod(shape)} bytes of decoded images in {folder}: {exc.strerror}") from None
+    finally:
+        os.close(handle)
+        os.unlink(name)
+    return torch.from_numpy(array)
+
+
+# Rows copied at a time into a disk-backed buffer: bounded RAM whatever the data's size.
+COPY_CHUNK = 4096
+
+
+def _take(images: torch.Tensor, index: np.ndarray, config: DataConfig) -> torch.Tensor:
+    """images[index] as a new contiguous buffer, in RAM or on disk as allocate_images decides."""
+    out = allocate_images(len(index), config)
+    for start in range(0, len(index), COPY_CHUNK):
+        rows = torch.from_numpy(index[start:start + COPY_CHUNK])
+        out[start:start + len(rows)] = images[rows]
+    return out
 
 
 # --- augmentation -----------------------------------------------------------
