@@ -222,6 +222,9 @@ class ImageBatches:
             self.loader = torch.utils.data.DataLoader(
                 _Rows(self.batches), sampler=_Chunks(self.batches), batch_size=None,
                 num_workers=num_workers, pin_memory=cuda, persistent_workers=True,
+                # The loader draws its workers' base seed from this generator instead of the
+                # global one, so adding loader processes leaves the augmentation draws as they are.
+                generator=torch.Generator(),
             )
 
     def __len__(self) -> int:
