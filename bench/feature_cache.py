@@ -18,8 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, timed  # noqa: E402
 
-from tuner.data import AugmentConfig, DataConfig, TensorImageDataset, load_data, train_transform  # noqa: E402
-from tuner.features import FeatureCache, FeatureCacheConfig, TensorBatches  # noqa: E402
+from tuner.batches import ImageBatches, TensorBatches, train_transform  # noqa: E402
+from tuner.data import AugmentConfig, DataConfig, load_data  # noqa: E402
+from tuner.features import FeatureCache, FeatureCacheConfig  # noqa: E402
 from tuner.models import ModelSpec, build_model, freeze  # noqa: E402
 from tuner.training import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
 
@@ -46,9 +47,9 @@ def main() -> None:
     times: dict = {}
 
     optimizer = make_optimizer(hp, backbone, head)
-    transform = train_transform(aug, args.image_size, built.mean, built.std)
-    loader = torch.utils.data.DataLoader(TensorImageDataset(data.train_images, data.train_targets, transform),
-                                         batch_size=args.batch_size, shuffle=True)
+    transform = train_transform(aug, built.mean, built.std)
+    loader = ImageBatches(data.train_images, data.train_targets, transform, runtime.device, args.batch_size,
+                          shuffle=True)
     for epoch in range(args.epochs):
         built.model.eval()  # a frozen backbone is a fixed feature extractor
         built.head.train()

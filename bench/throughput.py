@@ -20,7 +20,8 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, make_image_folder, timed  # noqa: E402
 
-from tuner.data import AugmentConfig, DataConfig, TensorImageDataset, load_data, train_transform  # noqa: E402
+from tuner.batches import ImageBatches, train_transform  # noqa: E402
+from tuner.data import AugmentConfig, DataConfig, load_data  # noqa: E402
 from tuner.models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
 from tuner.training import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
 
@@ -60,9 +61,9 @@ def tuner_epoch_time(root: Path, args) -> tuple[float, float]:
     hp = Hyperparams(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0)
     optimizer = make_optimizer(hp, backbone, head)
     runtime = make_runtime(torch.device("cpu"))
-    transform = train_transform(AugmentConfig(crop_scale=0.5, hflip=0.5), args.image_size, built.mean, built.std)
-    loader = torch.utils.data.DataLoader(TensorImageDataset(data.train_images, data.train_targets, transform),
-                                         batch_size=args.batch_size, shuffle=True)
+    transform = train_transform(AugmentConfig(crop_scale=0.5, hflip=0.5), built.mean, built.std)
+    loader = ImageBatches(data.train_images, data.train_targets, transform, runtime.device, args.batch_size,
+                          shuffle=True)
     loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(args.epochs + 1):
         set_train_mode(built.model)
