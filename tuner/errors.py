@@ -31,3 +31,7 @@ class StudyError(TunerError):
 
 class DeviceError(TunerError):
     """A requested device (or GPU index) is not available."""
+
+
+class OptionError(TunerError):
+    """Command-line options that cannot be used together."""

@@ -1,4 +1,4 @@
-"""Several worker processes on one node: one per GPU (or N on a device), supervised and restarted."""
+"""Several worker processes on one node: one (or N) per GPU, or N on a device, supervised and restarted."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from tuner.errors import DeviceError
+from tuner.errors import DeviceError, OptionError
 
 # A child that keeps crashing is given up on after this many restarts.
 MAX_RESTARTS = 5
@@ -47,11 +47,50 @@ def parse_gpus(spec: str, count: int) -> list[int]:
     return indices
 
 
-def plan_processes(gpus: str | None, processes: int | None, device: str) -> list[ChildSpec]:
+def cuda_device(device: str, count: int) -> tuple[str, int]:
+    """The CUDA device that --trials-per-gpu shares without --gpus, and its index."""
+    needs_cuda = ("--trials-per-gpu needs a CUDA device (--gpus or --device cuda[:N]), got --device "
+                  f"{device}{' (no CUDA GPU here)' if device == 'auto' else ''}; on CPU use --processes N")
+    if device == "auto":
+        if count == 0:
+            raise DeviceError(needs_cuda)
+        return "cuda", 0
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
+    if parsed.type != "cuda":
+        raise DeviceError(needs_cuda)
+    if count == 0:
+        raise DeviceError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+    index = parsed.index or 0
+    if index >= count:
+        raise DeviceError(f"--device {device}: only {count} CUDA GPU(s) here (cuda:0..cuda:{count - 1})")
+    return device, index
+
+
+def gpu_label(index: int, slot: int, per_gpu: int) -> str:
+    # One process per GPU keeps the plain gpuI labels; several get gpuI.1, gpuI.2, ...
+    return f"gpu{index}" if per_gpu == 1 else f"gpu{index}.{slot}"
+
+
+def plan_processes(gpus: str | None, processes: int | None, device: str, gpu_count: int,
+                   trials_per_gpu: int | None = None) -> list[ChildSpec]:
+    """The children to start; `gpu_count` is visible_gpu_count(), a parameter so plans are testable."""
+    if trials_per_gpu is not None and processes is not None:
+        raise OptionError("--trials-per-gpu and --processes cannot be combined: --trials-per-gpu N runs N "
+                          "processes per GPU, --processes N runs N processes on --device")
+    per_gpu = trials_per_gpu or 1
+    slots = range(1, per_gpu + 1)
     if gpus is not None:
         # Each child sees exactly one GPU, so inside it the device is plain cuda.
-        return [ChildSpec(f"gpu{i}", "cuda", (("CUDA_VISIBLE_DEVICES", str(i)),))
-                for i in parse_gpus(gpus, visible_gpu_count())]
+        return [ChildSpec(gpu_label(i, slot, per_gpu), "cuda", (("CUDA_VISIBLE_DEVICES", str(i)),))
+                for i in parse_gpus(gpus, gpu_count) for slot in slots]
+    if trials_per_gpu is not None:
+        shared, index = cuda_device(device, gpu_count)
+        return [ChildSpec(gpu_label(index, slot, per_gpu), shared) for slot in slots]
     return [ChildSpec(f"proc{i}", device) for i in range(processes or 1)]
 
 
