@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from tuner.batches import ImageBatches, TensorBatches, eval_transform, place_images, train_transform
 from tuner.data import AugmentConfig, ImageData
-from tuner.errors import SpaceError
+from tuner.errors import DeviceError, SpaceError
 from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, default_cache_dir
 from tuner.models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode
 from tuner.space import SearchSpace
@@ -53,6 +54,9 @@ class TrialSettings:
     # (0 turns the cache off). The folder is local to the machine.
     cache_views: int = 4
     cache_dir: str | None = None
+    # torch.compile the trained network. Machine-local like the device: it changes speed,
+    # not results (beyond float noise), so workers of one study may differ.
+    compile: bool = False
 
 
 class Checkpointer(Protocol):
@@ -90,6 +94,13 @@ def check_space(space: SearchSpace) -> None:
                 problem = param_problem(name, value)
                 if problem is not None:
                     raise SpaceError(f"{space.source}: {problem}")
+
+
+def check_compiler(device: torch.device) -> None:
+    """torch.compile on CPU generates C++; without a compiler every trial would fail at its first step."""
+    if device.type == "cpu" and not any(shutil.which(name) for name in ("cc", "gcc", "clang")):
+        raise DeviceError("--compile on CPU needs a C compiler (cc, gcc or clang) on PATH: "
+                          "install one (e.g. apt-get install gcc) or leave out --compile")
 
 
 def lineage(trial: optuna.Trial) -> int:
@@ -135,6 +146,8 @@ class Objective:
         self.data = data
         self.settings = settings
         self.device = resolve_device(settings.device)
+        if settings.compile:
+            check_compiler(self.device)
         self.runtime = make_runtime(self.device)
         self.checkpointer = checkpointer
         self.on_epoch = on_epoch
@@ -188,6 +201,10 @@ class TrialRun:
         self.features = self.cached_features()
         # With cached features only the head runs; otherwise the whole model does.
         self.net = self.built.head if self.features is not None else self.model
+        if objective.settings.compile:
+            # Only the network that runs is wrapped: self.model stays the plain module, so
+            # state_dict() and checkpoints keep their keys (no `_orig_mod.` prefix).
+            self.net = torch.compile(self.net)
         self.optimizer = make_optimizer(hp, backbone, head)
         self.scheduler = make_scheduler(hp, self.optimizer)
         self.scaler = self.runtime.grad_scaler()
@@ -278,6 +295,7 @@ class TrialRun:
         trial.set_user_attr("device", str(self.runtime.device))
         trial.set_user_attr("trainable_params", count_trainable(self.model))
         trial.set_user_attr("feature_cache", self.features is not None)
+        trial.set_user_attr("compiled", self.objective.settings.compile)
         self.restore(trial)
         reason = "interrupted"  # kept if anything else (a hand-back, an error) ends the run
         try:

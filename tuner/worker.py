@@ -47,6 +47,7 @@ class WorkerOptions:
     timeout: float | None = None
     quiet: bool = False
     cache_dir: str | None = None
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class Worker:
             model=config.model, weights=config.weights, image_size=config.image_size,
             device=self.options.device, seed=config.seed, max_epochs=config.max_epochs,
             num_workers=self.options.num_workers, cache_views=config.cache_views,
-            cache_dir=self.options.cache_dir,
+            cache_dir=self.options.cache_dir, compile=self.options.compile,
         )
         return Objective(
             config.space(), data, settings, checkpointer=self.checkpointer,
