@@ -67,14 +67,17 @@ def check_finished_trial(trial: optuna.trial.FrozenTrial, max_epochs: int) -> No
 
 def test_run_end_to_end_on_sqlite(runner, image_folder, tiny_space, tmp_path):
     db = f"sqlite:///{tmp_path / 'x.db'}"
+    # --memory-limit 0: the decoded images are memory-mapped from a file beside the study.
     with pytest.warns(DataWarning) as caught:
-        result = runner.invoke(cli, run_args(image_folder, tiny_space, db))
+        result = runner.invoke(cli, run_args(image_folder, tiny_space, db, memory_limit="0"))
 
     assert result.exit_code == 0, result.output
     assert result.exception is None
     skipped = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
     assert skipped and all(m == f"skipped 1 unreadable file(s) in {image_folder}: dark/corrupt.png" for m in skipped)
 
+    # Its file was unlinked as soon as it was mapped: nothing is left behind.
+    assert (tmp_path / "x-decoded").is_dir() and list((tmp_path / "x-decoded").iterdir()) == []
     study = optuna.load_study(study_name="s", storage=db)
     assert len(study.trials) == 4
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
@@ -142,6 +145,7 @@ def test_run_with_imagenet_weights_and_an_empty_cache_fails_with_the_fix(runner,
         pytest.param({"n_trials": "5"}, "(study has 1, given 5)", id="n-trials"),
         pytest.param({"model": "mobilenet_v3_small"}, "(study has 'resnet18', given 'mobilenet_v3_small')", id="model"),
         pytest.param({}, None, id="same-options-continue"),
+        pytest.param({"memory_limit": "0.5", "device": "cpu"}, None, id="machine-local-options-continue"),
     ],
 )
 def test_a_second_run_with_a_different_config_is_refused(runner, image_folder, tiny_space, tmp_path, options,

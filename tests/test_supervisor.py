@@ -79,10 +79,14 @@ def test_plan_errors(gpus, processes, device, count, per_gpu, error, message):
     assert str(raised.value) == message
 
 
-@pytest.mark.parametrize("compile_model, tail", [(True, ["--compile", "--quiet"]), (False, ["--quiet"])])
-def test_children_get_the_compile_flag(compile_model, tail):
+@pytest.mark.parametrize("compile_model, memory, tail", [
+    (True, None, ["--compile", "--quiet"]),
+    (False, None, ["--quiet"]),
+    (False, 0.5, ["--memory-limit", "0.5", "--quiet"]),
+])
+def test_children_get_the_machine_local_flags(compile_model, memory, tail):
     params = {"study": "s", "num_workers": 2, "quiet": True, "compile_model": compile_model,
-              "gpus": "all", "trials_per_gpu": 2, "processes": None, "device": "auto"}
+              "memory_limit_gib": memory, "gpus": "all", "trials_per_gpu": 2, "processes": None, "device": "auto"}
     assert worker_argv(params) == ["worker", "--study", "s", "--num-workers", "2", *tail]
 
 

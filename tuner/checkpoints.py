@@ -14,9 +14,9 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
-from sqlalchemy.engine import make_url
 
 from tuner.errors import StorageError
+from tuner.storage import local_folder
 
 CHECKPOINT_ATTR = "checkpoint"
 BEST_WEIGHTS_ATTR = "best_weights_artifact"
@@ -24,12 +24,8 @@ BEST_WEIGHTS_ATTR = "best_weights_artifact"
 
 def default_artifacts_dir(storage_url: str) -> str:
     """Beside a SQLite file (tuner.db -> tuner-artifacts/); workers elsewhere must pass --artifacts."""
-    url = make_url(storage_url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        database = Path(url.database)
-        # Absolute even for sqlite:///relative.db: the path is stored in the study's config.
-        return str(database.with_name(f"{database.stem}-artifacts").resolve())
-    return str(Path("tuner-artifacts").resolve())
+    # Absolute even for sqlite:///relative.db: the path is stored in the study's config.
+    return local_folder(storage_url, "artifacts") or str(Path("tuner-artifacts").resolve())
 
 
 def open_artifact_store(location: str):

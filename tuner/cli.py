@@ -119,6 +119,10 @@ def worker_options(f: Callable) -> Callable:
                      help="torch.compile the trained network: the first epoch is slower while it compiles "
                           "(tens of seconds; later trials reuse it), steps are faster after. Mainly worth it on "
                           "CUDA with bigger models; on CPU it needs a C compiler."),
+        click.option("--memory-limit", "memory_limit_gib", type=click.FloatRange(min=0), metavar="GIB",
+                     help="Decoded images (uint8, decoded once) stay in RAM up to this size; a bigger data "
+                          "set is memory-mapped from a file beside the SQLite study (else in "
+                          "~/.cache/tuner/decoded). Default: half of this machine's RAM."),
         click.option("--quiet", "-q", is_flag=True, help="Only warnings and the final result."),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
@@ -144,6 +148,7 @@ def worker_settings(params: dict[str, Any]):
         device=params["device"], data=params.get("data"), artifacts=params.get("artifacts"),
         num_workers=params.get("num_workers"), timeout=params.get("timeout"), quiet=params.get("quiet", False),
         cache_dir=params.get("cache_dir"), compile=params.get("compile_model", False),
+        memory_limit_gib=params.get("memory_limit_gib"),
     )
 
 
@@ -252,6 +257,8 @@ def worker_argv(params: dict[str, Any]) -> list[str]:
     for name in ("num_workers", "timeout", "artifacts", "data", "cache_dir"):
         if params.get(name) is not None:
             argv += [f"--{name.replace('_', '-')}", str(params[name])]
+    if params.get("memory_limit_gib") is not None:
+        argv += ["--memory-limit", str(params["memory_limit_gib"])]
     if params.get("compile_model"):
         argv.append("--compile")
     if params.get("quiet"):

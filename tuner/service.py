@@ -11,12 +11,12 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from tuner.checkpoints import default_artifacts_dir
-from tuner.data import DataConfig, ImageData, describe_source, load_data
+from tuner.data import DataConfig, ImageData, describe_source, gib_to_bytes, load_data
 from tuner.errors import DataError, StorageError, StudyError
 from tuner.models import ModelSpec, build_model
 from tuner.objective import check_space, metric_name
 from tuner.space import SearchSpace, load_space
-from tuner.storage import StorageSettings, normalize_url, open_storage, ping
+from tuner.storage import StorageSettings, local_folder, normalize_url, open_storage, ping
 from tuner.study import MACHINE_LOCAL, StudyConfig, create_study, load_study, study_note
 
 
@@ -38,6 +38,8 @@ class StudyRequest:
     artifacts: str | None = None
     warm_start: bool = True
     cache_views: int = 4
+    # Machine-local: where this process keeps the decoded images, not part of the study.
+    memory_limit_gib: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,9 @@ def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[Study
     ModelSpec(name=model, weights=request.weights)  # an unknown model name fails before data loads
     if request.data is None:
         raise DataError("--data is required to create a study (a folder, a CSV manifest, or 'digits')")
-    data = load_data(DataConfig(request.data, image_size, request.val_fraction, request.seed))
+    data = load_data(DataConfig(request.data, image_size, request.val_fraction, request.seed,
+                                memory_limit=gib_to_bytes(request.memory_limit_gib),
+                                spill_dir=local_folder(storage.url, "decoded")))
     # Build the model once: weights that cannot be had (no cache offline, a bad file) fail
     # here with their fix, not in every worker's first trial.
     build_model(ModelSpec(name=model, weights=request.weights, num_classes=data.num_classes))

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -58,6 +59,15 @@ def mask_url(url: str) -> str:
         # Not parseable: hide anything between '://user:' and '@' by hand.
         masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
         return re.sub(r"([?&](?:password|passwd)=)[^&]*", r"\1***", masked, flags=re.IGNORECASE)
+
+
+def local_folder(url: str, suffix: str) -> str | None:
+    """`tuner-<suffix>` beside a SQLite file tuner.db (absolute); None for a server database."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    database = Path(parsed.database)
+    return str(database.with_name(f"{database.stem}-{suffix}").resolve())
 
 
 def normalize_url(url: str) -> str:

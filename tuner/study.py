@@ -24,7 +24,7 @@ WARM_START = (
     {"freeze": "full", "backbone_lr": 1e-5, "lr": 1e-5},
 )
 # Settings a worker may set for its own machine without changing the study.
-MACHINE_LOCAL = ("device", "data", "artifacts", "num_workers")
+MACHINE_LOCAL = ("device", "data", "artifacts", "num_workers", "memory_limit_gib")
 
 
 @dataclass(frozen=True)

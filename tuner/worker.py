@@ -20,9 +20,9 @@ from tuner.checkpoints import (
     open_artifact_store,
     upload_weights,
 )
-from tuner.data import DataConfig, ImageData, load_data
+from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
 from tuner.objective import Objective, TrialSettings, derive_seed
-from tuner.storage import StorageSettings, mask_url, open_storage, ping
+from tuner.storage import StorageSettings, local_folder, mask_url, open_storage, ping
 from tuner.study import StudyConfig, budget_left, finished_count, load_study, within_budget
 
 HANDED_BACK_ATTR = "handed_back"
@@ -48,6 +48,7 @@ class WorkerOptions:
     quiet: bool = False
     cache_dir: str | None = None
     compile: bool = False
+    memory_limit_gib: float | None = None  # decoded images above it are memory-mapped from disk
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ class Worker:
         data = self.data or load_data(DataConfig(
             source=self.options.data or config.data, image_size=config.image_size,
             val_fraction=config.val_fraction, seed=config.seed,
+            memory_limit=gib_to_bytes(self.options.memory_limit_gib),
+            spill_dir=local_folder(self.storage_settings.url, "decoded"),
         ))
         settings = TrialSettings(
             model=config.model, weights=config.weights, image_size=config.image_size,
