@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from tuner.cli import cli, worker_argv
 from tuner.errors import DeviceError, OptionError
-from tuner.supervisor import ChildSpec, plan_processes
+from tuner.supervisor import ChildSpec, child_env, plan_processes
 
 
 def gpu(index: int) -> tuple[tuple[str, str], ...]:
@@ -123,3 +123,15 @@ def test_worker_help_explains_trials_per_gpu():
     result = CliRunner().invoke(cli, ["worker", "--help"])
     assert result.exit_code == 0
     assert "--trials-per-gpu N" in result.output and "per GPU" in result.output
+
+
+@pytest.mark.parametrize(
+    ("children", "cpus", "environ", "threads"),
+    [(2, 16, {}, "8"), (4, 2, {}, "1"), (3, 16, {}, "5"), (1, 2, {}, "2"), (4, 16, {"OMP_NUM_THREADS": "3"}, "3")],
+    ids=["2 of 16", "more children than cores", "rounds down", "alone", "user's setting kept"],
+)
+def test_children_share_the_cores(children, cpus, environ, threads):
+    spec = ChildSpec("gpu0.1", "cuda", gpu(0))
+    env = child_env(spec, children, {"PATH": "/bin", **environ}, cpus)
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": threads}
+

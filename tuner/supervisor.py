@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tuner.errors import DeviceError, OptionError
@@ -94,6 +95,19 @@ def plan_processes(gpus: str | None, processes: int | None, device: str, gpu_cou
     return [ChildSpec(f"proc{i}", device) for i in range(processes or 1)]
 
 
+def child_env(spec: ChildSpec, children: int, environ: Mapping[str, str], cpus: int) -> dict[str, str]:
+    """A child's environment: the parent's, its own variables, and its share of the CPU cores.
+
+    Every torch process starts one compute thread per core. N children on one node would
+    run N times as many threads as cores, and their OpenMP threads, spinning while they
+    wait for each other, make every step several times slower. An OMP_NUM_THREADS the
+    user set is kept.
+    """
+    env = {**environ, **dict(spec.env)}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // children)))
+    return env
+
+
 class Supervisor:
     """Starts the children, restarts one that crashes, and forwards SIGINT/SIGTERM to all."""
 
@@ -105,7 +119,7 @@ class Supervisor:
         self.stopping = False
 
     def start(self, spec: ChildSpec) -> None:
-        env = {**os.environ, **dict(spec.env)}
+        env = child_env(spec, len(self.plan), os.environ, os.cpu_count() or 1)
         command = [sys.executable, "-m", "tuner", *self.argv, "--device", spec.device]
         self.children[spec.label] = subprocess.Popen(command, env=env)
         print(f"[supervisor] started {spec.label} (pid {self.children[spec.label].pid})", file=sys.stderr)
