@@ -10,7 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +41,6 @@ from tuner.study import StudyConfig, create_study
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEAD = {"freeze": "head", "lr": 1e-3}
 LAST_BLOCK = {"freeze": "last_blocks", "lr": 1e-3, "backbone_lr": 1e-5}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny 16 px models train as fast on one thread, and far faster than on two contended cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fast_args(space: Path) -> list[str]:
@@ -287,6 +282,48 @@ def test_status_lists_running_trials_with_host_device_epoch_and_metric(storage_u
                      ["2", "node7", "cuda:0", "3", "0.5000", started]]
 
 
+# --- the read-only commands start without torch -------------------------------------------
+
+# Runs in a fresh interpreter: this test process imported torch long ago.
+NO_TORCH_SCRIPT = """\
+import json, sys
+from click.testing import CliRunner
+from tuner.cli import cli
+outputs = {}
+for args in (["status"], ["best", "--study", "s"], ["best", "--study", "s", "--format", "yaml"],
+             ["export", "--study", "s"], ["export", "--study", "s", "--format", "json"]):
+    result = CliRunner().invoke(cli, [*args, "--storage", sys.argv[1]])
+    outputs[" ".join(args)] = [result.exit_code, result.output]
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+print(json.dumps({"outputs": outputs, "torch": loaded}))
+"""
+
+
+def test_status_best_and_export_never_import_torch(tiny_space, tmp_path):
+    """They only read the storage: importing torch (seconds) at their start was pure cost."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = library_study(url, "s", tiny_space, n_trials=2, warm_start=False)
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 5e-3}, distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)},
+        value=0.75, user_attrs={"best_epoch": 2, "fixed_params": {"patience": 5}}))
+
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH_SCRIPT, url], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    outputs = report["outputs"]
+    assert {args: code for args, (code, _) in outputs.items()} == dict.fromkeys(outputs, 0), outputs
+    assert outputs["status"][1].splitlines()[1] == "study s: 1/2 finished [complete 1]; best val_accuracy 0.7500 (trial 0)"
+    assert outputs["best --study s"][1] == (
+        "study s: best val_accuracy = 0.7500 (trial 0)\n  lr: 0.005\n  patience: 5\n")
+    assert yaml.safe_load(outputs["best --study s --format yaml"][1])["params"] == {
+        "lr": {"type": "fixed", "value": 0.005}, "patience": {"type": "fixed", "value": 5}}
+    assert outputs["export --study s"][1].splitlines()[0].startswith("number,state,value,")
+    assert [t["value"] for t in json.loads(outputs["export --study s --format json"][1])["trials"]] == [0.75]
+    assert report["torch"] == []
+
+
 # --- a finished study: one per backend, shared by the read-only tests below -------------
 
 @dataclass(frozen=True)
@@ -441,6 +478,12 @@ def test_export_json_has_every_trial(finished, tmp_path):
         assert record["intermediate_values"] == {str(k): v for k, v in trial.intermediate_values.items()}
 
 
+# Report, retrain and the --gpus check read the study as the tests above do, on both backends;
+# what they add (plots, training, option checks) does not depend on the backend: one is enough.
+ONE_BACKEND = pytest.mark.parametrize("finished", ["sqlite"], indirect=True)
+
+
+@ONE_BACKEND
 def test_report_writes_valid_pngs_that_index_html_shows(finished, tmp_path):
     out = tmp_path / "report"
     result = invoke(["report", "--study", "out", "--storage", finished.url, "--out", str(out)])
@@ -460,6 +503,7 @@ def test_report_writes_valid_pngs_that_index_html_shows(finished, tmp_path):
     assert "<h1>Study out</h1>" in index and "Not available yet" not in index
 
 
+@ONE_BACKEND
 def test_retrain_writes_loadable_weights_and_a_model_description(finished, tmp_path):
     best = finished.study().best_trial
     out = tmp_path / "model"
@@ -478,6 +522,58 @@ def test_retrain_writes_loadable_weights_and_a_model_description(finished, tmp_p
     state = torch.load(out / "weights.pt", weights_only=True)
     model = build_model(ModelSpec(name="resnet18", weights="none", num_classes=10)).model
     model.load_state_dict(state)
+
+
+# The head-only space with `epochs` fixed instead of sampled.
+FIXED_EPOCHS_SPACE = HEAD_ONLY_SPACE.replace("  epochs:\n    type: int\n    low: 2\n    high: 3\n",
+                                             "  epochs: {type: fixed, value: 3}\n")
+
+
+def test_retrain_epochs_wins_over_epochs_that_the_space_fixes(tmp_path):
+    """--epochs used to go into the trial's params only, which a fixed `epochs` never reads."""
+    assert "epochs: {type: fixed, value: 3}" in FIXED_EPOCHS_SPACE
+    space = tmp_path / "fixed.yaml"
+    space.write_text(FIXED_EPOCHS_SPACE)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    ran = invoke(["run", "--study", "f", "--space", str(space), "--data", "digits", "--image-size", "16",
+                  "--weights", "none", "--n-trials", "1", "--pruner", "none", "--storage", url,
+                  "--artifacts", str(tmp_path / "artifacts"), "--device", "cpu", "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    best = load(url, "f").best_trial
+    assert (best.user_attrs["fixed_params"]["epochs"], best.user_attrs["epochs_run"]) == (3, 3)
+
+    out = tmp_path / "model"
+    result = invoke(["retrain", "--study", "f", "--storage", url, "--out", str(out), "--epochs", "1",
+                     "--device", "cpu"])
+
+    assert result.exit_code == 0, result.output
+    description = json.loads((out / "model.json").read_text())
+    assert result.stdout == (f"trained resnet18 for 1 epochs: val_accuracy = {description['value']:.4f}; "
+                             f"wrote {out / 'weights.pt'} and {out / 'model.json'}\n")
+    assert description["epochs_run"] == 1
+    assert description["params"] == {**all_params(best), "epochs": 1}
+    # Same seed, and one epoch of it: the trial's own epoch-1 value.
+    assert description["value"] == best.intermediate_values[1]
+
+
+# --- in-process runs, one after another ---------------------------------------------------
+
+def test_two_in_process_worker_runs_each_get_their_own_log_lines(tiny_space, tmp_path):
+    """The worker's log handler writes to sys.stderr as it is now: it used to keep the stream of
+    the first run in the process, so a later CliRunner run lost its lines to a dead stream."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = library_study(url, "spent", tiny_space, n_trials=1, warm_start=False,
+                          artifacts=str(tmp_path / "artifacts"))
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 5e-3}, distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)},
+        value=0.5))
+    name = f"{socket.gethostname()}:{os.getpid()}:auto"
+    for _ in range(2):
+        result = CliRunner().invoke(cli, ["worker", "--study", "spent", "--storage", url])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines()[0] == "finished 1/1 trials (0 run by this process)"
+        assert re.findall(r"^\d\d:\d\d:\d\d \[(.+?)\] (.*)$", result.stderr, re.M) == [
+            (name, "budget of 1 trials already taken; nothing to do")]
 
 
 MISMATCH_CASES = [
@@ -512,6 +608,7 @@ def test_run_against_an_existing_study_refuses_a_different_config(finished, opti
 GPU_SPECS = ["all", "0", "0,1"]
 
 
+@ONE_BACKEND
 @pytest.mark.parametrize("spec", GPU_SPECS)
 def test_worker_gpus_without_a_gpu_is_one_clear_error(finished, spec):
     assert not torch.cuda.is_available()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -12,8 +13,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.checkpoints import open_artifact_store
 from tuner.errors import StudyError
+from tuner.space import Branch, SearchSpace
 from tuner.storage import StorageSettings, mask_url, open_storage, ping
 from tuner.study import StudyConfig, load_study, read_config
 
@@ -169,6 +170,10 @@ def artifact_location(storage, explicit: str | None) -> str | None:
 def serve_dashboard(storage_url: str, host: str, port: int, artifacts: str | None) -> None:
     import optuna_dashboard
 
+    # Imported here, not at the top: tuner.checkpoints imports torch, which status, best
+    # and export (the rest of this module) do without.
+    from tuner.checkpoints import open_artifact_store
+
     storage = open_readonly(storage_url)
     location = artifact_location(storage, artifacts)
     store = open_artifact_store(location) if location else None
@@ -183,8 +188,8 @@ def retrain_best(storage_url: str, name: str, out: str, *, epochs: int | None, d
 
     study, config = load_study(open_readonly(storage_url), name)
     best = best_trial(study)
-    params = dict(best.params)
-    params["epochs"] = epochs or best.user_attrs.get("best_epoch") or params.get("epochs", 10)
+    wanted = epochs or best.user_attrs.get("best_epoch") or all_params(best).get("epochs", 10)
+    params = {**best.params, "epochs": wanted}
     images = load_data(DataConfig(data or config.data, config.image_size, config.val_fraction, config.seed))
     saved: dict[str, Any] = {}
 
@@ -193,10 +198,23 @@ def retrain_best(storage_url: str, name: str, out: str, *, epochs: int | None, d
 
     settings = TrialSettings(model=config.model, weights=config.weights, image_size=config.image_size,
                              device=device, seed=config.seed, max_epochs=None)
-    objective = Objective(config.space(), images, settings, keep_best=keep)
+    objective = Objective(with_fixed_epochs(config.space(), wanted), images, settings, keep_best=keep)
     trial = optuna.trial.FixedTrial(params, number=best.user_attrs.get("lineage", best.number))
     value = objective(trial)
+    saved["epochs_run"] = trial.user_attrs["epochs_run"]
     return write_model(Path(out), config, best, params, saved, value)
+
+
+def with_fixed_epochs(space: SearchSpace, epochs: int) -> SearchSpace:
+    """`space` with `epochs` fixed at `epochs`, whatever its branches were.
+
+    Setting the count in the trial's params is not enough: a space whose `epochs` is a
+    fixed value never asks the trial for it, so `retrain --epochs` was silently ignored.
+    """
+    fixed = (Branch(param="epochs", type="fixed", value=epochs),)
+    params = {name: fixed if name == "epochs" else branches for name, branches in space.params.items()}
+    params.setdefault("epochs", fixed)
+    return dataclasses.replace(space, params=params)
 
 
 def write_model(out: Path, config: StudyConfig, best: FrozenTrial, params: dict[str, Any],
@@ -214,10 +232,12 @@ def write_model(out: Path, config: StudyConfig, best: FrozenTrial, params: dict[
         "multilabel": saved["meta"]["multilabel"],
         "mean": saved["meta"]["mean"],
         "std": saved["meta"]["std"],
-        "params": {**params, **best.user_attrs.get("fixed_params", {})},
+        # The retrain's own epochs win over the best trial's (fixed or sampled) count.
+        "params": {**all_params(best), **params},
         "metric": config.metric,
         "value": value,
         "best_epoch": saved["meta"]["best_epoch"],
+        "epochs_run": saved["epochs_run"],
         "source_trial": best.number,
         "source_value": best.value,
     }
