@@ -186,7 +186,10 @@ def test_gpus_naming_absent_gpus(gpus, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this check is for a machine without GPUs")
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    CliRunner().invoke(cli, ["create", "--study", "s", "--storage", url, "--data", "digits", "--weights", "none"])
+    # 16 px: the study only has to exist (digits at the space's 224 px took seconds to decode).
+    created = CliRunner().invoke(cli, ["create", "--study", "s", "--storage", url, "--data", "digits",
+                                       "--weights", "none", "--image-size", "16"])
+    assert created.exit_code == 0, created.output
     result = CliRunner().invoke(cli, ["worker", "--study", "s", "--storage", url, "--gpus", gpus])
     assert_one_error(result, f"Error: --gpus {gpus}: no CUDA GPU is visible on this node (use --device cpu)")
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import optuna
 from sqlalchemy.engine import make_url
 
-from tuner.checkpoints import default_artifacts_dir
-from tuner.data import DataConfig, ImageData, describe_source, gib_to_bytes, load_data
 from tuner.errors import DataError, StorageError, StudyError
-from tuner.models import ModelSpec, build_model
-from tuner.objective import check_space, metric_name
 from tuner.space import SearchSpace, load_space
 from tuner.storage import StorageSettings, local_folder, normalize_url, open_storage, ping
 from tuner.study import MACHINE_LOCAL, StudyConfig, create_study, load_study, study_note
+
+if TYPE_CHECKING:
+    from tuner.data import ImageData
 
 
 @dataclass(frozen=True)
@@ -66,6 +65,13 @@ def require_existing_sqlite(url: str) -> None:
 
 def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[StudyConfig, SearchSpace, ImageData]:
     """Validate the space, model and data before anything is written to the storage."""
+    # Imported here, not at the top: these import torch, and the read-only commands
+    # (status, best, export, ...) import this module yet must start without torch's seconds.
+    from tuner.checkpoints import default_artifacts_dir
+    from tuner.data import DataConfig, gib_to_bytes, load_data
+    from tuner.models import ModelSpec, build_model
+    from tuner.objective import check_space, metric_name
+
     space = load_space(request.space)
     check_space(space)
     model = request.model or space.settings.get("model") or "resnet18"
@@ -127,6 +133,8 @@ def prepare_study(storage: StorageSettings, name: str | None, request: StudyRequ
     if built is None:
         raise DataError(f"study {study_name!r} does not exist yet: --data is required to create it")
     config, space, data = built
+    from tuner.data import describe_source  # imports torch: see build_config
+
     note = study_note(config, space, describe_source(request.data))
     return PreparedStudy(create_study(rdb, study_name, config, note), config, True, data)
 

@@ -12,7 +12,6 @@ from optuna.trial import TrialState
 
 from tuner.errors import StudyError, TunerError
 from tuner.space import SearchSpace, parse_space
-from tuner.training import Hyperparams
 
 CONFIG_ATTR = "tuner_config"
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
@@ -199,6 +198,10 @@ def expressible(space: SearchSpace, config: Mapping[str, Any]) -> dict[str, Any]
     whole configuration instead meant that e.g. a space without `unfreeze_blocks`, or
     whose optimizers exclude adamw, never got the head / last-block warm start at all.
     """
+    # Imported here: tuner.training imports torch, and `tuner status` loads studies through
+    # this module without training anything.
+    from tuner.training import Hyperparams
+
     defining = "freeze"
     if defining in config and defining not in space.params and config[defining] != Hyperparams.freeze:
         return None  # the space leaves freeze at the trainer's default, and this is another strategy
