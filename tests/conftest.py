@@ -72,6 +72,18 @@ def private_feature_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def single_torch_thread():
+    """In-process training on one intra-op thread. Every model here is tiny (16 px), so threads
+    gain nothing, and on a shared 2-core box two spinning OpenMP threads per op made the
+    in-process tests over twice as slow. (test_workers and test_reliability give their
+    worker processes OMP_NUM_THREADS=1 for the same reason.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def postgres_required() -> bool:
     return os.environ.get("TUNER_REQUIRE_POSTGRES") == "1" or os.environ.get("CI", "").lower() == "true"
 

@@ -1,5 +1,5 @@
 """Real worker processes (`python -m tuner worker ...`) sharing studies in SQLite and PostgreSQL:
-the exact global budget under racing workers (a plain worker and a --processes 2 supervisor),
+the exact global budget under racing workers (two plain workers and a --processes 2 supervisor),
 kill -9 and resume from a checkpoint, SIGTERM hand-back, and the dashboard server.
 (`--gpus` on this GPU-less node is checked in-process in test_service.py.)
 
@@ -157,36 +157,43 @@ def assert_budget_exact(study: optuna.Study, budget: int) -> list[optuna.trial.F
 # --- the global budget -----------------------------------------------------------------
 
 def test_racing_workers_finish_the_budget_exactly(storage_url, tiny_space, tmp_path, procs):
-    """Three worker processes started together: a plain `tuner worker` that joins with nothing
+    """Four worker processes started together: two plain `tuner worker`s that join with nothing
     but the study name and the storage, and a `--processes 2` supervisor's two CPU children.
+    Exactly the budget finishes, no trial is lost or finishes twice, and none starts past it.
 
-    (One test for both, because each worker process costs seconds of imports on this box.)
+    (One test for all of it, because each worker process costs seconds of imports on this box.)
     """
-    budget = 5
+    budget = 8
     # A short heartbeat: a worker whose budget is taken polls at this interval while the others'
     # trials run; the grace period stays well above any heartbeat lag on a busy 2-core box.
+    # shufflenet_v2_x0_5 (0.3 M parameters, resnet18 has 11 M): the same code paths, with epochs
+    # and checkpoints many times cheaper, so the time goes to the race and not to training.
     create(storage_url, "race", tiny_space, budget, tmp_path / "artifacts", "--max-epochs", "2",
-           "--heartbeat-interval", "1", "--grace-period", "10")
+           "--model", "shufflenet_v2_x0_5", "--heartbeat-interval", "1", "--grace-period", "10")
     supervisor = procs.start("worker", "--study", "race", "--storage", storage_url, "--processes", "2",
                              "--device", "cpu")
-    # Start the plain worker with the supervisor's children, so that all three join together.
+    # Start the plain workers with the supervisor's children, so that all four join together.
     wait_for(lambda: "started proc1" in supervisor.log.read_text(), 120, "the supervisor's children", procs)
-    plain = procs.start("worker", "--study", "race", "--storage", storage_url)
-    assert [procs.wait(p, timeout=300) for p in (plain, supervisor)] == [0, 0], procs.logs()
+    plain = [procs.start("worker", "--study", "race", "--storage", storage_url) for _ in range(2)]
+    assert [procs.wait(p, timeout=300) for p in (*plain, supervisor)] == [0, 0, 0], procs.logs()
 
     log = supervisor.log.read_text()
     children = dict(re.findall(r"^\[supervisor\] started (proc\d) \(pid (\d+)\)$", log, re.M))
     assert sorted(children) == ["proc0", "proc1"], log
     assert "exited with" not in log, log  # no child crashed or was restarted
     workers = {f"{socket.gethostname()}:{pid}:cpu" for pid in children.values()}
-    workers.add(f"{socket.gethostname()}:{plain.pid}:auto")
+    workers |= {f"{socket.gethostname()}:{p.pid}:auto" for p in plain}
 
     finished = assert_budget_exact(load(storage_url, "race"), budget)
     assert {t.user_attrs["worker"] for t in finished} <= workers
-    summaries = [finished_line(plain.log), *(
+    lineages = [t.user_attrs["lineage"] for t in finished]
+    assert len(lineages) == len(set(lineages)), "a trial finished twice"
+    for trial in finished:  # one report per epoch run, none missing
+        assert sorted(trial.intermediate_values) == list(range(1, trial.user_attrs["epochs_run"] + 1)), trial.number
+    summaries = [*(finished_line(p.log) for p in plain), *(
         tuple(int(g) for g in m) for m in re.findall(
             r"^finished (\d+)/(\d+) trials \((\d+) run by this process\)$", log, re.M))]
-    assert len(summaries) == 3 and {s[1] for s in summaries} == {budget}, summaries
+    assert len(summaries) == 4 and {s[1] for s in summaries} == {budget}, summaries
     assert sum(s[2] for s in summaries) == budget, summaries  # every trial trained once, by one worker
     # The warm start ran first, with the space's own values for what it does not set.
     assert {k: finished[0].params[k] for k in ("freeze", "lr")} == {"freeze": "head", "lr": 1e-3}
@@ -321,10 +328,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_dashboard_serves_the_studies_of_the_storage(storage_url, tiny_space, tmp_path, procs):
-    create(storage_url, "dash", tiny_space, 2, tmp_path / "artifacts")
+def test_dashboard_serves_the_studies_of_the_storage(postgres_url, tiny_space, tmp_path, procs):
+    """On PostgreSQL only, the deployed setup (docker-compose.yml): what it reads of the storage
+    is what `tuner status` reads, which runs on both backends in test_service.py."""
+    create(postgres_url, "dash", tiny_space, 2, tmp_path / "artifacts")
     port = free_port()
-    server = procs.start("dashboard", "--storage", storage_url, "--port", str(port))
+    server = procs.start("dashboard", "--storage", postgres_url, "--port", str(port))
 
     def studies():
         try:
