@@ -615,3 +615,20 @@ def test_worker_gpus_without_a_gpu_is_one_clear_error(finished, spec):
     result = invoke(["worker", "--study", "out", "--storage", finished.url, "--gpus", spec])
     assert result.exit_code == 1
     assert result.output == f"Error: --gpus {spec}: no CUDA GPU is visible on this node (use --device cpu)\n"
+
+
+def test_a_sqlite_study_file_is_in_write_ahead_log_mode(tmp_path):
+    import sqlite3
+
+    open_storage(StorageSettings(url=f"sqlite:///{tmp_path / 'x.db'}"), heartbeat=False)
+    with sqlite3.connect(tmp_path / "x.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_sqlite_file_in_a_missing_folder_is_a_storage_error(tmp_path):
+    from tuner.errors import StorageError
+
+    url = f"sqlite:///{tmp_path / 'missing' / 'x.db'}"
+    with pytest.raises(StorageError) as excinfo:
+        open_storage(StorageSettings(url=url), heartbeat=False)
+    assert str(excinfo.value) == f"cannot open storage {url}: unable to open database file"
