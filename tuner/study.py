@@ -253,6 +253,10 @@ def within_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bo
     racing workers one consistent answer: a trial is in if fewer than n_trials earlier
     trials still hold a slot. A retry continues its original's slot, so it always runs.
     """
+    if trial.number < n_trials:
+        # At most trial.number trials come before it, so fewer than n_trials can hold a
+        # slot: no need to read the trial's attrs or the study's trials (the hot path).
+        return True
     if trial.user_attrs.get("lineage", trial.number) != trial.number:
         return True
     earlier = [
