@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4, help="timed epochs of each path (the fastest counts)")
     parser.add_argument("--views", type=int, default=2)
     args = parser.parse_args()
     print(f"(b) head-only trials with/without the feature cache on {machine()}")

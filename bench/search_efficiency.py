@@ -14,6 +14,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -86,8 +87,12 @@ def main() -> None:
     shares, tuned_best, random_best = [], [], []
     with tempfile.TemporaryDirectory() as cache_dir:
         for seed in range(args.seeds):
+            started = time.perf_counter()
             random_runs = search(data, args, seed, False, cache_dir)
+            middle = time.perf_counter()
             tuned_runs = search(data, args, seed, True, cache_dir)
+            print(f"  seed {seed}: random search {middle - started:.0f} s, tuner {time.perf_counter() - middle:.0f} s",
+                  flush=True)
             target = max(v for _, v in random_runs if v is not None)
             random_epochs = sum(e for e, _ in random_runs)
             reached = epochs_to_reach(tuned_runs, target - 0.005)
