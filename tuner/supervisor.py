@@ -56,20 +56,12 @@ def cuda_device(device: str, count: int) -> tuple[str, int]:
         if count == 0:
             raise DeviceError(needs_cuda)
         return "cuda", 0
-    import torch
+    from tuner.training import parse_device  # imports torch: only worker commands get here
 
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise DeviceError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
+    parsed = parse_device(device, count)
     if parsed.type != "cuda":
         raise DeviceError(needs_cuda)
-    if count == 0:
-        raise DeviceError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
-    index = parsed.index or 0
-    if index >= count:
-        raise DeviceError(f"--device {device}: only {count} CUDA GPU(s) here (cuda:0..cuda:{count - 1})")
-    return device, index
+    return device, parsed.index or 0
 
 
 def gpu_label(index: int, slot: int, per_gpu: int) -> str:
