@@ -533,8 +533,13 @@ def default_memory_limit() -> int:
 
 
 def default_spill_dir() -> Path:
+    return machine_cache_dir("decoded")
+
+
+def machine_cache_dir(name: str) -> Path:
+    """~/.cache/tuner/NAME (under $XDG_CACHE_HOME when set): this machine's own, not shared."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tuner" / "decoded"
+    return Path(base) / "tuner" / name
 
 
 def _mapped_buffer(shape: tuple[int, ...], folder: Path) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import torch
 
 from tuner.batches import ImageBatches, eval_transform, is_random, train_transform
-from tuner.data import AugmentConfig
+from tuner.data import AugmentConfig, machine_cache_dir
 from tuner.errors import TunerError
 from tuner.training import Runtime, to_device
 
@@ -24,8 +24,7 @@ EXTRACT_BATCH = 128
 
 def default_cache_dir() -> Path:
     """Local to the machine (not the shared artifact store): workers on one node share it."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tuner" / "features"
+    return machine_cache_dir("features")
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,13 @@ class FeatureCache:
         self.memory: dict[str, CachedFeatures] = {}
         self.data_digests: dict[int, str] = {}
 
+    def views(self, aug: AugmentConfig) -> int:
+        """Without random augmentation every view would be the same tensor: cache one."""
+        return self.config.views if is_random(aug) else 1
+
     def key(self, model_name: str, backbone: str, data_digest: str, image_size: int, aug: AugmentConfig,
             mean: Sequence[float], std: Sequence[float]) -> str:
-        views = self.config.views if is_random(aug) else 1
+        views = self.views(aug)
         parts = (model_name, backbone, data_digest, image_size, aug, tuple(mean), tuple(std), views)
         return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
@@ -115,7 +118,7 @@ class FeatureCache:
             return features
 
     def compute(self, built, data, image_size: int, aug: AugmentConfig, key: str) -> CachedFeatures:
-        views = self.config.views if is_random(aug) else 1
+        views = self.views(aug)
         transform = train_transform(aug, built.mean, built.std)
         train = []
         for view in range(views):

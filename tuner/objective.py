@@ -198,6 +198,7 @@ class TrialRun:
         self.model = self.built.model.to(self.runtime.device)
         if self.runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.aug = AugmentConfig.from_params(hp.__dict__)
         self.features = self.cached_features()
         # With cached features only the head runs; otherwise the whole model does.
         self.net = self.built.head if self.features is not None else self.model
@@ -229,8 +230,7 @@ class TrialRun:
         if self.hp.freeze != "head" or self.objective.cache is None:
             return None
         settings = self.objective.settings
-        aug = AugmentConfig.from_params(self.hp.__dict__)
-        return self.objective.cache.get(self.built, settings.model, self.data, settings.image_size, aug)
+        return self.objective.cache.get(self.built, settings.model, self.data, settings.image_size, self.aug)
 
     def feature_loader(self, features: torch.Tensor, targets: torch.Tensor, *, train: bool) -> TensorBatches:
         return TensorBatches(
@@ -263,8 +263,7 @@ class TrialRun:
         mean, std = self.built.mean, self.built.std
         images = self.objective.images
         if train:
-            aug = AugmentConfig.from_params(self.hp.__dict__)
-            pixels, targets, transform = images.train, self.data.train_targets, train_transform(aug, mean, std)
+            pixels, targets, transform = images.train, self.data.train_targets, train_transform(self.aug, mean, std)
         else:
             pixels, targets, transform = images.val, self.data.val_targets, eval_transform(mean, std)
         return ImageBatches(
