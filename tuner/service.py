@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import optuna
-from sqlalchemy.engine import make_url
 
 from tuner.errors import DataError, StorageError, StudyError
 from tuner.space import SearchSpace, load_space
-from tuner.storage import StorageSettings, local_folder, normalize_url, open_storage, ping
+from tuner.storage import StorageSettings, local_folder, normalize_url, open_storage, ping, sqlite_file
 from tuner.study import MACHINE_LOCAL, StudyConfig, create_study, load_study, study_note
 
 if TYPE_CHECKING:
@@ -57,10 +56,9 @@ def default_study_name(space_ref: str, data: str) -> str:
 
 def require_existing_sqlite(url: str) -> None:
     """Commands that only read a study must not create an empty database by accident."""
-    parsed = make_url(normalize_url(url))
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        if not Path(parsed.database).exists():
-            raise StorageError(f"storage file {parsed.database} does not exist (create a study first)")
+    database = sqlite_file(url)
+    if database is not None and not database.exists():
+        raise StorageError(f"storage file {database} does not exist (create a study first)")
 
 
 def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[StudyConfig, SearchSpace, ImageData]:

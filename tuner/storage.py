@@ -63,13 +63,18 @@ def mask_url(url: str) -> str:
         return re.sub(r"([?&](?:password|passwd)=)[^&]*", r"\1***", masked, flags=re.IGNORECASE)
 
 
-def local_folder(url: str, suffix: str) -> str | None:
-    """`tuner-<suffix>` beside a SQLite file tuner.db (absolute); None for a server database."""
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for a server database or an in-memory one."""
     parsed = make_url(normalize_url(url))
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    database = Path(parsed.database)
-    return str(database.with_name(f"{database.stem}-{suffix}").resolve())
+    return Path(parsed.database)
+
+
+def local_folder(url: str, suffix: str) -> str | None:
+    """`tuner-<suffix>` beside a SQLite file tuner.db (absolute); None for a server database."""
+    database = sqlite_file(url)
+    return None if database is None else str(database.with_name(f"{database.stem}-{suffix}").resolve())
 
 
 def normalize_url(url: str) -> str:
@@ -192,10 +197,10 @@ def use_write_ahead_log(url: str) -> None:
     rewriting pages of the database, so the workers sharing one file spend far less time on
     its lock. Committed trials are as safe against a crashed process as before.
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    database = sqlite_file(url)
+    if database is None:
         return
-    with contextlib.closing(sqlite3.connect(parsed.database, timeout=60)) as connection:
+    with contextlib.closing(sqlite3.connect(database, timeout=60)) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
 
 
