@@ -195,10 +195,13 @@ def test_postgresql_restart_mid_study(postgres_url, tmp_path, small_images):
     pool = Workers(postgres_url, tmp_path / "logs")
     try:
         create_study(postgres_url, tmp_path, small_images, n_trials=6, freeze="{type: fixed, value: last_blocks}",
-                     epochs="{type: fixed, value: 10}")
+                     epochs="{type: fixed, value: 20}")
         pool.start()
         pool.start()
-        wait_for_checkpointed_trial(postgres_url, {p.pid for p in pool.procs})
+        # Both workers must be mid-trial when the database goes down: a worker still starting
+        # up would meet the restart in its first connection, which is not what this tests.
+        for process in pool.procs:
+            wait_for_checkpointed_trial(postgres_url, {process.pid})
         restart = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart"],
                                  capture_output=True, text=True, timeout=120)
         assert restart.returncode == 0, restart.stderr
