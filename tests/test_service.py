@@ -15,6 +15,8 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -574,6 +576,30 @@ def test_two_in_process_worker_runs_each_get_their_own_log_lines(tiny_space, tmp
         assert result.stdout.splitlines()[0] == "finished 1/1 trials (0 run by this process)"
         assert re.findall(r"^\d\d:\d\d:\d\d \[(.+?)\] (.*)$", result.stderr, re.M) == [
             (name, "budget of 1 trials already taken; nothing to do")]
+
+
+def test_a_worker_whose_budget_is_taken_leaves_soon_after_the_last_running_trial_ends(tiny_space, tmp_path):
+    """It waits for the others' running trials (one may die and need its retry), polling
+    quickly at first: a fixed 5 s poll kept every short study waiting that long at its end."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = library_study(url, "last", tiny_space, n_trials=1, warm_start=False)
+    other = study.ask()  # another worker's trial, still running when this worker starts
+    ended = {}
+
+    def end_it() -> None:
+        study.tell(other, 0.5)
+        ended["at"] = time.monotonic()
+
+    timer = threading.Timer(1.0, end_it)
+    timer.start()
+    try:
+        result = CliRunner().invoke(cli, ["worker", "--study", "last", "--storage", url, "--quiet"])
+    finally:
+        timer.join()
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "finished 1/1 trials (0 run by this process)\nbest value 0.5000 (trial 0)\n"
+    assert time.monotonic() - ended["at"] < 2.5
 
 
 MISMATCH_CASES = [

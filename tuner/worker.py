@@ -267,6 +267,7 @@ class Worker:
         Without this, the last worker could leave while a dead worker's trial is still
         within its grace period, and that trial would wait for a worker that never comes.
         """
+        pause = 0.02
         while deadline is None or time.monotonic() < deadline:
             if self.stop.set:
                 return False
@@ -276,8 +277,11 @@ class Worker:
                 return True
             if not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 return False
-            # Poll at most every 5 s: a requeued trial should not wait a whole heartbeat.
-            self.stop.event.wait(min(self.storage_settings.heartbeat_interval, 5))
+            self.stop.event.wait(pause)
+            # Back off to one poll every 5 s at most: the others' last trials often end within
+            # moments of this one (a fixed 5 s kept the whole study waiting that long), yet a
+            # requeued trial should not wait a whole heartbeat either.
+            pause = min(pause * 2, self.storage_settings.heartbeat_interval, 5)
         return False
 
     def recover_stale(self) -> None:
