@@ -189,9 +189,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for backend in args.backends.split(","):
             for workers in (1, 4):
-                rates = median_rates(context, backend, workers, args, folder)
+                rates = all_rates(context, backend, workers, args, folder)
                 print(f"  {backend:10s} {workers} worker(s): " + ", ".join(
-                    f"{path} {rate:.1f}" for path, rate in rates.items()) + " trials/s -> tuner/" + ", tuner/".join(
+                    f"{path} {statistics.median(runs):.1f} ({min(runs):.0f}-{max(runs):.0f})"
+                    for path, runs in rates.items()) + " trials/s")
+                rates = {path: statistics.median(runs) for path, runs in rates.items()}
+                print("      ratios of the medians: tuner/" + ", tuner/".join(
                     f"{path} {rates['tuner'] / rates[path]:.2f}" for path in worst))
                 for path in worst:
                     worst[path] = min(worst[path], rates["tuner"] / rates[path])
@@ -201,7 +204,7 @@ def main() -> None:
           f"worst case = {ratio:.2f}; target >= 0.9 -> {'MET' if ratio >= 0.9 else 'NOT MET'}")
 
 
-def median_rates(context, backend: str, workers: int, args, folder: str) -> dict[str, float]:
+def all_rates(context, backend: str, workers: int, args, folder: str) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {path: [] for path in PATHS}
     for _ in range(args.repeats):
         for path in PATHS:  # taking turns, so a slow spell of the machine hits every path
@@ -210,7 +213,7 @@ def median_rates(context, backend: str, workers: int, args, folder: str) -> dict
                 rates[path].append(throughput(context, url, args.trials, workers, path, folder))
             finally:
                 drop()
-    return {path: statistics.median(values) for path, values in rates.items()}
+    return rates
 
 
 if __name__ == "__main__":
