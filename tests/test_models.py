@@ -16,6 +16,7 @@ from tuner.models import (
     IMAGENET_STD,
     BuiltModel,
     ModelSpec,
+    UniformMaskDropout,
     available_models,
     build_model,
     count_trainable,
@@ -147,7 +148,7 @@ def test_head_is_replaced_by_dropout_and_new_layer(
     assert built.model.get_submodule(head_name) is built.head
     dropout_layer, layer = built.head
     assert type(built.head) is nn.Sequential and len(built.head) == 2
-    assert type(dropout_layer) is nn.Dropout and dropout_layer.p == dropout
+    assert type(dropout_layer) is UniformMaskDropout and dropout_layer.p == dropout
     assert type(layer) is layer_type
     if layer_type is nn.Linear:
         assert (layer.in_features, layer.out_features) == (in_features, num_classes)
@@ -159,6 +160,31 @@ def test_head_is_replaced_by_dropout_and_new_layer(
             built.model.train(train)
             out = built.model(torch.randn(2, 3, 32, 32))
             assert isinstance(out, torch.Tensor) and out.shape == (2, num_classes)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.9])
+def test_uniform_mask_dropout_keeps_1_minus_p_and_scales_the_kept_values(p):
+    inputs = torch.ones(400, 1000, requires_grad=True)
+    torch.manual_seed(0)
+    out = UniformMaskDropout(p).train()(inputs)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005  # 400,000 draws: sd below 0.001
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
+    out.sum().backward()  # the gradient flows through the kept elements only, scaled alike
+    assert torch.equal(inputs.grad, out.detach())
+    torch.manual_seed(0)
+    assert torch.equal(UniformMaskDropout(p).train()(inputs), out)  # the global RNG decides it
+
+
+@pytest.mark.parametrize("p, training, expected", [
+    pytest.param(0.3, False, "identity", id="eval"),
+    pytest.param(0.0, True, "identity", id="p=0"),
+    pytest.param(1.0, True, "zeros", id="p=1"),
+])
+def test_uniform_mask_dropout_edge_cases(p, training, expected):
+    inputs = torch.randn(8, 16)
+    out = UniformMaskDropout(p).train(training)(inputs)
+    assert torch.equal(out, inputs if expected == "identity" else torch.zeros_like(inputs))
 
 
 # Structure of one model per family, built on the meta device (no weights allocated), so
