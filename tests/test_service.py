@@ -39,6 +39,7 @@ from tuner.results import all_params
 from tuner.space import load_space
 from tuner.storage import StorageSettings, mask_url, open_storage
 from tuner.study import StudyConfig, create_study
+from tuner.worker import ExpectedStops, HandBack, OverBudget
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEAD = {"freeze": "head", "lr": 1e-3}
@@ -600,6 +601,25 @@ def test_a_worker_whose_budget_is_taken_leaves_soon_after_the_last_running_trial
     assert result.exit_code == 0, result.output
     assert result.stdout == "finished 1/1 trials (0 run by this process)\nbest value 0.5000 (trial 0)\n"
     assert time.monotonic() - ended["at"] < 2.5
+
+
+@pytest.mark.parametrize("error, shown", [
+    pytest.param(OverBudget("trial 0 started after the budget was taken"), False, id="over budget"),
+    pytest.param(HandBack("stopping before the trial started"), False, id="handed back"),
+    pytest.param(ValueError("a real bug"), True, id="any other error"),
+])
+def test_optuna_failure_warnings_are_dropped_only_for_trials_the_worker_ends_on_purpose(capfd, error, shown):
+    def objective(trial):
+        raise error
+
+    study = optuna.create_study()
+    with ExpectedStops().installed():
+        study.optimize(objective, n_trials=1, catch=(OverBudget, HandBack, ValueError))
+    study.optimize(objective, n_trials=1, catch=(ValueError, OverBudget, HandBack))  # filter removed
+
+    err = capfd.readouterr().err
+    assert ("Trial 0 failed" in err, "Trial 0 failed with value None." in err) == (shown, shown)
+    assert "Trial 1 failed with value None." in err and "Traceback" in err
 
 
 MISMATCH_CASES = [

@@ -311,6 +311,7 @@ def test_sigterm_hands_the_trial_back_at_once_and_another_worker_resumes_it(stor
     assert queued.user_attrs["lineage"] == original.number and "handed_back" not in queued.user_attrs
     assert (artifacts / original.user_attrs["checkpoint"]).is_file()
     assert f"trial {original.number} handed back at epoch {epoch}; another worker resumes it" in first.log.read_text()
+    assert "Traceback" not in first.log.read_text() and "failed with" not in first.log.read_text()
 
     second = procs.start("worker", "--study", "term", "--storage", storage_url)
     assert procs.wait(second, timeout=240) == 0, procs.logs()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 import torch
@@ -126,6 +128,44 @@ def make_logger(name: str, quiet: bool) -> logging.LoggerAdapter:
     return logging.LoggerAdapter(logger, {"worker": name})
 
 
+class ExpectedStops(logging.Filter):
+    """Drops Optuna's failure warnings for the trials a worker ends on purpose.
+
+    Optuna logs every trial that ends in a caught exception as a failure, with a traceback,
+    then logs its value. A trial started after the budget was taken, or handed back when the
+    worker stops, is expected (the worker logs its own line for a hand-back): a traceback there
+    reads as a crash, and racing workers printed one at the end of every shared study.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (OverBudget, HandBack)):
+            found = re.match(r"Trial (\d+) failed", message)
+            if found:
+                self.numbers.add(int(found.group(1)))
+            return False
+        found = re.fullmatch(r"Trial (\d+) failed with value None\.", message)
+        if found and int(found.group(1)) in self.numbers:
+            self.numbers.discard(int(found.group(1)))
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        # The logger of Optuna's optimize loop; a logger's filters see only its own records.
+        logger = logging.getLogger("optuna.study._optimize")
+        logger.addFilter(self)
+        try:
+            yield
+        finally:
+            logger.removeFilter(self)
+
+
 class Worker:
     """Runs trials of one study in this process, sharing the budget with every other worker."""
 
@@ -187,21 +227,26 @@ class Worker:
         )
         restore = self.stop.install()
         try:
-            while True:
-                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-                self.study.optimize(
-                    self.run_trial, timeout=remaining, catch=(OverBudget, HandBack),
-                    # A full collection costs 0.1-0.5 s with torch loaded. On a GPU it is worth
-                    # it: a finished trial's tensors must be gone before the next model is
-                    # built, and their cached blocks go back to other processes on that GPU
-                    # (after_trial). On a CPU, reference counting frees them already.
-                    callbacks=[self.after_trial], gc_after_trial=self.objective.runtime.is_cuda,
-                )
-                if self.stop.set or not self.await_others(deadline):
-                    break
+            with ExpectedStops().installed():
+                self.optimize(deadline)
         finally:
             restore()
         return self.summary()
+
+    def optimize(self, deadline: float | None) -> None:
+        """study.optimize until the budget is spent, the deadline passes or the worker is stopped."""
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            self.study.optimize(
+                self.run_trial, timeout=remaining, catch=(OverBudget, HandBack),
+                # A full collection costs 0.1-0.5 s with torch loaded. On a GPU it is worth
+                # it: a finished trial's tensors must be gone before the next model is
+                # built, and their cached blocks go back to other processes on that GPU
+                # (after_trial). On a CPU, reference counting frees them already.
+                callbacks=[self.after_trial], gc_after_trial=self.objective.runtime.is_cuda,
+            )
+            if self.stop.set or not self.await_others(deadline):
+                break
 
     def run_trial(self, trial: optuna.Trial) -> float:
         if self.stop.set:
