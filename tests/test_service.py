@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -34,6 +35,7 @@ from sqlalchemy.engine import make_url
 
 from conftest import TINY_SPACE, _admin_engine, postgres_admin_url
 from tuner.cli import cli
+from tuner.errors import StorageError
 from tuner.models import ModelSpec, build_model
 from tuner.results import all_params
 from tuner.space import load_space
@@ -72,6 +74,13 @@ def library_study(url: str, name: str, space_ref: str | Path, *, n_trials: int =
                          warm_start=warm_start)
     storage = open_storage(StorageSettings(url=url), heartbeat=False)
     return create_study(storage, name, config, note=f"# {space.name} on digits")
+
+
+def add_finished_trial(study: optuna.Study, value: float, **user_attrs) -> None:
+    """A COMPLETE trial of the tiny space (lr 5e-3), as if a worker had trained it."""
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 5e-3}, distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)},
+        value=value, user_attrs=user_attrs))
 
 
 # --- tuner create ----------------------------------------------------------------------
@@ -306,9 +315,7 @@ def test_status_best_and_export_never_import_torch(tiny_space, tmp_path):
     """They only read the storage: importing torch (seconds) at their start was pure cost."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = library_study(url, "s", tiny_space, n_trials=2, warm_start=False)
-    study.add_trial(optuna.trial.create_trial(
-        params={"lr": 5e-3}, distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)},
-        value=0.75, user_attrs={"best_epoch": 2, "fixed_params": {"patience": 5}}))
+    add_finished_trial(study, 0.75, best_epoch=2, fixed_params={"patience": 5})
 
     proc = subprocess.run([sys.executable, "-c", NO_TORCH_SCRIPT, url], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
@@ -567,9 +574,7 @@ def test_two_in_process_worker_runs_each_get_their_own_log_lines(tiny_space, tmp
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = library_study(url, "spent", tiny_space, n_trials=1, warm_start=False,
                           artifacts=str(tmp_path / "artifacts"))
-    study.add_trial(optuna.trial.create_trial(
-        params={"lr": 5e-3}, distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)},
-        value=0.5))
+    add_finished_trial(study, 0.5)
     name = f"{socket.gethostname()}:{os.getpid()}:auto"
     for _ in range(2):
         result = CliRunner().invoke(cli, ["worker", "--study", "spent", "--storage", url])
@@ -664,16 +669,12 @@ def test_worker_gpus_without_a_gpu_is_one_clear_error(finished, spec):
 
 
 def test_a_sqlite_study_file_is_in_write_ahead_log_mode(tmp_path):
-    import sqlite3
-
     open_storage(StorageSettings(url=f"sqlite:///{tmp_path / 'x.db'}"), heartbeat=False)
     with sqlite3.connect(tmp_path / "x.db") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_a_sqlite_file_in_a_missing_folder_is_a_storage_error(tmp_path):
-    from tuner.errors import StorageError
-
     url = f"sqlite:///{tmp_path / 'missing' / 'x.db'}"
     with pytest.raises(StorageError) as excinfo:
         open_storage(StorageSettings(url=url), heartbeat=False)
