@@ -142,16 +142,16 @@ class ExpectedStops(logging.Filter):
         self.numbers: set[int] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        found = re.match(r"Trial (\d+) failed", record.getMessage())
+        if found is None:
+            return True
+        number = int(found.group(1))
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, (OverBudget, HandBack)):
-            found = re.match(r"Trial (\d+) failed", message)
-            if found:
-                self.numbers.add(int(found.group(1)))
+            self.numbers.add(number)  # its value line follows: drop that one too
             return False
-        found = re.fullmatch(r"Trial (\d+) failed with value None\.", message)
-        if found and int(found.group(1)) in self.numbers:
-            self.numbers.discard(int(found.group(1)))
+        if record.getMessage() == f"Trial {number} failed with value None." and number in self.numbers:
+            self.numbers.discard(number)
             return False
         return True
 
