@@ -14,6 +14,7 @@ also counts what the heartbeat itself costs, is printed above it.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import queue
 import statistics
@@ -68,7 +69,7 @@ def quiet() -> None:
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
 
 
-def bare_child(url: str, n_trials: int, barrier, times, reliable: bool) -> None:
+def bare_child(url: str, n_trials: int, barrier, times, *, reliable: bool) -> None:
     quiet()
     storage: optuna.storages.BaseStorage | str = url
     if reliable:
@@ -93,7 +94,7 @@ def bare_child(url: str, n_trials: int, barrier, times, reliable: bool) -> None:
     times.put(time.perf_counter() - start)
 
 
-def tuner_child(url: str, n_trials: int, barrier, times, reliable: bool) -> None:
+def tuner_child(url: str, n_trials: int, barrier, times) -> None:
     import logging
 
     quiet()
@@ -111,11 +112,11 @@ def bench_config(n_trials: int, artifacts: str) -> StudyConfig:
                        n_trials=n_trials, warm_start=False, artifacts=artifacts, pruner="none")
 
 
-# name -> (child, whether it runs with heartbeats and pool_pre_ping)
+# name -> the worker process's function (tuner's workers always run with heartbeats)
 PATHS = {
-    "Optuna": (bare_child, False),
-    "Optuna+heartbeat": (bare_child, True),
-    "tuner": (tuner_child, True),
+    "Optuna": functools.partial(bare_child, reliable=False),
+    "Optuna+heartbeat": functools.partial(bare_child, reliable=True),
+    "tuner": tuner_child,
 }
 
 
@@ -128,10 +129,9 @@ def setup(url: str, n_trials: int, tuner: bool, artifacts: str) -> None:
 
 
 def throughput(context, url: str, n_trials: int, workers: int, path: str, artifacts: str) -> float:
-    target, reliable = PATHS[path]
     setup(url, n_trials, path == "tuner", artifacts)
     barrier, times = context.Barrier(workers), context.Queue()
-    procs = [context.Process(target=target, args=(url, n_trials, barrier, times, reliable)) for _ in range(workers)]
+    procs = [context.Process(target=PATHS[path], args=(url, n_trials, barrier, times)) for _ in range(workers)]
     for proc in procs:
         proc.start()
     # Each worker times itself from the common start to its last trial. Timing the parent's
