@@ -608,6 +608,34 @@ def test_a_worker_whose_budget_is_taken_leaves_soon_after_the_last_running_trial
     assert time.monotonic() - ended["at"] < 2.5
 
 
+def test_slots_taken_by_others_during_a_trial_stop_the_worker_at_its_next_start(tiny_space, tmp_path):
+    """After a trial numbered below the budget the worker does not count the budget (a read of
+    the whole study); if others took the rest meanwhile, its next trial must find that out."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = library_study(url, "racing", tiny_space, n_trials=3, warm_start=False)
+
+    def others_take_the_rest() -> None:
+        deadline = time.monotonic() + 60
+        while not study.get_trials(states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for value in (0.1, 0.2):  # trials 1 and 2, finished while this worker trains trial 0
+            add_finished_trial(study, value)
+
+    others = threading.Thread(target=others_take_the_rest)
+    others.start()
+    try:
+        result = CliRunner().invoke(cli, ["worker", "--study", "racing", "--storage", url, "--quiet"])
+    finally:
+        others.join()
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "finished 3/3 trials (1 run by this process)"
+    trials = load(url, "racing").get_trials()
+    assert [(t.state, t.user_attrs.get("over_budget")) for t in trials] == [
+        (TrialState.COMPLETE, None), (TrialState.COMPLETE, None), (TrialState.COMPLETE, None),
+        (TrialState.FAIL, True)]
+
+
 @pytest.mark.parametrize("error, shown", [
     pytest.param(OverBudget("trial 0 started after the budget was taken"), False, id="over budget"),
     pytest.param(HandBack("stopping before the trial started"), False, id="handed back"),

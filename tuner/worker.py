@@ -298,6 +298,13 @@ class Worker:
         if self.stop.set:
             study.stop()
             return
+        if frozen.number + 1 < self.config.n_trials:
+            # Counting the budget reads the whole study (six queries on PostgreSQL). Skip it
+            # while the next trial can still be numbered inside the budget: if it is not,
+            # the budget is taken and within_budget() catches that exactly when it starts.
+            # At worst a worker racing others to the end starts one trial it marks over
+            # budget, as racing workers do anyway; every trial before that saves a read.
+            return
         # Only when the budget looks spent is it worth asking whether a RUNNING trial is
         # really a dead worker's (one query per trial saved on the hot path).
         if budget_left(study, self.config.n_trials) <= 0:
