@@ -185,7 +185,7 @@ def main() -> None:
     # cores. (Preloading "__main__" does not work for a script: each child re-runs it.)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["tuner.worker"])
-    worst = {"Optuna+heartbeat": 1.0, "Optuna": 1.0}
+    worst = {"Optuna+heartbeat": float("inf"), "Optuna": float("inf")}
     with tempfile.TemporaryDirectory() as folder:
         for backend in args.backends.split(","):
             for workers in (1, 4):
