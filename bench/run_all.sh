@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU benchmark, one after the other (about 7 minutes on 2 cores). Each prints its
+# Every CPU benchmark, one after the other (about 8 minutes on 2 cores). Each prints its
 # figures, the machine, and a RATIO line against its baseline measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
