@@ -188,6 +188,40 @@ def test_kill_9_workers_repeatedly_loses_no_trial_and_no_checkpointed_epoch(stor
           f"{len(finished(all_trials))}/4 finished, 0 lost")
 
 
+def test_a_worker_frozen_past_the_grace_period_drops_its_retried_trial_and_goes_on(
+        storage_url, tmp_path, small_images, workers):
+    """SIGSTOP stands in for a process frozen by the OS (a swap storm, a paused VM), or a database
+    outage longer than the grace period: no heartbeat for over 3 s. Another worker fails the
+    trial and resumes its retry from the checkpoint. The frozen worker, once it wakes, must drop
+    the trial and go on: Optuna's tell of the finished trial used to end it with a traceback."""
+    create_study(storage_url, tmp_path, small_images, n_trials=2, freeze="{type: fixed, value: last_blocks}",
+                 epochs="{type: fixed, value: 30}")
+    frozen = workers.start()
+    _, number, _ = wait_for_checkpointed_trial(storage_url, {frozen.pid})
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        time.sleep(4)  # past the grace period
+        workers.start()
+        deadline = time.monotonic() + 120
+        while not [t for t in trials(storage_url) if t.state == TrialState.RUNNING and t.number != number
+                   and t.user_attrs.get("lineage") == number]:
+            assert time.monotonic() < deadline, "the second worker never resumed the frozen worker's trial"
+            time.sleep(0.2)
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    workers.wait(timeout=300)
+
+    assert [p.returncode for p in workers.procs] == [0, 0], workers.output()
+    all_trials = trials(storage_url)
+    assert_budget_held(all_trials, 2)
+    assert next(t for t in all_trials if t.number == number).state == TrialState.FAIL
+    log = (workers.logs / "worker0.log").read_text()
+    assert f"trial {number} was ended by another worker: no heartbeat from this one for 3 s" in log, log
+    assert "Traceback" not in log, log
+    print(f"\n[frozen worker {storage_url.split(':')[0]}] trial {number} retried elsewhere while its worker "
+          f"was stopped; that worker went on; {len(finished(all_trials))}/2 finished")
+
+
 def test_postgresql_restart_mid_study(postgres_url, tmp_path, small_images):
     cluster = postgres_cluster()
     if cluster is None:

@@ -40,6 +40,10 @@ class HandBack(Exception):
     """The worker is stopping: the trial was checkpointed and goes back to the queue."""
 
 
+class TakenOver(Exception):
+    """Another worker ended this worker's running trial as dead and queued its retry."""
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     """Machine-local settings a worker may choose without changing the study."""
@@ -147,7 +151,7 @@ class ExpectedStops(logging.Filter):
             return True
         number = int(found.group(1))
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, (OverBudget, HandBack)):
+        if isinstance(error, (OverBudget, HandBack, TakenOver)):
             self.numbers.add(number)  # its value line follows: drop that one too
             return False
         if record.getMessage() == f"Trial {number} failed with value None." and number in self.numbers:
@@ -194,6 +198,8 @@ class Worker:
         self.log = make_logger(self.name, options.quiet)
         self.objective: Objective | None = None
         self.trials_run = 0
+        self.current: int | None = None  # number of the trial running here, until Optuna tells it
+        self.objective_error: BaseException | None = None  # what the objective itself raised last
 
     def build_objective(self) -> Objective:
         config = self.config
@@ -237,16 +243,45 @@ class Worker:
         """study.optimize until the budget is spent, the deadline passes or the worker is stopped."""
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            self.study.optimize(
-                self.run_trial, timeout=remaining, catch=(OverBudget, HandBack),
-                # A full collection costs 0.1-0.5 s with torch loaded. On a GPU it is worth
-                # it: a finished trial's tensors must be gone before the next model is
-                # built, and their cached blocks go back to other processes on that GPU
-                # (after_trial). On a CPU, reference counting frees them already.
-                callbacks=[self.after_trial], gc_after_trial=self.objective.runtime.is_cuda,
-            )
+            try:
+                self.study.optimize(
+                    self.run_trial, timeout=remaining, catch=(OverBudget, HandBack, TakenOver),
+                    # A full collection costs 0.1-0.5 s with torch loaded. On a GPU it is worth
+                    # it: a finished trial's tensors must be gone before the next model is
+                    # built, and their cached blocks go back to other processes on that GPU
+                    # (after_trial). On a CPU, reference counting frees them already.
+                    callbacks=[self.after_trial], gc_after_trial=self.objective.runtime.is_cuda,
+                )
+            except Exception as error:
+                if not self.taken_over(error):
+                    raise
+                if not self.stop.set:
+                    continue  # back to work at once: the budget has room for the retry at least
             if self.stop.set or not self.await_others(deadline):
                 break
+
+    def taken_over(self, error: Exception) -> bool:
+        """Whether `error` means another worker ended this worker's trial as dead.
+
+        A worker that went without a heartbeat for the grace period (frozen by the OS, a
+        swap storm, a database outage longer than the grace period) finds on waking that
+        another worker failed its trial and queued the retry. Its next write to the trial
+        raises, and Optuna's own tell of the finished trial then raises out of optimize:
+        that used to end the worker with a traceback. The retry resumes from the last
+        checkpoint, so this worker only drops the trial and goes on. An error the objective
+        raised itself (a bug) is never taken for this: Optuna re-raises that same object.
+        """
+        if self.current is None or (error is self.objective_error and not isinstance(error, TakenOver)):
+            return False
+        mine = [t for t in self.study.get_trials(deepcopy=False) if t.number == self.current]
+        if not mine or mine[0].state != TrialState.FAIL:
+            return False
+        self.log.warning(
+            "trial %d was ended by another worker: no heartbeat from this one for %d s; its retry "
+            "resumes from the last checkpoint, and this worker goes on", self.current,
+            self.storage_settings.grace_period)
+        self.current = None
+        return True
 
     def run_trial(self, trial: optuna.Trial) -> float:
         if self.stop.set:
@@ -259,9 +294,17 @@ class Worker:
             self.study.stop()
             raise OverBudget(f"trial {trial.number} started after the budget was taken")
         self.trials_run += 1
+        self.current, self.objective_error = trial.number, None
         trial.set_user_attr("worker", self.name)
         self.log.info("trial %d started", trial.number)
-        return self.objective(trial)
+        try:
+            return self.objective(trial)
+        except optuna.exceptions.UpdateFinishedTrialError as error:
+            self.objective_error = TakenOver(f"trial {trial.number} was ended by another worker")
+            raise self.objective_error from error
+        except Exception as error:
+            self.objective_error = error
+            raise
 
     def on_epoch(self, trial: optuna.Trial, epoch: int, epochs: int, metric: float) -> None:
         trial.set_user_attr("epoch", epoch)
@@ -283,6 +326,7 @@ class Worker:
             trial.set_user_attr(BEST_WEIGHTS_ATTR, artifact_id)
 
     def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        self.current = None  # Optuna told its state: the trial ended in this worker's hands
         if frozen.user_attrs.get(HANDED_BACK_ATTR):
             self.requeue(frozen)
             study.stop()
