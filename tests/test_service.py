@@ -584,6 +584,15 @@ def test_two_in_process_worker_runs_each_get_their_own_log_lines(tiny_space, tmp
             (name, "budget of 1 trials already taken; nothing to do")]
 
 
+def worker_beside(others: threading.Thread, url: str, study: str):
+    """`tuner worker --quiet` in this process while the thread `others` plays other workers."""
+    others.start()
+    try:
+        return CliRunner().invoke(cli, ["worker", "--study", study, "--storage", url, "--quiet"])
+    finally:
+        others.join()
+
+
 def test_a_worker_whose_budget_is_taken_leaves_soon_after_the_last_running_trial_ends(tiny_space, tmp_path):
     """It waits for the others' running trials (one may die and need its retry), polling
     quickly at first: a fixed 5 s poll kept every short study waiting that long at its end."""
@@ -596,12 +605,7 @@ def test_a_worker_whose_budget_is_taken_leaves_soon_after_the_last_running_trial
         study.tell(other, 0.5)
         ended["at"] = time.monotonic()
 
-    timer = threading.Timer(1.0, end_it)
-    timer.start()
-    try:
-        result = CliRunner().invoke(cli, ["worker", "--study", "last", "--storage", url, "--quiet"])
-    finally:
-        timer.join()
+    result = worker_beside(threading.Timer(1.0, end_it), url, "last")
 
     assert result.exit_code == 0, result.output
     assert result.stdout == "finished 1/1 trials (0 run by this process)\nbest value 0.5000 (trial 0)\n"
@@ -621,12 +625,7 @@ def test_slots_taken_by_others_during_a_trial_stop_the_worker_at_its_next_start(
         for value in (0.1, 0.2):  # trials 1 and 2, finished while this worker trains trial 0
             add_finished_trial(study, value)
 
-    others = threading.Thread(target=others_take_the_rest)
-    others.start()
-    try:
-        result = CliRunner().invoke(cli, ["worker", "--study", "racing", "--storage", url, "--quiet"])
-    finally:
-        others.join()
+    result = worker_beside(threading.Thread(target=others_take_the_rest), url, "racing")
 
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "finished 3/3 trials (1 run by this process)"
