@@ -616,7 +616,8 @@ def test_slots_taken_by_others_during_a_trial_stop_the_worker_at_its_next_start(
     """After a trial numbered below the budget the worker does not count the budget (a read of
     the whole study); if others took the rest meanwhile, its next trial must find that out."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = library_study(url, "racing", tiny_space, n_trials=3, warm_start=False)
+    study = library_study(url, "racing", tiny_space, n_trials=3, warm_start=False,
+                          artifacts=str(tmp_path / "artifacts"))
 
     def others_take_the_rest() -> None:
         deadline = time.monotonic() + 60
