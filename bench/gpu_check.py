@@ -1,7 +1,9 @@
 """(e) GPU check: resnet50 at 224 px on synthetic data, tuner's trainer vs a plain fp32 loop.
 
 Runs on one CUDA GPU in a few minutes: images/s and peak memory of both loops, the ratio
-(target >= 2x), and the feature cache's speed-up for head-only epochs.
+(target >= 2x), and the feature cache's speed-up for head-only epochs. `--device cpu` with a
+small `--model` and `--size` is a smoke run of the same code on a machine without a GPU
+(its figures mean nothing for the target).
 """
 
 from __future__ import annotations
@@ -32,40 +34,58 @@ def synthetic(n: int, size: int) -> ImageData:
     return ImageData(images, targets, images[:256], targets[:256], tuple(map(str, range(10))), False, 0)
 
 
-def images_per_second(step, batches: int, batch: int) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float:
+    # No peak figure on CPU: printed as "nan GiB" by a smoke run.
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+def images_per_second(step, batches: int, batch: int, device: torch.device) -> float:
     for _ in range(3):
         step()  # warm-up (cudnn.benchmark picks kernels, AMP caches)
-    torch.cuda.synchronize()
+    sync(device)
     start = time.perf_counter()
     for _ in range(batches):
         step()
-    torch.cuda.synchronize()
+    sync(device)
     return batches * batch / (time.perf_counter() - start)
 
 
 def plain_fp32(data: ImageData, args) -> tuple[float, float]:
+    device = torch.device(args.device)
     torch.backends.cudnn.benchmark = False
-    model = torchvision.models.resnet50(num_classes=10).cuda()
+    model = torchvision.models.get_model(args.model, num_classes=10).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
-    images = data.train_images[: args.batch].float().div(255).cuda()
-    targets = data.train_targets[: args.batch].cuda()
-    torch.cuda.reset_peak_memory_stats()
+    images = data.train_images[: args.batch].float().div(255).to(device)
+    targets = data.train_targets[: args.batch].to(device)
+    reset_peak(device)
 
     def step() -> None:
         optimizer.zero_grad()
         loss_fn(model(images), targets).backward()
         optimizer.step()
 
-    rate = images_per_second(step, args.batches, args.batch)
-    return rate, torch.cuda.max_memory_allocated() / 2**30
+    rate = images_per_second(step, args.batches, args.batch, device)
+    return rate, peak_gib(device)
 
 
 def tuner_trainer(data: ImageData, args) -> tuple[float, float]:
-    runtime = make_runtime(torch.device("cuda"))  # AMP (bf16), channels_last, cudnn.benchmark
-    built = build_model(ModelSpec("resnet50", weights="none", num_classes=10))
+    runtime = make_runtime(torch.device(args.device))  # on CUDA: AMP (bf16), channels_last, cudnn.benchmark
+    built = build_model(ModelSpec(args.model, weights="none", num_classes=10))
     backbone, head = freeze(built, "full")
-    model = built.model.cuda().to(memory_format=torch.channels_last)
+    model = built.model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(Hyperparams(optimizer="sgd", lr=0.01, momentum=0.9), backbone, head)
     transform = train_transform(AugmentConfig(crop_scale=0.5, hflip=0.5), built.mean, built.std)
     # As a trial does: uint8 images kept on the GPU, augmented there batch by batch.
@@ -75,30 +95,31 @@ def tuner_trainer(data: ImageData, args) -> tuple[float, float]:
     loss_fn = torch.nn.CrossEntropyLoss()
     set_train_mode(model)
     train_one_epoch(model, loader, loss_fn, optimizer, runtime, runtime.grad_scaler())  # warm-up epoch
-    torch.cuda.reset_peak_memory_stats()
-    torch.cuda.synchronize()
+    reset_peak(runtime.device)
+    sync(runtime.device)
     start = time.perf_counter()
     train_one_epoch(model, loader, loss_fn, optimizer, runtime, runtime.grad_scaler())
-    torch.cuda.synchronize()
+    sync(runtime.device)
     rate = len(loader) * args.batch / (time.perf_counter() - start)
-    return rate, torch.cuda.max_memory_allocated() / 2**30
+    return rate, peak_gib(runtime.device)
 
 
 def feature_cache_speedup(data: ImageData, args) -> float:
-    runtime = make_runtime(torch.device("cuda"))
-    built = build_model(ModelSpec("resnet50", weights="none", num_classes=10))
+    runtime = make_runtime(torch.device(args.device))
+    built = build_model(ModelSpec(args.model, weights="none", num_classes=10))
     freeze(built, "head")
-    built.model.cuda()
+    built.model.to(runtime.device)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         features = FeatureCache(FeatureCacheConfig(Path(folder), views=1), runtime).get(
-            built, "resnet50", data, 224, AugmentConfig())
+            built, args.model, data, args.size, AugmentConfig())
         extraction = time.perf_counter() - start
-    loader = TensorBatches((features.view(0).cuda(), data.train_targets.cuda()), args.batch, shuffle=True)
+    loader = TensorBatches((features.view(0).to(runtime.device), data.train_targets.to(runtime.device)),
+                           args.batch, shuffle=True)
     optimizer = make_optimizer(Hyperparams(lr=1e-3), [], list(built.head.parameters()))
     start = time.perf_counter()
     train_one_epoch(built.head, loader, torch.nn.CrossEntropyLoss(), optimizer, runtime)
-    torch.cuda.synchronize()
+    sync(runtime.device)
     cached_epoch = time.perf_counter() - start
     print(f"  feature cache: extraction {extraction:.2f} s (one backbone pass), cached head epoch {cached_epoch:.4f} s")
     return extraction / cached_epoch
@@ -109,15 +130,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run of the code")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("gpu_check needs a CUDA GPU")
-    print(f"(e) GPU check on {machine()}")
-    data = synthetic(args.images, 224)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("gpu_check needs a CUDA GPU (or --device cpu for a smoke run)")
+    print(f"(e) GPU check ({args.model} at {args.size} px on {args.device}) on {machine()}")
+    data = synthetic(args.images, args.size)
     plain_rate, plain_mem = plain_fp32(data, args)
-    print(f"  plain fp32 loop (tensors already on the GPU): {plain_rate:.0f} images/s, peak {plain_mem:.1f} GiB")
+    print(f"  plain fp32 loop (tensors already on the device): {plain_rate:.0f} images/s, peak {plain_mem:.1f} GiB")
     tuner_rate, tuner_mem = tuner_trainer(data, args)
-    print(f"  tuner trainer (AMP, channels_last, batched GPU augmentation): {tuner_rate:.0f} images/s, "
+    fast = "AMP, channels_last, " if args.device.startswith("cuda") else ""
+    print(f"  tuner trainer ({fast}batched augmentation on the device): {tuner_rate:.0f} images/s, "
           f"peak {tuner_mem:.1f} GiB")
     ratio = tuner_rate / plain_rate
     print(f"RATIO (e) tuner/plain images/s = {ratio:.2f}; target >= 2 -> {'MET' if ratio >= 2 else 'NOT MET'}")
