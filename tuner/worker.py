@@ -271,10 +271,10 @@ class Worker:
         checkpoint, so this worker only drops the trial and goes on. An error the objective
         raised itself (a bug) is never taken for this: Optuna re-raises that same object.
         """
-        if self.current is None or (error is self.objective_error and not isinstance(error, TakenOver)):
+        if self.current is None or error is self.objective_error:
             return False
-        mine = [t for t in self.study.get_trials(deepcopy=False) if t.number == self.current]
-        if not mine or mine[0].state != TrialState.FAIL:
+        failed = self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if not any(t.number == self.current for t in failed):
             return False
         self.log.warning(
             "trial %d was ended by another worker: no heartbeat from this one for %d s; its retry "
