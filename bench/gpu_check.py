@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, timed  # noqa: E402
 
 from tuner.batches import ImageBatches, TensorBatches, place_images, train_transform  # noqa: E402
 from tuner.data import AugmentConfig, ImageData  # noqa: E402
@@ -34,11 +33,6 @@ def synthetic(n: int, size: int) -> ImageData:
     return ImageData(images, targets, images[:256], targets[:256], tuple(map(str, range(10))), False, 0)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -49,15 +43,14 @@ def peak_gib(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
 
-def images_per_second(step, batches: int, batch: int, device: torch.device) -> float:
+def images_per_second(step, batches: int, batch: int) -> float:
     for _ in range(3):
         step()  # warm-up (cudnn.benchmark picks kernels, AMP caches)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(batches):
-        step()
-    sync(device)
-    return batches * batch / (time.perf_counter() - start)
+    seconds: dict = {}
+    with timed(seconds, "run"):
+        for _ in range(batches):
+            step()
+    return batches * batch / seconds["run"]
 
 
 def plain_fp32(data: ImageData, args) -> tuple[float, float]:
@@ -75,7 +68,7 @@ def plain_fp32(data: ImageData, args) -> tuple[float, float]:
         loss_fn(model(images), targets).backward()
         optimizer.step()
 
-    rate = images_per_second(step, args.batches, args.batch, device)
+    rate = images_per_second(step, args.batches, args.batch)
     return rate, peak_gib(device)
 
 
@@ -96,12 +89,10 @@ def tuner_trainer(data: ImageData, args) -> tuple[float, float]:
     set_train_mode(model)
     train_one_epoch(model, loader, loss_fn, optimizer, runtime, runtime.grad_scaler())  # warm-up epoch
     reset_peak(runtime.device)
-    sync(runtime.device)
-    start = time.perf_counter()
-    train_one_epoch(model, loader, loss_fn, optimizer, runtime, runtime.grad_scaler())
-    sync(runtime.device)
-    rate = len(loader) * args.batch / (time.perf_counter() - start)
-    return rate, peak_gib(runtime.device)
+    seconds: dict = {}
+    with timed(seconds, "epoch"):
+        train_one_epoch(model, loader, loss_fn, optimizer, runtime, runtime.grad_scaler())
+    return len(loader) * args.batch / seconds["epoch"], peak_gib(runtime.device)
 
 
 def feature_cache_speedup(data: ImageData, args) -> float:
@@ -109,20 +100,18 @@ def feature_cache_speedup(data: ImageData, args) -> float:
     built = build_model(ModelSpec(args.model, weights="none", num_classes=10))
     freeze(built, "head")
     built.model.to(runtime.device)
-    with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
+    seconds: dict = {}
+    with tempfile.TemporaryDirectory() as folder, timed(seconds, "extraction"):
         features = FeatureCache(FeatureCacheConfig(Path(folder), views=1), runtime).get(
             built, args.model, data, args.size, AugmentConfig())
-        extraction = time.perf_counter() - start
     loader = TensorBatches((features.view(0).to(runtime.device), data.train_targets.to(runtime.device)),
                            args.batch, shuffle=True)
     optimizer = make_optimizer(Hyperparams(lr=1e-3), [], list(built.head.parameters()))
-    start = time.perf_counter()
-    train_one_epoch(built.head, loader, torch.nn.CrossEntropyLoss(), optimizer, runtime)
-    sync(runtime.device)
-    cached_epoch = time.perf_counter() - start
-    print(f"  feature cache: extraction {extraction:.2f} s (one backbone pass), cached head epoch {cached_epoch:.4f} s")
-    return extraction / cached_epoch
+    with timed(seconds, "cached epoch"):
+        train_one_epoch(built.head, loader, torch.nn.CrossEntropyLoss(), optimizer, runtime)
+    print(f"  feature cache: extraction {seconds['extraction']:.2f} s (one backbone pass), "
+          f"cached head epoch {seconds['cached epoch']:.4f} s")
+    return seconds["extraction"] / seconds["cached epoch"]
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from _common import machine  # noqa: E402
 
 from tuner.data import DataConfig, ImageData, load_data  # noqa: E402
 from tuner.objective import Objective, TrialSettings  # noqa: E402
-from tuner.space import load_space  # noqa: E402
+from tuner.space import load_space, parse_space  # noqa: E402
 from tuner.study import StudyConfig, make_pruner, make_sampler, warm_start_params  # noqa: E402
 
 
@@ -63,8 +63,7 @@ def classes_of(data: ImageData, first: int, last: int, n_train: int | None = Non
 
 def pretrain(data: ImageData, args, folder: str) -> str:
     """Train the model on the source task and save its weights: the search's pretrained file."""
-    space_file = Path(folder) / "source.yaml"
-    space_file.write_text(SOURCE_SPACE % args.source_epochs)
+    space = parse_space(SOURCE_SPACE % args.source_epochs, source="source.yaml", name="source")
     saved: dict = {}
 
     def keep(trial, value, state_dict, meta) -> None:
@@ -72,7 +71,7 @@ def pretrain(data: ImageData, args, folder: str) -> str:
 
     settings = TrialSettings(model=args.model, weights="none", image_size=args.image_size, device="cpu",
                              seed=0, max_epochs=None, cache_views=0)
-    Objective(load_space(str(space_file)), data, settings, keep_best=keep)(optuna.trial.FixedTrial({}))
+    Objective(space, data, settings, keep_best=keep)(optuna.trial.FixedTrial({}))
     path = Path(folder) / "source-weights.pt"
     torch.save(saved["state_dict"], path)
     print(f"  source task: {args.model} from scratch on digits 0-4 ({len(data.train_targets)} images, "
