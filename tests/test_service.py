@@ -41,7 +41,7 @@ from tuner.results import all_params
 from tuner.space import load_space
 from tuner.storage import StorageSettings, mask_url, open_storage
 from tuner.study import StudyConfig, create_study
-from tuner.worker import ExpectedStops, HandBack, OverBudget
+from tuner.worker import ExpectedStops, HandBack, OverBudget, TakenOver
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEAD = {"freeze": "head", "lr": 1e-3}
@@ -639,6 +639,7 @@ def test_slots_taken_by_others_during_a_trial_stop_the_worker_at_its_next_start(
 @pytest.mark.parametrize("error, shown", [
     pytest.param(OverBudget("trial 0 started after the budget was taken"), False, id="over budget"),
     pytest.param(HandBack("stopping before the trial started"), False, id="handed back"),
+    pytest.param(TakenOver("trial 0 was ended by another worker"), False, id="taken over"),
     pytest.param(ValueError("a real bug"), True, id="any other error"),
 ])
 def test_optuna_failure_warnings_are_dropped_only_for_trials_the_worker_ends_on_purpose(capfd, error, shown):
@@ -647,8 +648,8 @@ def test_optuna_failure_warnings_are_dropped_only_for_trials_the_worker_ends_on_
 
     study = optuna.create_study()
     with ExpectedStops().installed():
-        study.optimize(objective, n_trials=1, catch=(OverBudget, HandBack, ValueError))
-    study.optimize(objective, n_trials=1, catch=(ValueError, OverBudget, HandBack))  # filter removed
+        study.optimize(objective, n_trials=1, catch=(OverBudget, HandBack, TakenOver, ValueError))
+    study.optimize(objective, n_trials=1, catch=(ValueError, OverBudget, HandBack, TakenOver))  # filter removed
 
     err = capfd.readouterr().err
     assert ("Trial 0 failed" in err, "Trial 0 failed with value None." in err) == (shown, shown)
