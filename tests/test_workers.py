@@ -156,6 +156,43 @@ def assert_budget_exact(study: optuna.Study, budget: int) -> list[optuna.trial.F
 
 # --- the global budget -----------------------------------------------------------------
 
+POP_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import optuna
+from optuna.trial import TrialState
+from tuner.storage import StorageSettings, open_storage
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="queue", storage=open_storage(StorageSettings(url=sys.argv[1]), heartbeat=False))
+while not Path(sys.argv[2]).exists():  # start together
+    time.sleep(0.01)
+asked = []
+while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    asked.append(study.ask().number)
+print(json.dumps(asked))
+"""
+
+
+def test_racing_processes_pop_each_queued_trial_once(storage_url, tmp_path):
+    """Queued trials (the warm start, retries, hand-backs) go to exactly one worker. On SQLite
+    Optuna's SELECT ... FOR UPDATE does nothing: without tuner's BEGIN IMMEDIATE, four processes
+    popped about one queued trial in five twice, and two workers trained the same trial."""
+    study = optuna.create_study(study_name="queue", storage=storage_url)
+    for index in range(60):
+        study.enqueue_trial({"queued": index})
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", POP_SCRIPT, storage_url, str(go)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    time.sleep(1)
+    go.touch()
+    asked = [number for proc in procs for number in json.loads(proc.communicate(timeout=120)[0])]
+
+    assert [proc.returncode for proc in procs] == [0, 0, 0, 0]
+    # The queued trials are numbers 0-59; a process that found the queue empty made a new one.
+    assert sorted(n for n in asked if n < 60) == list(range(60))
+
+
 def test_racing_workers_finish_the_budget_exactly(storage_url, tiny_space, tmp_path, procs):
     """Four worker processes started together: two plain `tuner worker`s that join with nothing
     but the study name and the storage, and a `--processes 2` supervisor's two CPU children.
