@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy
 from click.testing import CliRunner
 from optuna.trial import TrialState
 from PIL import Image
@@ -198,7 +199,7 @@ def test_a_worker_frozen_past_the_grace_period_drops_its_retried_trial_and_goes_
                  epochs="{type: fixed, value: 30}")
     frozen = workers.start()
     _, number, _ = wait_for_checkpointed_trial(storage_url, {frozen.pid})
-    os.kill(frozen.pid, signal.SIGSTOP)
+    freeze_between_writes(frozen.pid, storage_url)
     try:
         time.sleep(4)  # past the grace period
         workers.start()
@@ -220,6 +221,40 @@ def test_a_worker_frozen_past_the_grace_period_drops_its_retried_trial_and_goes_
     assert "Traceback" not in log, log
     print(f"\n[frozen worker {storage_url.split(':')[0]}] trial {number} retried elsewhere while its worker "
           f"was stopped; that worker went on; {len(finished(all_trials))}/2 finished")
+
+
+def freeze_between_writes(pid: int, url: str) -> None:
+    """SIGSTOP `pid` at a moment it holds no open transaction. Frozen inside one, it would keep
+    its locks (SQLite's file lock, PostgreSQL's row lock on its trial) and block every other
+    worker: what this test is about is a worker frozen while it trains."""
+    for _ in range(50):
+        os.kill(pid, signal.SIGSTOP)
+        if not in_transaction(url):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the worker was inside a transaction every time it was frozen")
+
+
+def in_transaction(url: str) -> bool:
+    """Whether another connection holds a transaction open on the study's database."""
+    sqlite = url.startswith("sqlite")
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args={"timeout": 0} if sqlite else {})
+    try:
+        with engine.connect() as connection:
+            if sqlite:
+                try:
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")  # fails at once if a writer holds the lock
+                except sqlalchemy.exc.OperationalError:
+                    return True
+                connection.exec_driver_sql("ROLLBACK")
+                return False
+            return connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')").scalar() > 0
+    finally:
+        engine.dispose()
 
 
 def test_postgresql_restart_mid_study(postgres_url, tmp_path, small_images):
