@@ -261,16 +261,14 @@ class TrialRun:
                 return self.epoch_loader(1)
             return self.feature_loader(self.features.val, self.data.val_targets, train=False)
         mean, std = self.built.mean, self.built.std
-        images = self.objective.images
-        if train:
-            pixels, targets, transform = images.train, self.data.train_targets, train_transform(self.aug, mean, std)
-        else:
-            pixels, targets, transform = images.val, self.data.val_targets, eval_transform(mean, std)
+        # Images and targets come from one placed split: always on the same device.
+        split = self.objective.images.train if train else self.objective.images.val
+        transform = train_transform(self.aug, mean, std) if train else eval_transform(mean, std)
         return ImageBatches(
-            pixels, targets, transform, self.runtime.device, self.hp.batch_size,
+            split.images, split.targets, transform, self.runtime.device, self.hp.batch_size,
             shuffle=train, generator=self.generator if train else None,
             # A last batch of one sample breaks BatchNorm in train mode.
-            drop_last=train and len(pixels) > self.hp.batch_size,
+            drop_last=train and len(split.images) > self.hp.batch_size,
             num_workers=self.num_workers(),
         )
 
@@ -280,7 +278,7 @@ class TrialRun:
             return configured
         # Loader processes only pay off when batches come from host memory to a GPU;
         # images kept on the GPU, or a CPU run, slice batches faster in this process.
-        return 4 if self.runtime.is_cuda and self.objective.images.train.device.type == "cpu" else 0
+        return 4 if self.runtime.is_cuda and self.objective.images.device.type == "cpu" else 0
 
     def seed_epoch(self, epoch: int) -> None:
         # Reseeding from (seed, epoch) makes an epoch's augmentation, shuffling and dropout
