@@ -26,6 +26,7 @@ from tuner.training import (
     OutOfMemory,
     Runtime,
     evaluate,
+    free_device_memory,
     make_loss,
     make_optimizer,
     make_runtime,
@@ -34,6 +35,7 @@ from tuner.training import (
     resolve_device,
     step_scheduler,
     train_one_epoch,
+    without_oom,
 )
 
 STOP_REASONS = ("completed", "early_stopped", "pruned", "diverged", "oom")
@@ -174,8 +176,17 @@ class Objective:
                 f"which trains with {expected_loss} (choose loss with `when: {{task: ...}}`)"
             )
         origin = lineage(trial)
-        run = TrialRun(self, hp, derive_seed(self.settings.seed, origin), origin)
-        return run.execute(trial)
+        try:
+            # Building the run moves the model to the device and may extract features there.
+            run = without_oom(lambda: TrialRun(self, hp, derive_seed(self.settings.seed, origin), origin))
+        except OutOfMemory as exc:
+            message = str(exc)
+        else:
+            return run.execute(trial)
+        # Outside the except block: nothing of the half-built run is referenced any more.
+        free_device_memory(self.runtime)
+        trial.set_user_attr("stop_reason", "oom")
+        raise optuna.TrialPruned(f"oom: {message}")
 
 
 class TrialRun:
@@ -294,19 +305,22 @@ class TrialRun:
         trial.set_user_attr("feature_cache", self.features is not None)
         trial.set_user_attr("compiled", self.objective.settings.compile)
         self.restore(trial)
-        reason = "interrupted"  # kept if anything else (a hand-back, an error) ends the run
+        reason, detail = "interrupted", ""  # kept if anything else (a hand-back, an error) ends the run
         try:
             reason = self.run_epochs(trial)
         except Diverged:
             reason = "diverged"
-        except OutOfMemory:
-            reason = "oom"
-            self.release_memory()
+        except OutOfMemory as exc:
+            reason, detail = "oom", f": {exc}"
         finally:
             self.record(trial, reason, time.monotonic() - started)
+        if reason == "oom":
+            # After the except block, which held the failed step's traceback: now the run's
+            # model, optimizer and gradients can really be freed, and the worker goes on.
+            self.release_memory()
         if reason in ("pruned", "diverged", "oom"):
             # Pruned, not failed: the budget counts it and the sampler learns to avoid it.
-            raise optuna.TrialPruned(reason)
+            raise optuna.TrialPruned(reason + detail)
         self.keep_best_weights(trial)
         return self.stopper.best
 
@@ -401,9 +415,16 @@ class TrialRun:
             trial.report(row["metric"], int(row["epoch"]))
 
     def release_memory(self) -> None:
+        """Drop every reference this run holds to device memory, then free it.
+
+        empty_cache() can only return blocks no tensor uses: the model, its gradients, the
+        optimizer's state and the loaders (persistent loader processes too) go first.
+        """
         self.optimizer.zero_grad(set_to_none=True)
-        if self.runtime.is_cuda:
-            torch.cuda.empty_cache()
+        for name in ("net", "model", "built", "optimizer", "scheduler", "scaler", "loss_fn", "features",
+                     "train_loader", "val_loader", "best_state"):
+            setattr(self, name, None)
+        free_device_memory(self.runtime)
 
     def record(self, trial: optuna.Trial, reason: str, seconds: float) -> None:
         trial.set_user_attr("stop_reason", reason)

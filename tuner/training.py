@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import torch
 from torch import nn
 
 from tuner.errors import DeviceError, TunerError
+
+T = TypeVar("T")
 
 
 class Diverged(Exception):
@@ -257,8 +260,45 @@ def to_device(batch: Iterable[torch.Tensor], runtime: Runtime) -> list[torch.Ten
     return out
 
 
+def oom_message(exc: BaseException) -> str | None:
+    """The first line of an out-of-memory error (CUDA's, or the CPU allocator's); None for any other."""
+    cpu_oom = isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    if not isinstance(exc, torch.OutOfMemoryError) and not cpu_oom:
+        return None
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def without_oom(run: Callable[[], T]) -> T:
+    """run(), with an out-of-memory error turned into OutOfMemory; any other error passes through.
+
+    OutOfMemory is raised after the except block, not inside it: the original error's
+    traceback holds the frames of the failed forward pass and so its activations, and an
+    exception raised in the handler would keep it alive as __context__ (even `from None`)
+    until the trial's memory was meant to be free.
+    """
+    try:
+        return run()
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        message = oom_message(exc)
+        if message is None:
+            raise
+    raise OutOfMemory(message)
+
+
+def free_device_memory(runtime: Runtime) -> None:
+    """Collect unreachable tensors (cycles too), then hand the GPU's cached blocks back to the driver."""
+    gc.collect()
+    if runtime.is_cuda:
+        torch.cuda.empty_cache()
+
+
 def train_one_epoch(model, loader, loss_fn, optimizer, runtime: Runtime, scaler=None) -> float:
-    """One pass over the training data; returns the mean loss. Raises Diverged or OutOfMemory.
+    """One pass over the training data; returns the mean loss. Raises Diverged or OutOfMemory."""
+    return without_oom(lambda: _train_pass(model, loader, loss_fn, optimizer, runtime, scaler))
+
+
+def _train_pass(model, loader, loss_fn, optimizer, runtime: Runtime, scaler) -> float:
+    """train_one_epoch's loop.
 
     The loss is summed on the device and read once at the end: reading it every step
     would make the host wait for the device at every batch. A NaN or infinite loss
@@ -269,23 +309,18 @@ def train_one_epoch(model, loader, loss_fn, optimizer, runtime: Runtime, scaler=
     count = 0
     for inputs, targets in loader:
         inputs, targets = to_device((inputs, targets), runtime)
-        try:
-            with runtime.autocast():
-                loss = loss_fn(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-        except torch.OutOfMemoryError as exc:
-            raise OutOfMemory(str(exc).splitlines()[0]) from None
-        except RuntimeError as exc:
-            if "can't allocate memory" in str(exc):  # CPU allocator's out-of-memory
-                raise OutOfMemory(str(exc).splitlines()[0]) from None
-            raise
+        with runtime.autocast():
+            loss = loss_fn(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            # No gradient clipping here: with clipping, scaler.unscale_(optimizer) would have
+            # to come first, or the clip would act on fp16-scaled gradients.
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         total += loss.detach().float() * len(inputs)
         count += len(inputs)
     mean = total.item() / max(count, 1)
@@ -300,9 +335,16 @@ class Evaluation:
     loss: float
 
 
-@torch.no_grad()
 def evaluate(model, loader, loss_fn, runtime: Runtime, multilabel: bool) -> Evaluation:
-    """Validation metric: accuracy (single-label) or macro F1 at threshold 0.5 (multi-label)."""
+    """Validation metric: accuracy (single-label) or macro F1 at threshold 0.5 (multi-label).
+
+    Raises OutOfMemory: another trial sharing the GPU can take the room between training and evaluation.
+    """
+    return without_oom(lambda: _evaluate(model, loader, loss_fn, runtime, multilabel))
+
+
+@torch.no_grad()
+def _evaluate(model, loader, loss_fn, runtime: Runtime, multilabel: bool) -> Evaluation:
     model.eval()
     # Summed and gathered on the device, read once: no host-device wait per batch.
     total_loss, count = torch.zeros((), device=runtime.device), 0
