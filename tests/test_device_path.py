@@ -119,3 +119,79 @@ def test_out_of_memory_while_caching_features_prunes_the_trial_as_oom(tmp_path):
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED and trial.user_attrs["stop_reason"] == "oom"
     assert not list(tmp_path.glob("*.pt"))  # nothing half-computed was cached
+
+
+# --- checkpoints across devices, and retries whose checkpoint is gone ---------------------
+
+SAVED_ON_CUDA: list[bool] = []
+
+
+def _tag_as_cuda(storage):
+    # While a test asks for it, torch.save records CPU storages as CUDA ones, exactly as a
+    # checkpoint written on a GPU is tagged; otherwise it defers to torch's own taggers.
+    return "cuda:0" if SAVED_ON_CUDA and storage.device.type == "cpu" else None
+
+
+torch.serialization.register_package(0, _tag_as_cuda, lambda storage, location: None)
+
+
+class Interrupted(Exception):
+    """A worker killed right after an epoch's checkpoint."""
+
+
+def interrupt_after_epoch_1(trial, epoch, epochs, metric):
+    if epoch == 1:
+        raise Interrupted
+
+
+TWO_EPOCHS = parse_space(SPACE.text.replace("value: 1}", "value: 2}").replace("[4, 16]", "[8]"),
+                         source="two.yaml", name="two")
+
+
+def interrupted_trial(tmp_path, *, on_cuda: bool):
+    """A study whose first trial was interrupted after its epoch-1 checkpoint, queued again."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from tuner.checkpoints import ArtifactCheckpointer
+
+    checkpointer = ArtifactCheckpointer(FileSystemArtifactStore(str(tmp_path)), "s")
+    study = optuna.create_study(direction="maximize")
+    SAVED_ON_CUDA[:] = [True] if on_cuda else []
+    try:
+        study.optimize(Objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer,
+                                 on_epoch=interrupt_after_epoch_1), n_trials=1, catch=(Interrupted,))
+    finally:
+        SAVED_ON_CUDA.clear()
+    (first,) = study.trials
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=first.params,
+                                              distributions=first.distributions, user_attrs=first.user_attrs))
+    return study, checkpointer, first
+
+
+def test_a_checkpoint_written_on_cuda_resumes_on_a_cpu_worker(tmp_path):
+    study, checkpointer, first = interrupted_trial(tmp_path, on_cuda=True)
+    written = (tmp_path / first.user_attrs["checkpoint"]).read_bytes()
+    with pytest.raises(RuntimeError, match="CUDA"):  # the file really names a CUDA device
+        torch.load(__import__("io").BytesIO(written), weights_only=True)
+    study.optimize(Objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer), n_trials=1)
+    resumed = study.trials[1]
+    assert resumed.state == TrialState.COMPLETE
+    assert resumed.user_attrs["resumed_from_epoch"] == 1 and "resume_problem" not in resumed.user_attrs
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_retry_whose_checkpoint_is_unreadable_says_it_restarts_from_scratch(tmp_path, caplog, damage):
+    study, checkpointer, first = interrupted_trial(tmp_path, on_cuda=False)
+    path = tmp_path / first.user_attrs["checkpoint"]
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="tuner.checkpoints"):
+        study.optimize(Objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer), n_trials=1)
+    retry = study.trials[1]
+    expected = f"trial 1 restarts from epoch 1: checkpoint {path.name} is "
+    assert retry.user_attrs["resume_problem"].startswith(expected + ("missing" if damage == "missing" else "unreadable"))
+    assert retry.user_attrs["resume_problem"] in caplog.messages
+    assert "resumed_from_epoch" not in retry.user_attrs
+    assert retry.state == TrialState.COMPLETE and sorted(retry.intermediate_values) == [1, 2]

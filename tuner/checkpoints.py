@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -20,6 +22,8 @@ from tuner.storage import local_folder
 
 CHECKPOINT_ATTR = "checkpoint"
 BEST_WEIGHTS_ATTR = "best_weights_artifact"
+RESUME_PROBLEM_ATTR = "resume_problem"
+LOG = logging.getLogger(__name__)
 
 
 def default_artifacts_dir(storage_url: str) -> str:
@@ -76,7 +80,13 @@ class ArtifactCheckpointer:
         if previous and previous != key:
             self.discard(previous)
 
-    def load(self, trial: optuna.Trial, lineage: int) -> dict[str, Any] | None:
+    def load(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        """The state of the trial's last checkpoint, with every tensor on the CPU; None to start afresh.
+
+        The key travels in the trial's user attrs (a retry inherits them), so it is already
+        the lineage's. A key whose checkpoint cannot be read is not a fresh start: the retry
+        trains from scratch, and says so in the log and in its `resume_problem` attr.
+        """
         key = trial.user_attrs.get(CHECKPOINT_ATTR)
         if not key:
             return None
@@ -84,9 +94,23 @@ class ArtifactCheckpointer:
             with self.store.open_reader(key) as reader:
                 data = io.BytesIO(reader.read())
         except ArtifactNotFound:
-            return None
-        # weights_only: a checkpoint is data, never code, even from a shared folder.
-        return torch.load(data, map_location="cpu", weights_only=True)
+            return self.restart(trial, f"checkpoint {key} is missing from the artifact store")
+        try:
+            # map_location: a checkpoint written on a GPU resumes on a CPU-only worker (and
+            # the RNG state must be a CPU tensor anyway); load_state_dict then copies each
+            # tensor to wherever this worker's model and optimizer live.
+            # weights_only: a checkpoint is data, never code, even from a shared folder.
+            return torch.load(data, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
+            return self.restart(trial, f"checkpoint {key} is unreadable ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else ''})")
+
+    @staticmethod
+    def restart(trial: optuna.Trial, reason: str) -> None:
+        message = f"trial {trial.number} restarts from epoch 1: {reason}"
+        LOG.warning(message)
+        trial.set_user_attr(RESUME_PROBLEM_ATTR, message)
+        return None
 
     def discard(self, key: str) -> None:
         try:

@@ -64,7 +64,7 @@ class TrialSettings:
 class Checkpointer(Protocol):
     """Saves and restores a trial's training state, keyed by the trial's lineage."""
 
-    def load(self, trial: optuna.Trial, lineage: int) -> dict[str, Any] | None: ...
+    def load(self, trial: optuna.Trial) -> dict[str, Any] | None: ...
 
     def save(self, trial: optuna.Trial, lineage: int, state: dict[str, Any]) -> None: ...
 
@@ -404,7 +404,7 @@ class TrialRun:
     def restore(self, trial: optuna.Trial) -> None:
         if self.objective.checkpointer is None:
             return
-        state = self.objective.checkpointer.load(trial, self.origin)
+        state = self.objective.checkpointer.load(trial)
         if state is None:
             return
         self.load_state_dict(state)
