@@ -195,3 +195,74 @@ def test_a_retry_whose_checkpoint_is_unreadable_says_it_restarts_from_scratch(tm
     assert retry.user_attrs["resume_problem"] in caplog.messages
     assert "resumed_from_epoch" not in retry.user_attrs
     assert retry.state == TrialState.COMPLETE and sorted(retry.intermediate_values) == [1, 2]
+
+
+# --- where artifacts go in S3 ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("location", "expected"), [
+    ("s3://bucket", ("bucket", "")),
+    ("s3://bucket/", ("bucket", "")),
+    ("s3://bucket/runs", ("bucket", "runs")),
+    ("s3://bucket/team/runs/", ("bucket", "team/runs")),
+])
+def test_an_s3_location_keeps_its_prefix(location, expected):
+    from tuner.checkpoints import parse_s3
+
+    assert parse_s3(location) == expected
+
+
+def test_an_s3_location_without_a_bucket_is_a_storage_error():
+    from tuner.checkpoints import parse_s3
+    from tuner.errors import StorageError
+
+    with pytest.raises(StorageError, match=r"--artifacts 's3:///runs' names no bucket"):
+        parse_s3("s3:///runs")
+
+
+class MemoryStore:
+    """Optuna's ArtifactStore protocol over a dict: what a bucket holds, key by key."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def open_reader(self, artifact_id):
+        import io
+
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        if artifact_id not in self.objects:
+            raise ArtifactNotFound(artifact_id)
+        return io.BytesIO(self.objects[artifact_id])
+
+    def write(self, artifact_id, content_body):
+        self.objects[artifact_id] = content_body.read()
+
+    def remove(self, artifact_id):
+        self.objects.pop(artifact_id)
+
+
+def test_checkpoints_and_weights_land_under_the_prefix(tmp_path):
+    from tuner.checkpoints import ArtifactCheckpointer, PrefixedStore, upload_weights
+
+    bucket = MemoryStore()
+    store = PrefixedStore(bucket, "team/runs")
+    study = optuna.create_study()
+    trial = study.ask()
+    checkpointer = ArtifactCheckpointer(store, "s")
+    checkpointer.save(trial, 0, {"epoch": 1, "w": torch.ones(2)})
+    artifact = upload_weights(store, trial, {"w": torch.ones(2)}, {})
+    assert sorted(bucket.objects) == sorted([f"team/runs/{trial.user_attrs['checkpoint']}", f"team/runs/{artifact}"])
+    assert torch.equal(checkpointer.load(trial)["w"], torch.ones(2))
+    checkpointer.finish(trial)
+    assert list(bucket.objects) == [f"team/runs/{artifact}"]
+
+
+def test_an_s3_store_with_a_prefix_writes_under_it(monkeypatch):
+    pytest.importorskip("boto3")
+    from tuner.checkpoints import PrefixedStore, open_artifact_store
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # a client needs one; nothing is sent
+    store = open_artifact_store("s3://bucket/team/runs")
+    assert isinstance(store, PrefixedStore) and store.prefix == "team/runs"
+    assert store.store.bucket == "bucket" and store.key("a.pt") == "team/runs/a.pt"
+    assert not isinstance(open_artifact_store("s3://bucket"), PrefixedStore)

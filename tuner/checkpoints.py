@@ -37,16 +37,44 @@ def open_artifact_store(location: str):
     if location.startswith("s3://"):
         from optuna.artifacts import Boto3ArtifactStore
 
-        bucket = location[len("s3://"):].split("/", 1)[0]
-        if not bucket:
-            raise StorageError(f"--artifacts {location!r} names no bucket (s3://bucket)")
-        return Boto3ArtifactStore(bucket)
+        bucket, prefix = parse_s3(location)
+        store = Boto3ArtifactStore(bucket)
+        return PrefixedStore(store, prefix) if prefix else store
     path = Path(location)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"--artifacts {location}: cannot create the folder: {exc.strerror}") from None
     return FileSystemArtifactStore(path)
+
+
+def parse_s3(location: str) -> tuple[str, str]:
+    """s3://bucket/some/prefix/ -> ("bucket", "some/prefix"): where the objects go, inside the bucket."""
+    bucket, _, prefix = location[len("s3://"):].partition("/")
+    if not bucket:
+        raise StorageError(f"--artifacts {location!r} names no bucket (s3://bucket or s3://bucket/prefix)")
+    return bucket, prefix.strip("/")
+
+
+class PrefixedStore:
+    """An artifact store whose objects all live under `prefix/` of another store (Optuna's
+    Boto3ArtifactStore knows only a bucket: s3://bucket/prefix used to write to the bucket's root)."""
+
+    def __init__(self, store, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    def key(self, artifact_id: str) -> str:
+        return f"{self.prefix}/{artifact_id}"
+
+    def open_reader(self, artifact_id: str):
+        return self.store.open_reader(self.key(artifact_id))
+
+    def write(self, artifact_id: str, content_body) -> None:
+        self.store.write(self.key(artifact_id), content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.store.remove(self.key(artifact_id))
 
 
 def safe_name(name: str) -> str:
