@@ -38,9 +38,6 @@ from tuner.training import (
     without_oom,
 )
 
-STOP_REASONS = ("completed", "early_stopped", "pruned", "diverged", "oom")
-
-
 @dataclass(frozen=True)
 class TrialSettings:
     """Study-wide settings every trial of a study shares."""
@@ -167,8 +164,8 @@ class Objective:
         if fixed:
             trial.set_user_attr("fixed_params", fixed)
         hp = Hyperparams.from_params(params, max_epochs=self.settings.max_epochs)
-        # make_loss picks the loss from the data (BCE-with-logits for multi-label data), so a
-        # sampled `loss` that contradicts the data would be recorded but silently not used.
+        # make_loss refuses a loss that contradicts the data too; checked here first so that
+        # the message names the space file and how to fix it.
         expected_loss = "bce_with_logits" if self.data.multilabel else "cross_entropy"
         if "loss" in params and params["loss"] != expected_loss:
             raise SpaceError(

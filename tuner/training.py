@@ -48,7 +48,7 @@ class Hyperparams:
     aug_hflip: float = 0.0
     aug_rotation: float = 0.0
     aug_color_jitter: float = 0.0
-    loss: str = "cross_entropy"
+    loss: str | None = None  # None: the data's own (bce_with_logits for multi-label, else cross_entropy)
     label_smoothing: float = 0.0
     class_weighting: str = "none"
     patience: int = 5
@@ -101,6 +101,8 @@ def param_problem(name: str, value: Any) -> str | None:
     """
     kind = _FIELD_TYPES[name]
     if name in _CHOICES:
+        if value is None and "None" in kind:
+            return None
         if not isinstance(value, str) or value not in _CHOICES[name]:
             return f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}"
         return None
@@ -241,11 +243,25 @@ def class_weights(targets: torch.Tensor, num_classes: int, multilabel: bool) -> 
     return len(targets) / (num_classes * counts)
 
 
+def loss_name(hp: Hyperparams, multilabel: bool) -> str:
+    """The loss the data trains with; hp.loss, when given, must be that one.
+
+    Multi-label targets are multi-hot rows (BCE-with-logits), single-label ones class
+    indices (cross-entropy): the other loss cannot even read them.
+    """
+    fitting = "bce_with_logits" if multilabel else "cross_entropy"
+    if hp.loss is not None and hp.loss != fitting:
+        task = "multi-label" if multilabel else "single-label"
+        raise TunerError(f"loss {hp.loss!r} does not fit {task} data, which trains with {fitting}")
+    return fitting
+
+
 def make_loss(hp: Hyperparams, targets: torch.Tensor, num_classes: int, multilabel: bool, device) -> nn.Module:
+    name = loss_name(hp, multilabel)
     weight = None
     if hp.class_weighting == "balanced":
         weight = class_weights(targets, num_classes, multilabel).to(device)
-    if multilabel:
+    if name == "bce_with_logits":
         return nn.BCEWithLogitsLoss(pos_weight=weight)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=hp.label_smoothing)
 

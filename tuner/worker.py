@@ -320,7 +320,7 @@ class Worker:
             best = self.study.best_value
         except ValueError:
             best = None
-        better = best is None or (value > best if self.config.direction == "maximize" else value < best)
+        better = best is None or value > best  # every study maximizes its metric
         if better:
             artifact_id = upload_weights(self.store, trial, state_dict, meta)
             trial.set_user_attr(BEST_WEIGHTS_ATTR, artifact_id)
