@@ -186,6 +186,12 @@ def parse_device(spec: str, cuda_count: int) -> torch.device:
 def make_runtime(device: torch.device) -> Runtime:
     if device.type != "cuda":
         return Runtime(device)
+    if device.index is not None:
+        # Whatever takes "the current device" (the DataLoader's pinned-memory thread,
+        # Tensor.pin_memory(), caching-allocator calls) would otherwise create a context on
+        # GPU 0, and hold memory there, for a worker told to run on cuda:N.
+        torch.cuda.set_device(device)
+    # The input size is fixed for a study: cuDNN can pick its fastest kernels once.
     torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return Runtime(device, amp_dtype=dtype, channels_last=True)
