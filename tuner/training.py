@@ -144,9 +144,10 @@ class Runtime:
         return self.device.type == "cuda"
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
-        # Only fp16 needs loss scaling; bf16 has fp32's exponent range.
+        # Only fp16 needs loss scaling; bf16 has fp32's exponent range. The scaler works on
+        # the runtime's own device type (CPU autocast in fp16 is scaled the same way).
         if self.amp_dtype == torch.float16:
-            return torch.amp.GradScaler("cuda")
+            return torch.amp.GradScaler(self.device.type)
         return None
 
     def autocast(self):
