@@ -213,8 +213,10 @@ def oom_branch(setup: Setup) -> str:
         raise AssertionError(f"huge batch ended {oom.state.name}/{oom.user_attrs.get('stop_reason')}")
     note = completed(fitting)
     if setup.cuda:
+        # What may stay: cuBLAS's workspaces (tens of MiB). A kept model would leave its weights,
+        # gradients and optimizer state (about 400 MiB for resnet50), kept activations GiBs.
         leaked = (after_oom - before) / 2**20
-        if leaked > 64:
+        if leaked > 96:
             raise AssertionError(f"{leaked:.0f} MiB still allocated after the OOM trial")
         note += f"; {leaked:.0f} MiB left allocated after the OOM trial"
     return note
