@@ -26,7 +26,9 @@ from tuner.checkpoints import (
 )
 from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
 from tuner.objective import Objective, TrialSettings, derive_seed
-from tuner.storage import StorageSettings, local_folder, mask_url, open_storage, ping
+from tuner.storage import (
+    RETRY_OF_ATTR, StorageSettings, duplicate_retry, local_folder, mask_url, open_storage, ping,
+)
 from tuner.study import StudyConfig, budget_left, finished_count, load_study, within_budget
 
 HANDED_BACK_ATTR = "handed_back"
@@ -42,6 +44,10 @@ class HandBack(Exception):
 
 class TakenOver(Exception):
     """Another worker ended this worker's running trial as dead and queued its retry."""
+
+
+class DuplicateRetry(Exception):
+    """The trial is a second retry of one failed trial (two workers queued it): dropped."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,7 @@ class ExpectedStops(logging.Filter):
             return True
         number = int(found.group(1))
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, (OverBudget, HandBack, TakenOver)):
+        if isinstance(error, (OverBudget, HandBack, TakenOver, DuplicateRetry)):
             self.numbers.add(number)  # its value line follows: drop that one too
             return False
         if record.getMessage() == f"Trial {number} failed with value None." and number in self.numbers:
@@ -245,7 +251,7 @@ class Worker:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
                 self.study.optimize(
-                    self.run_trial, timeout=remaining, catch=(OverBudget, HandBack, TakenOver),
+                    self.run_trial, timeout=remaining, catch=(OverBudget, HandBack, TakenOver, DuplicateRetry),
                     # A full collection costs 0.1-0.5 s with torch loaded. On a GPU it is worth
                     # it: a finished trial's tensors must be gone before the next model is
                     # built, and their cached blocks go back to other processes on that GPU
@@ -288,6 +294,11 @@ class Worker:
             # A queued retry or warm-start trial was just taken: give it back, not lose it.
             trial.set_user_attr(HANDED_BACK_ATTR, True)
             raise HandBack("stopping before the trial started")
+        earlier = duplicate_retry(self.study, trial)
+        if earlier is not None:
+            # Ended before any training, never counted, like a trial over the budget.
+            trial.set_user_attr("duplicate_of", earlier)
+            raise DuplicateRetry(f"trial {trial.number} repeats the retry of trial {earlier}")
         if not within_budget(self.study, trial, self.config.n_trials):
             # Ended before any training, never counted: FAIL with a marker, then stop.
             trial.set_user_attr("over_budget", True)
@@ -332,6 +343,10 @@ class Worker:
             study.stop()
             return
         if frozen.user_attrs.get("over_budget"):
+            return
+        if "duplicate_of" in frozen.user_attrs:
+            if budget_left(study, self.config.n_trials) <= 0:
+                study.stop()  # else the next trial would start only to find itself over budget
             return
         if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
             self.checkpointer.finish(frozen)
@@ -393,6 +408,7 @@ class Worker:
     def requeue(self, frozen: FrozenTrial) -> None:
         """Put a handed-back trial straight back in the queue (no grace period to wait out)."""
         attrs = {k: v for k, v in frozen.user_attrs.items() if k != HANDED_BACK_ATTR}
+        attrs[RETRY_OF_ATTR] = frozen.number  # see duplicate_retry()
         self.study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
             user_attrs=attrs, system_attrs=frozen.system_attrs,  # keeps Optuna's retry history
