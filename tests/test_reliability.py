@@ -55,13 +55,14 @@ def small_images(tmp_path) -> Path:
     return root
 
 
-def create_study(url: str, tmp_path: Path, data: Path, *, n_trials: int, freeze: str, epochs: str) -> None:
+def create_study(url: str, tmp_path: Path, data: Path, *, n_trials: int, freeze: str, epochs: str,
+                 max_retry: int = 10) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(freeze=freeze, epochs=epochs))
     result = CliRunner().invoke(cli, [
         "create", "--study", "s", "--storage", url, "--space", str(space), "--data", str(data),
         "--weights", "none", "--n-trials", str(n_trials), "--pruner", "none", "--no-warm-start",
-        "--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", "10",
+        "--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", str(max_retry),
         "--artifacts", str(tmp_path / "artifacts"),
     ])
     assert result.exit_code == 0, result.output
@@ -255,6 +256,41 @@ def in_transaction(url: str) -> bool:
                 "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')").scalar() > 0
     finally:
         engine.dispose()
+
+
+def test_after_a_hand_back_and_a_dead_worker_the_store_keeps_only_the_best_weights(tmp_path, small_images):
+    """A SIGTERM hands one trial back (its lineage resumes elsewhere); a kill -9 with --max-retry 0
+    ends another lineage in FAIL, never retried. When the study is over, no lineage can resume:
+    the store holds the best trial's weights and nothing else. It used to keep the dead
+    lineage's checkpoint and every weights file uploaded by a new best."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    create_study(url, tmp_path, small_images, n_trials=4, freeze="{type: fixed, value: last_blocks}",
+                 epochs="{type: fixed, value: 6}", max_retry=0)
+    pool = Workers(url, tmp_path / "logs")
+    try:
+        first, second = pool.start(), pool.start()
+        wait_for_checkpointed_trial(url, {first.pid})
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+        pid, _, _ = wait_for_checkpointed_trial(url, {second.pid})
+        os.kill(pid, signal.SIGKILL)
+        second.wait(timeout=30)
+        pool.start()
+        pool.wait(timeout=300)
+        assert pool.procs[2].returncode == 0, pool.output()
+    finally:
+        pool.kill_all()
+
+    all_trials = trials(url)
+    assert len(finished(all_trials)) == 4
+    assert any(t.user_attrs.get("handed_back") for t in all_trials), "no trial was handed back"
+    dead = [t for t in all_trials if t.state == TrialState.FAIL and not t.user_attrs.get("handed_back")
+            and not t.user_attrs.get("over_budget")]
+    assert dead and all(t.user_attrs.get("checkpoint") for t in dead)  # each had a checkpoint to leak
+    best = optuna.load_study(study_name="s", storage=url).best_trial
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == [best.user_attrs["best_weights_artifact"]]
+    print(f"\n[artifacts] after a hand-back and a dead lineage: 1 file left in the store (trial {best.number}'s "
+          f"best weights); {len(dead)} dead lineage(s) freed")
 
 
 # Drops the connection of the worker named racer_a inside its first RUNNING -> FAIL update,

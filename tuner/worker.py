@@ -22,6 +22,7 @@ from tuner.checkpoints import (
     BEST_WEIGHTS_ATTR,
     ArtifactCheckpointer,
     open_artifact_store,
+    prune_weights,
     upload_weights,
 )
 from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
@@ -243,7 +244,23 @@ class Worker:
                 self.optimize(deadline)
         finally:
             restore()
+        self.tidy()
         return self.summary()
+
+    def tidy(self) -> None:
+        """Once the study is over (every slot finished, nothing running or queued), remove
+        what nothing can resume from: checkpoints of dead lineages, superseded weights."""
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            return
+        if budget_left(self.study, self.config.n_trials) > 0:
+            return  # a stale trial just failed frees a slot: its retry may be on its way
+        self.checkpointer.sweep(trials)
+        try:
+            best = self.study.best_trial.number
+        except ValueError:
+            return  # no completed trial: no weights were uploaded
+        prune_weights(self.store, trials, best)
 
     def optimize(self, deadline: float | None) -> None:
         """study.optimize until the budget is spent, the deadline passes or the worker is stopped."""
@@ -348,8 +365,10 @@ class Worker:
             if budget_left(study, self.config.n_trials) <= 0:
                 study.stop()  # else the next trial would start only to find itself over budget
             return
-        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED) or self.lineage_ended(frozen):
             self.checkpointer.finish(frozen)
+        if frozen.state == TrialState.COMPLETE and BEST_WEIGHTS_ATTR in frozen.user_attrs:
+            prune_weights(self.store, study.get_trials(deepcopy=False), study.best_trial.number)
         if self.objective.runtime.is_cuda:
             torch.cuda.empty_cache()
         if self.log.isEnabledFor(logging.INFO):
@@ -370,6 +389,16 @@ class Worker:
             self.recover_stale()
             if budget_left(study, self.config.n_trials) <= 0:
                 study.stop()
+
+    def lineage_ended(self, frozen: FrozenTrial) -> bool:
+        """Whether a FAIL ended its lineage: the objective raised, and Optuna retries only
+        dead workers' trials. Unless another worker failed it as stale and queued the retry
+        that resumes from this very checkpoint (a frozen worker's trial)."""
+        if frozen.state != TrialState.FAIL:
+            return False
+        origin = frozen.user_attrs.get("lineage", frozen.number)
+        return not any(t.user_attrs.get("lineage") == origin and t.number != frozen.number
+                       for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
 
     def await_others(self, deadline: float | None) -> bool:
         """With the budget taken, stay while other workers' trials run: True if one of them
