@@ -191,6 +191,7 @@ class Worker:
         plain = open_storage(storage, heartbeat=False)
         ping(plain)
         _, config = load_study(plain, study_name)
+        plain.engine.dispose()  # its pooled connection would stay open beside the worker's own
         self.storage_settings = replace(
             storage, heartbeat_interval=config.heartbeat_interval,
             grace_period=config.grace_period, max_retry=config.max_retry,
