@@ -25,6 +25,7 @@ from tuner.checkpoints import (
     prune_weights,
     upload_weights,
 )
+from tuner.cores import CoreShare
 from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
 from tuner.objective import Objective, TrialSettings, derive_seed
 from tuner.storage import (
@@ -208,6 +209,9 @@ class Worker:
         self.trials_run = 0
         self.current: int | None = None  # number of the trial running here, until Optuna tells it
         self.objective_error: BaseException | None = None  # what the objective itself raised last
+        # An OMP_NUM_THREADS of the user's (or of --processes) wins over counting the workers.
+        self.cores = None if "OMP_NUM_THREADS" in os.environ else CoreShare()
+        self.max_threads = torch.get_num_threads()
 
     def build_objective(self) -> Objective:
         config = self.config
@@ -240,11 +244,15 @@ class Worker:
             mask_url(self.storage_settings.url), self.objective.runtime.device, self.config.n_trials,
         )
         restore = self.stop.install()
+        if self.cores is not None:
+            self.cores.join()
         try:
             with ExpectedStops().installed():
                 self.optimize(deadline)
         finally:
             restore()
+            if self.cores is not None:
+                self.cores.leave()
         self.tidy()
         return self.summary()
 
@@ -324,6 +332,7 @@ class Worker:
             raise OverBudget(f"trial {trial.number} started after the budget was taken")
         self.trials_run += 1
         self.current, self.objective_error = trial.number, None
+        self.share_cores()
         trial.set_user_attr("worker", self.name)
         self.log.info("trial %d started", trial.number)
         try:
@@ -334,6 +343,17 @@ class Worker:
         except Exception as error:
             self.objective_error = error
             raise
+
+    def share_cores(self) -> None:
+        """Start each trial with this machine's cores shared among its live workers."""
+        if self.cores is None:
+            return
+        workers = self.cores.workers()
+        threads = max(1, min(self.max_threads, self.cores.cores // workers))
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+            self.log.info("%d torch thread(s): %d cores shared by %d tuner workers on this machine "
+                          "(set OMP_NUM_THREADS to choose)", threads, self.cores.cores, workers)
 
     def on_epoch(self, trial: optuna.Trial, epoch: int, epochs: int, metric: float) -> None:
         trial.set_user_attr("epoch", epoch)
