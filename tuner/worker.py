@@ -238,23 +238,28 @@ class Worker:
         if budget_left(self.study, self.config.n_trials) <= 0 and not self.await_others(deadline):
             self.log.info("budget of %d trials already taken; nothing to do", self.config.n_trials)
             return self.summary()
+        if self.cores is not None:
+            self.cores.join()  # before the data loads: a worker starting meanwhile counts this one
+        try:
+            self.work(deadline)
+        finally:
+            if self.cores is not None:
+                self.cores.leave()
+        self.tidy()
+        return self.summary()
+
+    def work(self, deadline: float | None) -> None:
         self.objective = self.build_objective()
         self.log.info(
             "joined study %s on %s (%s, budget %d trials)", self.study_name,
             mask_url(self.storage_settings.url), self.objective.runtime.device, self.config.n_trials,
         )
         restore = self.stop.install()
-        if self.cores is not None:
-            self.cores.join()
         try:
             with ExpectedStops().installed():
                 self.optimize(deadline)
         finally:
             restore()
-            if self.cores is not None:
-                self.cores.leave()
-        self.tidy()
-        return self.summary()
 
     def tidy(self) -> None:
         """Once the study is over (every slot finished, nothing running or queued), remove
@@ -345,7 +350,8 @@ class Worker:
             raise
 
     def share_cores(self) -> None:
-        """Start each trial with this machine's cores shared among its live workers."""
+        """Share this machine's cores among its live workers, at each trial and epoch (a few
+        microseconds: a directory listing)."""
         if self.cores is None:
             return
         workers = self.cores.workers()
@@ -356,6 +362,7 @@ class Worker:
                           "(set OMP_NUM_THREADS to choose)", threads, self.cores.cores, workers)
 
     def on_epoch(self, trial: optuna.Trial, epoch: int, epochs: int, metric: float) -> None:
+        self.share_cores()  # a worker started during this trial takes its share from the next epoch
         trial.set_user_attr("epoch", epoch)
         trial.set_user_attr("last_metric", metric)
         self.log.info("trial %d epoch %d/%d %s=%.4f", trial.number, epoch, epochs, self.config.metric, metric)
