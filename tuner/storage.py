@@ -156,7 +156,8 @@ def retrying(method: Callable, name: str) -> Callable:
                     raise
                 failed = True
                 logging.getLogger("tuner.storage").warning(
-                    "storage unreachable during %s (%s); retrying in %.1fs", name, short_reason(exc), delay)
+                    "storage unreachable during %s (%s); retrying in %.1fs", name,
+                    short_reason(exc.__cause__ or exc), delay)  # the driver's error, not Optuna's wrapper
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
