@@ -147,10 +147,41 @@ class ArtifactCheckpointer:
             pass
 
     def finish(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
-        """A finished trial needs no resume point: free the space."""
+        """A finished lineage needs no resume point: free the space.
+
+        Besides the checkpoint the trial points to, a worker killed while writing the next
+        one may have left that object unreferenced (it writes before it moves the pointer).
+        """
         key = trial.user_attrs.get(CHECKPOINT_ATTR)
         if key:
             self.discard(key)
+        origin, epoch = trial.user_attrs.get("lineage"), trial.user_attrs.get("epoch")
+        if origin is not None and epoch is not None:
+            self.discard(self.key(int(origin), int(epoch) + 1))
+
+    def sweep(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Once the study is over, free the checkpoints of the lineages that ended in FAIL
+        (a dead worker's trial past --max-retry): none of them can resume any more."""
+        for trial in trials:
+            self.finish(trial)
+
+
+def prune_weights(store, trials: list[optuna.trial.FrozenTrial], best_number: int) -> None:
+    """Remove the best weights of every finished trial but the study's best.
+
+    A worker uploads weights when its trial beats the best trial it can see, so racing
+    workers (and a worker killed after the upload) leave weights that are no longer the
+    best: each new best and the end of the study remove them. A RUNNING trial's weights
+    are left alone: it may be about to become the best. (The artifact's entry stays in the
+    finished trial's system attrs, which Optuna does not let anyone change.)
+    """
+    for trial in trials:
+        artifact_id = trial.user_attrs.get(BEST_WEIGHTS_ATTR)
+        if artifact_id and trial.state.is_finished() and trial.number != best_number:
+            try:
+                store.remove(artifact_id)
+            except ArtifactNotFound:
+                pass
 
 
 def upload_weights(store, trial: optuna.Trial, state_dict: dict[str, Any], meta: dict[str, Any]) -> str:
