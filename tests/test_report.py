@@ -31,3 +31,24 @@ def test_a_plot_the_study_is_too_small_for_is_not_available_yet(tmp_path, error)
 def test_other_runtime_errors_are_raised_not_shown_as_not_available(tmp_path):
     with pytest.raises(RuntimeError, match="Matplotlib backend failed"):
         render_plot(optuna.create_study(), tmp_path, "x", "X", raising(RuntimeError("Matplotlib backend failed")), "m")
+
+
+def study_with(values: list[float]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    for value in values:
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 0.01}, distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1.0)},
+            value=value))
+    return study
+
+
+@pytest.mark.parametrize("error", [ValueError("x must be positive"), ZeroDivisionError("division by zero")])
+def test_a_value_error_with_enough_completed_trials_is_raised_not_shown_as_not_available(tmp_path, error):
+    with pytest.raises(type(error), match=str(error)):
+        render_plot(study_with([0.1, 0.2]), tmp_path, "x", "X", raising(error), "m")
+
+
+def test_a_value_error_with_a_single_completed_trial_is_not_available_yet(tmp_path):
+    error = ValueError("Cannot evaluate parameter importances with only a single trial.")
+    section = render_plot(study_with([0.1]), tmp_path, "x", "X", raising(error), "m")
+    assert section == f"<h2>X</h2><p>Not available yet: {error}</p>"

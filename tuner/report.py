@@ -44,7 +44,7 @@ def render_plot(study: optuna.Study, folder: Path, slug: str, title: str, plot: 
                                                      "parallel_coordinate") else {}
         axes = plot(study, **kwargs)
     except (ValueError, ZeroDivisionError, RuntimeError) as exc:
-        if not too_few_trials(exc):
+        if not too_few_trials(exc, study):
             raise  # a real error (a broken study, matplotlib, a bug) must not read as "come back later"
         return f"{heading}<p>Not available yet: {html.escape(str(exc))}</p>"
     figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
@@ -56,15 +56,22 @@ def render_plot(study: optuna.Study, folder: Path, slug: str, title: str, plot: 
     return f'{heading}<img src="{path.name}" alt="{html.escape(title)}" width="800">'
 
 
-def too_few_trials(exc: Exception) -> bool:
+# Parameter importances (and a spread of values to plot) need two completed trials at least.
+MIN_COMPLETED = 2
+
+
+def too_few_trials(exc: Exception, study: optuna.Study) -> bool:
     """Whether a plot's error means the study has too few (or too uniform) trials for it yet.
 
-    Optuna's importance evaluators raise ValueError for too few completed trials, and fANOVA
-    a RuntimeError when every trial has the same value; any other RuntimeError is real.
+    Decided by the study, not by the error's type: a ValueError or ZeroDivisionError counts
+    only while fewer than MIN_COMPLETED trials have completed (with more, it is a real error
+    and is raised). fANOVA raises a RuntimeError when every trial has the same value; any
+    other RuntimeError is real.
     """
     if isinstance(exc, RuntimeError):
         return "zero total variance" in str(exc)
-    return True
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return len(completed) < MIN_COMPLETED
 
 
 def page(name: str, metric: str, study: optuna.Study, sections: list[str]) -> str:
