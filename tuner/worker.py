@@ -238,8 +238,8 @@ class Worker:
         if budget_left(self.study, self.config.n_trials) <= 0 and not self.await_others(deadline):
             self.log.info("budget of %d trials already taken; nothing to do", self.config.n_trials)
             return self.summary()
-        if self.cores is not None:
-            self.cores.join()  # before the data loads: a worker starting meanwhile counts this one
+        if self.cores is not None and not self.cores.join():  # before the data loads: a worker
+            self.cores = None  # starting meanwhile counts this one (join warned why it could not)
         try:
             self.work(deadline)
         finally:
