@@ -91,6 +91,39 @@ def test_an_unwritable_workers_folder_means_no_core_sharing_with_a_warning(tmp_p
     assert f"cores not shared with other tuner workers: cannot write {folder}" in caplog.text
 
 
+@pytest.mark.parametrize("start", ["already its share"])
+def test_a_worker_in_this_process_logs_its_share_and_gives_torch_its_thread_count_back(
+        tmp_path, tiny_space, sleepers, monkeypatch, start):
+    """The share is logged even where torch already runs that many threads, and CliRunner
+    workers share the pytest process: the lowered count must not stick after the worker."""
+    cores = machine_cores()
+    if cores < 2:
+        pytest.skip("one core: nothing to share")
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    sleepers(folder)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("TUNER_WORKERS_DIR", str(folder))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    runner = CliRunner()
+    created = runner.invoke(cli, [
+        "create", "--study", "s", "--storage", url, "--space", str(tiny_space), "--data", "digits",
+        "--image-size", "16", "--weights", "none", "--n-trials", "1", "--max-epochs", "1", "--no-warm-start",
+        "--artifacts", str(tmp_path / "artifacts")])
+    assert created.exit_code == 0, created.output
+    threads = cores if start == "every core" else cores // 2
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = runner.invoke(cli, ["worker", "--study", "s", "--storage", url, "--device", "cpu"])
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert f"{cores // 2} torch thread(s): {cores} cores shared by 2 tuner workers" in result.output
+    assert after == threads
+
+
 def test_a_worker_started_beside_another_takes_its_share_of_the_cores_and_leaves_the_count(
         tmp_path, tiny_space, sleepers, monkeypatch):
     """A real `tuner worker` process, OMP_NUM_THREADS unset, with one other live worker."""

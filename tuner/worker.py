@@ -212,6 +212,7 @@ class Worker:
         # An OMP_NUM_THREADS of the user's (or of --processes) wins over counting the workers.
         self.cores = None if "OMP_NUM_THREADS" in os.environ else CoreShare()
         self.max_threads = torch.get_num_threads()
+        self.shared_threads: int | None = None  # the share last logged
 
     def build_objective(self) -> Objective:
         config = self.config
@@ -358,6 +359,8 @@ class Worker:
         threads = max(1, min(self.max_threads, self.cores.cores // workers))
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
+        if threads != self.shared_threads:  # logged once at the first trial, then on each change
+            self.shared_threads = threads
             self.log.info("%d torch thread(s): %d cores shared by %d tuner workers on this machine "
                           "(set OMP_NUM_THREADS to choose)", threads, self.cores.cores, workers)
 
