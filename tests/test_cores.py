@@ -91,7 +91,7 @@ def test_an_unwritable_workers_folder_means_no_core_sharing_with_a_warning(tmp_p
     assert f"cores not shared with other tuner workers: cannot write {folder}" in caplog.text
 
 
-@pytest.mark.parametrize("start", ["already its share"])
+@pytest.mark.parametrize("start", ["every core", "already its share"])
 def test_a_worker_in_this_process_logs_its_share_and_gives_torch_its_thread_count_back(
         tmp_path, tiny_space, sleepers, monkeypatch, start):
     """The share is logged even where torch already runs that many threads, and CliRunner

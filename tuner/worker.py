@@ -246,6 +246,9 @@ class Worker:
         finally:
             if self.cores is not None:
                 self.cores.leave()
+                # The count is process-wide: a long-lived process (CliRunner in pytest, a
+                # notebook) must not keep this worker's share after it has gone.
+                torch.set_num_threads(self.max_threads)
         self.tidy()
         return self.summary()
 
