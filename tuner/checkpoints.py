@@ -161,9 +161,12 @@ class ArtifactCheckpointer:
 
     def sweep(self, trials: list[optuna.trial.FrozenTrial]) -> None:
         """Once the study is over, free the checkpoints of the lineages that ended in FAIL
-        (a dead worker's trial past --max-retry): none of them can resume any more."""
+        (a dead worker's trial past --max-retry): none of them can resume any more. Every other
+        finished trial freed its own when it finished (two store calls each, on every exiting
+        worker, would be wasted on them)."""
         for trial in trials:
-            self.finish(trial)
+            if trial.state == optuna.trial.TrialState.FAIL:
+                self.finish(trial)
 
 
 def prune_weights(store, trials: list[optuna.trial.FrozenTrial], best_number: int) -> None:
