@@ -88,6 +88,21 @@ def test_only_the_best_finished_trials_weights_stay_and_a_running_trials_are_lef
     assert {p.name for p in tmp_path.iterdir()} == kept
 
 
+def test_of_two_trials_that_tie_for_the_best_the_one_holding_weights_keeps_them(tmp_path):
+    """Only the first of two tied trials to finish uploads (a later one must beat it), and
+    best_trial may name the other: the study's only best weights must not be removed."""
+    store = FileSystemArtifactStore(str(tmp_path))
+    store.write("weights-of-trial-1", io.BytesIO(b"weights"))
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))  # finished last, uploaded nothing
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={BEST_WEIGHTS_ATTR: "weights-of-trial-1"}))
+    study.add_trial(optuna.trial.create_trial(value=0.4))
+
+    prune_weights(store, study.get_trials(), best_number=0)  # as best_trial may name trial 0
+
+    assert [p.name for p in tmp_path.iterdir()] == ["weights-of-trial-1"]
+
+
 class CountingStore(FileSystemArtifactStore):
     """A real folder store that also records what was asked to be removed."""
 
