@@ -257,7 +257,7 @@ def to_device(batch: Iterable[torch.Tensor], runtime: Runtime) -> list[torch.Ten
     return out
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, runtime: Runtime, scaler=None) -> float:
+def train_one_epoch(model, loader, loss_fn, optimizer, runtime: Runtime, scaler=None, on_batch=None) -> float:
     """One pass over the training data; returns the mean loss. Raises Diverged or OutOfMemory.
 
     The loss is summed on the device and read once at the end: reading it every step
@@ -288,6 +288,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, runtime: Runtime, scaler=
             raise
         total += loss.detach().float() * len(inputs)
         count += len(inputs)
+        if on_batch is not None:
+            on_batch(len(inputs))
     mean = total.item() / max(count, 1)
     if not math.isfinite(mean):
         raise Diverged(f"training loss became {mean}")
