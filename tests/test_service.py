@@ -27,6 +27,7 @@ import optuna_dashboard
 import pytest
 import sqlalchemy
 import torch
+import torchvision
 import yaml
 from click.testing import CliRunner
 from optuna.trial import TrialState
@@ -36,7 +37,6 @@ from sqlalchemy.engine import make_url
 from conftest import TINY_SPACE, _admin_engine, postgres_admin_url
 from tuner.cli import cli
 from tuner.errors import StorageError
-from tuner.models import ModelSpec, build_model
 from tuner.results import all_params
 from tuner.space import load_space
 from tuner.storage import StorageSettings, mask_url, open_storage
@@ -521,17 +521,18 @@ def test_retrain_writes_loadable_weights_and_a_model_description(finished, tmp_p
                      "--device", "cpu"])
     assert result.exit_code == 0, result.output
     description = json.loads((out / "model.json").read_text())
-    assert result.stdout == (f"trained resnet18 for 1 epochs: val_accuracy = {description['value']:.4f}; "
-                             f"wrote {out / 'weights.pt'} and {out / 'model.json'}\n")
+    assert result.stdout == (f"trained resnet18 for 1 epoch on {description['train_images']} images: "
+                             f"val_accuracy = {description['value']:.4f} (val); "
+                             f"wrote {out} (weights.pt, model.json, README.md)\n")
     assert description["params"] == {**all_params(best), "epochs": 1}
     assert description["classes"] == [str(i) for i in range(10)]
     assert description["metric"] == "val_accuracy"
-    assert description["source_trial"] == best.number and description["image_size"] == 16
+    assert description["trial"] == best.number and description["image_size"] == 16
     # Same seed (study seed + lineage), same first epoch: on CPU the value is the trial's epoch-1 value.
     assert description["value"] == best.intermediate_values[1]
+    # The weights load into the plain torchvision model, the obvious way.
     state = torch.load(out / "weights.pt", weights_only=True)
-    model = build_model(ModelSpec(name="resnet18", weights="none", num_classes=10)).model
-    model.load_state_dict(state)
+    torchvision.models.resnet18(num_classes=10).load_state_dict(state)
 
 
 # The head-only space with `epochs` fixed instead of sampled.
@@ -558,8 +559,7 @@ def test_retrain_epochs_wins_over_epochs_that_the_space_fixes(tmp_path):
 
     assert result.exit_code == 0, result.output
     description = json.loads((out / "model.json").read_text())
-    assert result.stdout == (f"trained resnet18 for 1 epochs: val_accuracy = {description['value']:.4f}; "
-                             f"wrote {out / 'weights.pt'} and {out / 'model.json'}\n")
+    assert result.stdout.startswith("trained resnet18 for 1 epoch on ")
     assert description["epochs_run"] == 1
     assert description["params"] == {**all_params(best), "epochs": 1}
     # Same seed, and one epoch of it: the trial's own epoch-1 value.

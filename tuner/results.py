@@ -1,12 +1,10 @@
-"""Reading a study's results: status, best trial, export, dashboard, and retraining the best."""
+"""Reading a study's results: status, best trial, export and the dashboard."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -14,9 +12,8 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StudyError
-from tuner.space import Branch, SearchSpace
 from tuner.storage import StorageSettings, mask_url, open_storage, ping
-from tuner.study import StudyConfig, load_study, read_config
+from tuner.study import load_study, read_config
 
 
 def open_readonly(storage_url: str):
@@ -178,70 +175,3 @@ def serve_dashboard(storage_url: str, host: str, port: int, artifacts: str | Non
     location = artifact_location(storage, artifacts)
     store = open_artifact_store(location) if location else None
     optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
-
-
-def retrain_best(storage_url: str, name: str, out: str, *, epochs: int | None, device: str,
-                 data: str | None) -> dict[str, Any]:
-    """Train once more with the best parameters (on CPU, the same seed gives the same model)."""
-    from tuner.data import DataConfig, load_data
-    from tuner.objective import Objective, TrialSettings
-
-    study, config = load_study(open_readonly(storage_url), name)
-    best = best_trial(study)
-    wanted = epochs or best.user_attrs.get("best_epoch") or all_params(best).get("epochs", 10)
-    params = {**best.params, "epochs": wanted}
-    images = load_data(DataConfig(data or config.data, config.image_size, config.val_fraction, config.seed))
-    saved: dict[str, Any] = {}
-
-    def keep(trial, value, state_dict, meta) -> None:
-        saved.update(value=value, state_dict=state_dict, meta=meta)
-
-    settings = TrialSettings(model=config.model, weights=config.weights, image_size=config.image_size,
-                             device=device, seed=config.seed, max_epochs=None)
-    objective = Objective(with_fixed_epochs(config.space(), wanted), images, settings, keep_best=keep)
-    trial = optuna.trial.FixedTrial(params, number=best.user_attrs.get("lineage", best.number))
-    value = objective(trial)
-    saved["epochs_run"] = trial.user_attrs["epochs_run"]
-    return write_model(Path(out), config, best, params, saved, value)
-
-
-def with_fixed_epochs(space: SearchSpace, epochs: int) -> SearchSpace:
-    """`space` with `epochs` fixed at `epochs`, whatever its branches were.
-
-    Setting the count in the trial's params is not enough: a space whose `epochs` is a
-    fixed value never asks the trial for it, so `retrain --epochs` was silently ignored.
-    """
-    fixed = (Branch(param="epochs", type="fixed", value=epochs),)
-    params = {name: fixed if name == "epochs" else branches for name, branches in space.params.items()}
-    params.setdefault("epochs", fixed)
-    return dataclasses.replace(space, params=params)
-
-
-def write_model(out: Path, config: StudyConfig, best: FrozenTrial, params: dict[str, Any],
-                saved: dict[str, Any], value: float) -> dict[str, Any]:
-    import torch
-
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / "weights.pt"
-    torch.save(saved["state_dict"], weights)
-    description = {
-        "model": config.model,
-        "weights_file": weights.name,
-        "image_size": config.image_size,
-        "classes": saved["meta"]["classes"],
-        "multilabel": saved["meta"]["multilabel"],
-        "mean": saved["meta"]["mean"],
-        "std": saved["meta"]["std"],
-        # The retrain's own epochs win over the best trial's (fixed or sampled) count.
-        "params": {**all_params(best), **params},
-        "metric": config.metric,
-        "value": value,
-        "best_epoch": saved["meta"]["best_epoch"],
-        "epochs_run": saved["epochs_run"],
-        "source_trial": best.number,
-        "source_value": best.value,
-    }
-    json_path = out / "model.json"
-    json_path.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-    return {"model": config.model, "epochs": params["epochs"], "metric": config.metric, "value": value,
-            "weights": str(weights), "json": str(json_path)}
