@@ -423,15 +423,21 @@ def test_best_as_table_and_json(finished):
     best = finished.study().best_trial
     params = dict(sorted(all_params(best).items()))
     assert set(params) >= {"freeze", "lr", "optimizer", "batch_size", "epochs", "loss", "patience"}
+    # What ran: the study caps epochs at 2 (--max-epochs), and the count shown is the one trained.
+    epochs = {"sampled": params["epochs"], "planned": min(params["epochs"], 2),
+              "trained": best.user_attrs["epochs_run"], "stop_reason": best.user_attrs["stop_reason"]}
+    cut = f" (sampled {params['epochs']}, cut by --max-epochs 2)" if params["epochs"] > 2 else ""
+    shown = {**params, "epochs": f"{epochs['trained']}{cut}"}
     table = invoke(["best", "--study", "out", "--storage", finished.url])
     assert table.exit_code == 0
     assert table.stdout.splitlines() == [
         f"study out: best val_accuracy = {best.value:.4f} (trial {best.number})",
-        *(f"  {k}: {v}" for k, v in params.items()),
+        *(f"  {k}: {v}" for k, v in shown.items()),
     ]
     summary = json.loads(invoke(["best", "--study", "out", "--storage", finished.url, "--format", "json"]).stdout)
     assert summary == {"study": "out", "metric": "val_accuracy", "value": best.value, "number": best.number,
-                       "params": params, "best_epoch": best.user_attrs["best_epoch"]}
+                       "params": {**params, "epochs": epochs["trained"]}, "best_epoch": best.user_attrs["best_epoch"],
+                       "epochs": epochs}
 
 
 def test_best_as_yaml_is_a_space_that_fixes_every_best_param(finished, tmp_path):
@@ -439,13 +445,39 @@ def test_best_as_yaml_is_a_space_that_fixes_every_best_param(finished, tmp_path)
     result = invoke(["best", "--study", "out", "--storage", finished.url, "--format", "yaml"])
     assert result.exit_code == 0
     doc = yaml.safe_load(result.stdout)
-    assert doc["settings"] == {"model": "resnet18", "image_size": 16}
-    assert doc["params"] == {k: {"type": "fixed", "value": v} for k, v in all_params(best).items()}
+    assert doc["settings"] == {"model": "resnet18", "weights": "none", "image_size": 16, "max_epochs": 2}
+    ran = {**all_params(best), "epochs": min(all_params(best)["epochs"], 2)}
+    assert doc["params"] == {k: {"type": "fixed", "value": v} for k, v in ran.items()}
     path = tmp_path / "best.yaml"
     path.write_text(result.stdout)
     validated = invoke(["space", "validate", str(path)])
     assert validated.exit_code == 0, validated.output
     assert validated.stdout == f"best.yaml: OK ({len(doc['params'])} parameters)\n"
+
+
+def test_best_shows_the_epochs_trained_and_its_yaml_runs_the_same_configuration_again(tiny_space, tmp_path):
+    """With --max-epochs 2 it used to print `epochs: 22`, the count sampled but never run."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = library_study(url, "cut", tiny_space, n_trials=2, warm_start=False)
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 5e-3, "epochs": 22},
+        distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True),
+                       "epochs": optuna.distributions.IntDistribution(2, 30)},
+        value=0.5, user_attrs={"epochs_run": 2, "best_epoch": 2, "stop_reason": "completed"}))
+    table = invoke(["best", "--study", "cut", "--storage", url])
+    assert table.exit_code == 0, table.output
+    assert table.stdout.splitlines()[1:] == ["  epochs: 2 (sampled 22, cut by --max-epochs 2)", "  lr: 0.005"]
+    spec = invoke(["best", "--study", "cut", "--storage", url, "--format", "yaml"])
+    doc = yaml.safe_load(spec.stdout)
+    assert doc["settings"] == {"model": "resnet18", "weights": "none", "image_size": 16, "max_epochs": 2}
+    assert doc["params"] == {"epochs": {"type": "fixed", "value": 2}, "lr": {"type": "fixed", "value": 0.005}}
+    # The file alone recreates the study's settings: no --weights, --image-size or --max-epochs given.
+    (tmp_path / "best.yaml").write_text(spec.stdout)
+    created = invoke(["create", "--study", "again", "--space", str(tmp_path / "best.yaml"), "--data", "digits",
+                      "--storage", url, "--n-trials", "1"])
+    assert created.exit_code == 0, created.output
+    stored = StudyConfig.from_attr(load(url, "again").user_attrs["tuner_config"])
+    assert (stored.model, stored.weights, stored.image_size, stored.max_epochs) == ("resnet18", "none", 16, 2)
 
 
 def test_export_csv_has_one_row_per_trial_with_param_and_attr_columns(finished, tmp_path):

@@ -80,8 +80,9 @@ def study_options(f: Callable) -> Callable:
         click.option("--model", help="torchvision model name (default: from the space file; see tuner models)."),
         click.option("--image-size", type=click.IntRange(min=8),
                      help="Input size in pixels (default: from the space file)."),
-        click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
-                     help="Pretrained weights: torchvision's DEFAULT (hub cache), random init, or a state dict file."),
+        click.option("--weights", metavar="imagenet|none|PATH",
+                     help="Pretrained weights: torchvision's DEFAULT (hub cache), random init, or a state dict "
+                          "file (default: from the space file, else imagenet)."),
         click.option("--val-fraction", type=float, default=0.2, show_default=True,
                      help="Share of each class held out for validation when the data has no val/ folder."),
         click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "cmaes"]), default="tpe", show_default=True),
@@ -91,7 +92,8 @@ def study_options(f: Callable) -> Callable:
                      help="The study's total budget of finished trials, across all workers."),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Study seed; each trial's seed derives from it and the trial number."),
-        click.option("--max-epochs", type=int, help="Cap on any sampled epoch count (for quick runs)."),
+        click.option("--max-epochs", type=int, help="Cap on any sampled epoch count, for quick runs "
+                     "(default: from the space file, else none)."),
         click.option("--no-warm-start", "warm_start", flag_value=False, default=True,
                      help="Do not enqueue the seed's recommended configurations as the first trials."),
         click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True,
@@ -290,7 +292,7 @@ def status(study: str | None, storage: str, fmt: str) -> None:
               help="yaml prints a search-space file that fixes every parameter to the best value.")
 def best(study: str, storage: str, fmt: str) -> None:
     """The best trial's value, parameters and number."""
-    from tuner.results import best_as_space_yaml, best_summary
+    from tuner.results import best_as_space_yaml, best_summary, epochs_note
     from tuner.service import require_existing_sqlite
 
     require_existing_sqlite(storage)
@@ -303,7 +305,8 @@ def best(study: str, storage: str, fmt: str) -> None:
         click.echo(f"study {summary['study']}: best {summary['metric']} = {summary['value']:.4f} "
                    f"(trial {summary['number']})")
         for name, value in summary["params"].items():
-            click.echo(f"  {name}: {value}")
+            shown = epochs_note(summary["epochs"]) if name == "epochs" and summary["epochs"] else value
+            click.echo(f"  {name}: {shown}")
 
 
 @cli.command()

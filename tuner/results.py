@@ -77,27 +77,69 @@ def running_info(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
+def epochs_that_ran(trial: FrozenTrial, max_epochs: int | None) -> dict[str, Any] | None:
+    """The trial's epoch counts: sampled (or fixed), planned after the study's cap, trained."""
+    params = all_params(trial)
+    if "epochs" not in params or "epochs_run" not in trial.user_attrs:
+        return None
+    sampled = params["epochs"]
+    planned = min(sampled, max_epochs) if max_epochs else sampled
+    return {"sampled": sampled, "planned": planned, "trained": trial.user_attrs["epochs_run"],
+            "stop_reason": trial.user_attrs.get("stop_reason")}
+
+
+def epochs_note(epochs: dict[str, Any]) -> str:
+    """`2 (sampled 22, cut by --max-epochs 2)`, `3 of 5 (early stopped)` or just `5`."""
+    text = str(epochs["trained"])
+    if epochs["trained"] != epochs["planned"]:
+        text += f" of {epochs['planned']}"
+    notes = []
+    if epochs["planned"] != epochs["sampled"]:
+        notes.append(f"sampled {epochs['sampled']}, cut by --max-epochs {epochs['planned']}")
+    if epochs["stop_reason"] == "early_stopped":
+        notes.append("early stopped")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def best_summary(storage_url: str, name: str) -> dict[str, Any]:
+    """The best trial as it ran: `params.epochs` is the count trained (`epochs` has the rest)."""
     study, config = load_study(open_readonly(storage_url), name)
     best = best_trial(study)
+    params = dict(sorted(all_params(best).items()))
+    epochs = epochs_that_ran(best, config.max_epochs)
+    if epochs is not None:
+        params["epochs"] = epochs["trained"]
     return {
         "study": name,
         "metric": config.metric,
         "value": best.value,
         "number": best.number,
-        "params": dict(sorted(all_params(best).items())),
+        "params": params,
         "best_epoch": best.user_attrs.get("best_epoch"),
+        "epochs": epochs,
     }
 
 
 def best_as_space_yaml(storage_url: str, name: str) -> str:
-    """A search-space file fixing every parameter at the best trial's value: `--space` takes it."""
+    """A search-space file fixing every parameter at the value the best trial ran with: `--space` takes it.
+
+    `epochs` is the count the trial planned after the study's cap (early stopping ends it
+    where it ended before, and a schedule like cosine spans the same epochs), and the
+    settings carry the study's model, weights, image size and cap.
+    """
     study, config = load_study(open_readonly(storage_url), name)
     best = best_trial(study)
+    params = all_params(best)
+    epochs = epochs_that_ran(best, config.max_epochs)
+    if epochs is not None:
+        params["epochs"] = epochs["planned"]
+    settings: dict[str, Any] = {"model": config.model, "weights": config.weights, "image_size": config.image_size}
+    if config.max_epochs is not None:
+        settings["max_epochs"] = config.max_epochs
     doc = {
         "description": f"Best trial {best.number} of study {name}: {config.metric} = {best.value:.4f}.",
-        "settings": {"model": config.model, "image_size": config.image_size},
-        "params": {k: {"type": "fixed", "value": v} for k, v in sorted(all_params(best).items())},
+        "settings": settings,
+        "params": {k: {"type": "fixed", "value": v} for k, v in sorted(params.items())},
     }
     return yaml.safe_dump(doc, sort_keys=False)
 
