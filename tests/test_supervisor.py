@@ -133,5 +133,6 @@ def test_worker_help_explains_trials_per_gpu():
 def test_children_share_the_cores(children, cpus, environ, threads):
     spec = ChildSpec("gpu0.1", "cuda", gpu(0))
     env = child_env(spec, children, {"PATH": "/bin", **environ}, cpus)
-    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": threads}
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": threads,
+                   "TUNER_PLAIN_PROGRESS": "1"}  # one terminal, several children: plain lines, no live display
 

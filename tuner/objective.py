@@ -18,7 +18,7 @@ from tuner.data import AugmentConfig, ImageData
 from tuner.errors import DeviceError, SpaceError
 from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, default_cache_dir
 from tuner.models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode
-from tuner.progress import Progress
+from tuner.progress import Progress, short_params
 from tuner.space import SearchSpace
 from tuner.training import (
     Diverged,
@@ -182,6 +182,8 @@ class Objective:
                 f"which trains with {expected_loss} (choose loss with `when: {{task: ...}}`)"
             )
         origin = lineage(trial)
+        sampled = {k: v for k, v in params.items() if k not in fixed}
+        self.progress.show("trial", f"trial {trial.number}: {short_params(sampled)}")
         return TrialRun(self, hp, derive_seed(self.settings.seed, origin), origin)
 
 

@@ -26,6 +26,7 @@ from tuner.checkpoints import (
 )
 from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
 from tuner.objective import Objective, TrialSettings, derive_seed
+from tuner.progress import progress_for
 from tuner.storage import StorageSettings, local_folder, mask_url, open_storage, ping
 from tuner.study import StudyConfig, budget_left, finished_count, load_study, within_budget
 
@@ -196,6 +197,8 @@ class Worker:
         self.checkpointer = ArtifactCheckpointer(self.store, study_name)
         self.name = worker_name(options.device)
         self.log = make_logger(self.name, options.quiet)
+        # A live display on a terminal; plain log lines (as before) in a pipe or with --quiet.
+        self.progress = progress_for(options.quiet)
         self.objective: Objective | None = None
         self.trials_run = 0
         self.current: int | None = None  # number of the trial running here, until Optuna tells it
@@ -217,7 +220,7 @@ class Worker:
         )
         return Objective(
             config.space(), data, settings, checkpointer=self.checkpointer,
-            on_epoch=self.on_epoch, keep_best=self.keep_best,
+            on_epoch=self.on_epoch, keep_best=self.keep_best, progress=self.progress,
         )
 
     def run(self) -> WorkerSummary:
@@ -232,8 +235,9 @@ class Worker:
             mask_url(self.storage_settings.url), self.objective.runtime.device, self.config.n_trials,
         )
         restore = self.stop.install()
+        self.show_study()
         try:
-            with ExpectedStops().installed():
+            with ExpectedStops().installed(), self.progress.running():
                 self.optimize(deadline)
         finally:
             restore()
@@ -310,6 +314,8 @@ class Worker:
         trial.set_user_attr("epoch", epoch)
         trial.set_user_attr("last_metric", metric)
         self.log.info("trial %d epoch %d/%d %s=%.4f", trial.number, epoch, epochs, self.config.metric, metric)
+        self.progress.show("metric", f"last epoch: trial {trial.number} epoch {epoch}/{epochs} "
+                                     f"{self.config.metric}={metric:.4f}")
         if self.stop.set:
             trial.set_user_attr(HANDED_BACK_ATTR, True)
             raise HandBack(f"handed back after epoch {epoch}")
@@ -339,6 +345,8 @@ class Worker:
             torch.cuda.empty_cache()
         if self.log.isEnabledFor(logging.INFO):
             self.log_finished(frozen)
+        if self.progress.live:
+            self.show_study()
         if self.stop.set:
             study.stop()
             return
@@ -407,6 +415,10 @@ class Worker:
         best = self.best_text()
         self.log.info("trial %d %s (%s) value=%s; %d/%d finished; best %s", frozen.number,
                       frozen.state.name, reason, shown, finished_count(self.study), self.config.n_trials, best)
+
+    def show_study(self) -> None:
+        self.progress.show("study", f"study {self.study_name}: {finished_count(self.study)}/{self.config.n_trials} "
+                                    f"trials finished; best {self.config.metric} {self.best_text()}")
 
     def best_text(self) -> str:
         try:
