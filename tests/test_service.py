@@ -530,7 +530,8 @@ def test_report_writes_valid_pngs_that_index_html_shows(finished, tmp_path):
     out = tmp_path / "report"
     result = invoke(["report", "--study", "out", "--storage", finished.url, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"wrote {out / 'index.html'}\n"
+    assert result.stdout == (f"wrote {out / 'index.html'}; uploaded 5 files as study artifacts "
+                             "(optuna-dashboard: Study Artifacts)\n")
     index = (out / "index.html").read_text()
     shown = re.findall(r'<img src="([^"]+)"', index)
     pngs = sorted(p.name for p in out.glob("*.png"))

@@ -339,8 +339,10 @@ def report(study: str, storage: str, out: str) -> None:
     from tuner.service import require_existing_sqlite
 
     require_existing_sqlite(storage)
-    index = write_report(storage, study, out)
-    click.echo(f"wrote {index}")
+    result = write_report(storage, study, out)
+    uploaded = (f"; uploaded {result.uploaded} files as study artifacts (optuna-dashboard: Study Artifacts)"
+                if result.uploaded else "")
+    click.echo(f"wrote {result.index}{uploaded}")
 
 
 @cli.command()
@@ -350,11 +352,12 @@ def report(study: str, storage: str, out: str) -> None:
 @click.option("--artifacts", metavar="DIR", help="Artifact store to show (default: the studies' own).")
 def dashboard(storage: str, host: str, port: int, artifacts: str | None) -> None:
     """optuna-dashboard on the same storage and artifact store."""
-    from tuner.results import serve_dashboard
+    from tuner.results import check_port, serve_dashboard
     from tuner.service import require_existing_sqlite
     from tuner.storage import mask_url
 
     require_existing_sqlite(storage)
+    check_port(host, port)
     click.echo(f"optuna-dashboard for {mask_url(storage)} on http://{host}:{port}/")
     serve_dashboard(storage, host, port, artifacts)
 

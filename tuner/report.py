@@ -59,12 +59,13 @@ def best_number(trials: Sequence[Finished], maximize: bool) -> int | None:
     return (max if maximize else min)(complete, key=lambda t: t.value).number
 
 
-def write_report(storage_url: str, name: str, out: str) -> Path:
+def write_report(storage_url: str, name: str, out: str) -> "ReportResult":
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed on a headless node
 
-    study, config = load_study(open_readonly(storage_url), name)
+    storage = open_readonly(storage_url)
+    study, config = load_study(storage, name)
     trials = finished_trials(study)
     if not trials:
         raise StudyError(f"study {name!r} has no finished trial yet")
@@ -85,7 +86,24 @@ def write_report(storage_url: str, name: str, out: str) -> Path:
         sections = [render(folder, slug, title, make) for slug, title, make in plots]
     index = folder / "index.html"
     index.write_text(page(name, config.metric, study, trials, sections), encoding="utf-8")
-    return index
+    uploaded = upload(study, storage, config.artifacts, [index, *(folder / s.image for s in sections if s.image)])
+    return ReportResult(index, uploaded)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    index: Path
+    uploaded: int  # files uploaded as study artifacts (optuna-dashboard's "Study Artifacts")
+
+
+def upload(study: optuna.Study, storage, location: str, files: list[Path]) -> int:
+    """The report as study artifacts, replacing the one uploaded before (none without a store)."""
+    if not location:
+        return 0
+    from tuner.checkpoints import open_artifact_store
+    from tuner.study_artifacts import publish_report
+
+    return len(publish_report(study, storage, open_artifact_store(location), files))
 
 
 def render(folder: Path, slug: str, title: str, make: Callable[[], Any]) -> Section:

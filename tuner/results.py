@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import socket
 from typing import Any
 
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import StudyError
+from tuner.errors import OptionError, StudyError
 from tuner.storage import StorageSettings, mask_url, open_storage, ping
 from tuner.study import load_study, read_config
 
@@ -206,6 +208,31 @@ def artifact_location(storage, explicit: str | None) -> str | None:
     return None
 
 
+def port_problem(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on host:port now, or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As servers do: a port left in TIME_WAIT is free, one with a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with one line before the server starts: it used to print a 52-line traceback."""
+    problem = port_problem(host, port)
+    if problem is None:
+        return
+    if problem.errno == errno.EADDRINUSE:
+        free = next((p for p in range(port + 1, min(port + 100, 65536)) if port_problem(host, p) is None), None)
+        hint = f" (try --port {free})" if free else ""
+        raise OptionError(f"port {port} is in use{hint}")
+    raise OptionError(f"--host {host} --port {port}: cannot listen there ({problem.strerror or problem})")
+
+
 def serve_dashboard(storage_url: str, host: str, port: int, artifacts: str | None) -> None:
     import optuna_dashboard
 
@@ -216,4 +243,10 @@ def serve_dashboard(storage_url: str, host: str, port: int, artifacts: str | Non
     storage = open_readonly(storage_url)
     location = artifact_location(storage, artifacts)
     store = open_artifact_store(location) if location else None
-    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
+    try:
+        optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        check_port(host, port)  # taken since the first check: the same one line
+        raise OptionError(f"port {port} is in use") from None

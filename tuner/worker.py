@@ -27,6 +27,7 @@ from tuner.checkpoints import (
 from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
 from tuner.objective import Objective, TrialSettings, derive_seed
 from tuner.progress import progress_for
+from tuner.study_artifacts import publish_best_model
 from tuner.storage import StorageSettings, local_folder, mask_url, open_storage, ping
 from tuner.study import StudyConfig, budget_left, finished_count, load_study, within_budget
 
@@ -203,6 +204,7 @@ class Worker:
         self.trials_run = 0
         self.current: int | None = None  # number of the trial running here, until Optuna tells it
         self.objective_error: BaseException | None = None  # what the objective itself raised last
+        self.best_candidate: tuple[int, dict, dict] | None = None  # (trial, weights, meta) kept by keep_best
 
     def build_objective(self) -> Objective:
         config = self.config
@@ -330,6 +332,8 @@ class Worker:
         if better:
             artifact_id = upload_weights(self.store, trial, state_dict, meta)
             trial.set_user_attr(BEST_WEIGHTS_ATTR, artifact_id)
+            # Published as the study's best model once the trial is told and really is the best.
+            self.best_candidate = (trial.number, state_dict, meta)
 
     def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         self.current = None  # Optuna told its state: the trial ended in this worker's hands
@@ -341,6 +345,7 @@ class Worker:
             return
         if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
             self.checkpointer.finish(frozen)
+        self.publish_best(study, frozen)
         if self.objective.runtime.is_cuda:
             torch.cuda.empty_cache()
         if self.log.isEnabledFor(logging.INFO):
@@ -363,6 +368,14 @@ class Worker:
             self.recover_stale()
             if budget_left(study, self.config.n_trials) <= 0:
                 study.stop()
+
+    def publish_best(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        """The study-level "best model" artifact, which optuna-dashboard shows under Study Artifacts."""
+        candidate, self.best_candidate = self.best_candidate, None
+        if candidate is None or candidate[0] != frozen.number or frozen.state != TrialState.COMPLETE:
+            return
+        if study.best_trial.number == frozen.number:
+            publish_best_model(study, self.storage, self.store, *candidate)
 
     def await_others(self, deadline: float | None) -> bool:
         """With the budget taken, stay while other workers' trials run: True if one of them
