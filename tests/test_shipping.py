@@ -119,9 +119,11 @@ def test_the_weights_load_into_plain_torchvision_resnet18(shipped):
     assert not result.missing_keys and not result.unexpected_keys
 
 
-@pytest.mark.parametrize("name", ["resnet18", "squeezenet1_0", "googlenet", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["resnet18", "squeezenet1_0", "googlenet", "mobilenet_v3_small",
+                                  "efficientnet_lite0", "timm:resnet18", "timm:mobilenetv3_small_050"])
 def test_plain_state_dict_fits_the_architecture_the_readme_builds(name):
     built = build_model(ModelSpec(name=name, weights="none", num_classes=3, dropout=0.2))
+    built.model.get_submodule(built.head_name)[1].bias.data.normal_()  # a head that is not the default init
     info = ModelInfo(model=name, head=built.head_name, classes=("a", "b", "c"), multilabel=False, image_size=32,
                      mean=IMAGENET_MEAN, std=IMAGENET_STD, doc={})
     namespace: dict = {}

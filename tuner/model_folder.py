@@ -25,8 +25,12 @@ AUX_MODELS = ("googlenet", "inception_v3")
 
 
 def model_kind(name: str) -> str:
-    """torchvision, timm (`timm:NAME`) or function (`MODULE:FUNCTION`), from the name's form."""
-    if name.startswith("timm:"):
+    """torchvision, timm (`timm:NAME`), function (`MODULE:FUNCTION`) or the built-in efficientnet_lite0."""
+    from tuner.model_sources import LITE0, TIMM_PREFIX
+
+    if name == LITE0:
+        return LITE0
+    if name.startswith(TIMM_PREFIX):
         return "timm"
     if ":" in name:
         return "function"
@@ -191,6 +195,9 @@ def plain_build_code(info: ModelInfo) -> tuple[str, str] | None:
         return "torchvision", f"model = torchvision.models.get_model({info.model!r}, num_classes={n}{extra})"
     if info.kind == "timm":
         return "timm", f"model = timm.create_model({info.model[len('timm:'):]!r}, num_classes={n})"
+    if info.kind == "efficientnet_lite0":
+        return ("efficientnet_lite_pytorch",
+                f"model = efficientnet_lite_pytorch.EfficientNet.from_name('efficientnet-lite0', num_classes={n})")
     return None
 
 
