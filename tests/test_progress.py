@@ -68,13 +68,13 @@ def test_run_on_a_terminal_shows_the_study_the_trial_and_an_epoch_bar_with_rate_
          "--weights", "none", "--n-trials", "1", "--no-warm-start", "--storage", f"sqlite:///{tmp_path / 's.db'}",
          "--device", "cpu"], tmp_path)
     assert code == 0, screen
-    assert "study live: 0/1 trials finished; best val_accuracy none yet" in screen
+    assert "study live: 0/1 trial finished; best val_accuracy none yet" in screen
     assert re.search(r"trial 0: lr=\d\.\d\de-03", screen), screen
     assert re.search(r"epoch 1/1 .*\d+/32 .*img/s ETA \d+:\d\d:\d\d", screen), screen
     assert re.search(r"last epoch: trial 0 epoch 1/1 val_accuracy=\d\.\d{4}", screen), screen
     # The log lines still come, above the display.
     assert re.search(r"\[.+:cpu\] trial 0 started", screen)
-    assert "study live: 1/1 trials finished; best val_accuracy" in screen
+    assert "study live: 1/1 trial finished; best val_accuracy" in screen
 
 
 def test_quiet_a_pipe_and_supervised_children_get_no_live_display(monkeypatch):

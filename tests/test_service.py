@@ -612,9 +612,9 @@ def test_two_in_process_worker_runs_each_get_their_own_log_lines(tiny_space, tmp
     for _ in range(2):
         result = CliRunner().invoke(cli, ["worker", "--study", "spent", "--storage", url])
         assert result.exit_code == 0, result.output
-        assert result.stdout.splitlines()[0] == "finished 1/1 trials (0 run by this process)"
+        assert result.stdout.splitlines()[0] == "finished 1/1 trial (0 run by this process)"
         assert re.findall(r"^\d\d:\d\d:\d\d \[(.+?)\] (.*)$", result.stderr, re.M) == [
-            (name, "budget of 1 trials already taken; nothing to do")]
+            (name, "budget of 1 trial already taken; nothing to do")]
 
 
 def worker_beside(others: threading.Thread, url: str, study: str):
@@ -641,7 +641,7 @@ def test_a_worker_whose_budget_is_taken_leaves_soon_after_the_last_running_trial
     result = worker_beside(threading.Timer(1.0, end_it), url, "last")
 
     assert result.exit_code == 0, result.output
-    assert result.stdout == "finished 1/1 trials (0 run by this process)\nbest value 0.5000 (trial 0)\n"
+    assert result.stdout == "finished 1/1 trial (0 run by this process)\nbest value 0.5000 (trial 0)\n"
     assert time.monotonic() - ended["at"] < 2.5
 
 

@@ -289,7 +289,7 @@ def test_predict_multilabel_prints_every_label_above_the_threshold(tmp_path):
     (["--model", "{tmp}/m", "{tmp}/nothing.png"], "Error: {tmp}/nothing.png: no such file or folder"),
     (["--model", "{tmp}/m", "{tmp}/empty"], "Error: folder {tmp}/empty has no image files "
                                             "(.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff)"),
-    (["--model", "{tmp}/m", "{tmp}/m/model.json"], "Error: none of the 1 file(s) is a readable image"),
+    (["--model", "{tmp}/m", "{tmp}/m/model.json"], "Error: the only file given is not a readable image"),
 ])
 def test_predict_errors_are_one_line(tmp_path, args, message):
     handmade_model(tmp_path / "m", ["cat", "dog"], [1.0, 0.0])

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from tuner.errors import DataError
+from tuner.text import plural
 
 DIGITS = "digits"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -171,7 +172,7 @@ def load_labelled(source: str, image_size: int, classes: Sequence[str], multilab
         hot = _one_hot(labels, len(classes))
     buffer, ok = _decode_files(files, config)
     if not ok.any():
-        raise DataError(f"{where}: all {len(ok)} image file(s) are unreadable")
+        raise DataError(f"{where}: {_all_unreadable(len(ok))}")
     skipped = tuple(others + [file for file, good in zip(files, ok) if not good])
     hot = hot[ok]
     targets = torch.from_numpy(hot.astype(np.float32)) if multilabel else torch.from_numpy(hot.argmax(axis=1))
@@ -488,7 +489,7 @@ def _require_readable(
 ) -> None:
     """Fail when nothing decoded, or when a class that has files lost all of them."""
     if not ok.any():
-        raise DataError(f"{where}: all {len(ok)} image file(s) are unreadable")
+        raise DataError(f"{where}: {_all_unreadable(len(ok))}")
     lost = hot.any(axis=0) & ~hot[ok].any(axis=0)
     if lost.any():
         name = classes[int(np.flatnonzero(lost)[0])]
@@ -498,7 +499,11 @@ def _require_readable(
 def _skipped_message(source: Path, skipped: Sequence[Path]) -> str:
     shown = [_relative(path, source) for path in skipped[:SKIPPED_NAMES_SHOWN]]
     more = ", ..." if len(skipped) > SKIPPED_NAMES_SHOWN else ""
-    return f"skipped {len(skipped)} unreadable file(s) in {source}: {', '.join(shown)}{more}"
+    return f"skipped {plural(len(skipped), 'unreadable file')} in {source}: {', '.join(shown)}{more}"
+
+
+def _all_unreadable(count: int) -> str:
+    return "the only image file is unreadable" if count == 1 else f"all {count} image files are unreadable"
 
 
 def _relative(path: Path, source: Path) -> str:

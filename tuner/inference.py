@@ -92,7 +92,8 @@ def predict(folder: str, inputs: Sequence[str], *, top_k: int, device: str = "au
     files = image_files(inputs)
     images, kept, skipped = decode(files, runner.size)
     if not kept:
-        raise DataError(f"none of the {len(files)} file(s) is a readable image")
+        raise DataError("the only file given is not a readable image" if len(files) == 1
+                        else f"none of the {len(files)} files is a readable image")
     probabilities = runner.probabilities(images, progress or Progress())
     classes = runner.model.classes
     predictions = []

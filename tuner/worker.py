@@ -28,6 +28,7 @@ from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
 from tuner.objective import Objective, TrialSettings, derive_seed
 from tuner.progress import progress_for
 from tuner.study_artifacts import publish_best_model
+from tuner.text import plural
 from tuner.storage import StorageSettings, local_folder, mask_url, open_storage, ping
 from tuner.study import StudyConfig, budget_left, finished_count, load_study, within_budget
 
@@ -229,12 +230,12 @@ class Worker:
         self.recover_stale()
         deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
         if budget_left(self.study, self.config.n_trials) <= 0 and not self.await_others(deadline):
-            self.log.info("budget of %d trials already taken; nothing to do", self.config.n_trials)
+            self.log.info("budget of %s already taken; nothing to do", plural(self.config.n_trials, "trial"))
             return self.summary()
         self.objective = self.build_objective()
         self.log.info(
-            "joined study %s on %s (%s, budget %d trials)", self.study_name,
-            mask_url(self.storage_settings.url), self.objective.runtime.device, self.config.n_trials,
+            "joined study %s on %s (%s, budget %s)", self.study_name,
+            mask_url(self.storage_settings.url), self.objective.runtime.device, plural(self.config.n_trials, "trial"),
         )
         restore = self.stop.install()
         self.show_study()
@@ -430,8 +431,9 @@ class Worker:
                       frozen.state.name, reason, shown, finished_count(self.study), self.config.n_trials, best)
 
     def show_study(self) -> None:
-        self.progress.show("study", f"study {self.study_name}: {finished_count(self.study)}/{self.config.n_trials} "
-                                    f"trials finished; best {self.config.metric} {self.best_text()}")
+        done = f"{finished_count(self.study)}/{plural(self.config.n_trials, 'trial')}"
+        self.progress.show("study", f"study {self.study_name}: {done} finished; best {self.config.metric} "
+                                    f"{self.best_text()}")
 
     def best_text(self) -> str:
         try:
