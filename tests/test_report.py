@@ -22,6 +22,7 @@ from PIL import Image
 
 from tuner.cli import cli
 from tuner.report import (
+    NotAvailable,
     curves_figure,
     finished_trials,
     history_figure,
@@ -157,3 +158,27 @@ def test_a_lone_finished_trial_gets_history_and_curves_and_says_why_the_rest_is_
     index = (out / "index.html").read_text()
     assert "Not available yet: needs two finished trials whose parameters differ" in index
     assert "Not available yet: needs at least 2 completed trials, has 1" in index
+
+
+def raising(error: Exception):
+    def compute(study):
+        raise error
+
+    return compute
+
+
+@pytest.mark.parametrize("error", [
+    ValueError("Cannot evaluate parameter importances with only a single trial."),
+    RuntimeError("Encountered zero total variance in all trees."),  # fANOVA on equal values
+    ZeroDivisionError("division by zero"),
+])
+def test_importances_the_study_is_too_small_for_are_not_available_yet(mixed, error):
+    _, study = mixed
+    with pytest.raises(NotAvailable, match=str(error)):
+        importances_figure(study, "val_accuracy", compute=raising(error))
+
+
+def test_other_runtime_errors_are_raised_not_shown_as_not_available(mixed):
+    _, study = mixed
+    with pytest.raises(RuntimeError, match="Matplotlib backend failed"):
+        importances_figure(study, "val_accuracy", compute=raising(RuntimeError("Matplotlib backend failed")))

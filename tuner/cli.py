@@ -254,6 +254,10 @@ def create(ctx: click.Context, **params: Any) -> None:
 def worker(**params: Any) -> None:
     """Join a study with nothing but its name and storage, and run trials until the budget is spent.
 
+    Workers started one by one on a machine share its cores: each trial runs max(1, cores //
+    live tuner workers of this machine) torch threads (counted through pid files in
+    $TUNER_WORKERS_DIR, default a folder in the temp dir). Set OMP_NUM_THREADS to choose instead.
+
     \b
     Examples:
       tuner worker --study flowers --storage postgresql+psycopg://u:p@db/tuner

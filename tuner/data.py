@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import struct
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -437,6 +438,11 @@ def _decode_files(paths: Sequence[Path], config: DataConfig) -> tuple[torch.Tens
     return buffer, ok
 
 
+# UnidentifiedImageError and truncated files are OSErrors; SyntaxError, struct.error and
+# EOFError come from the plugins' header parsers; DecompressionBombError is its own class.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+
 def read_image(path: Path, image_size: int) -> torch.Tensor | None:
     """One file as a uint8 3 x S x S RGB tensor, or None when PIL cannot decode it."""
     try:
@@ -444,9 +450,9 @@ def read_image(path: Path, image_size: int) -> torch.Tensor | None:
             # Lets the JPEG decoder downscale by 2..8 while decoding; a no-op for other formats.
             image.draft(None, (image_size, image_size))
             return image_to_tensor(image, image_size)
-    # PIL's format plugins raise OSError, ValueError, SyntaxError, struct.error, EOFError,
-    # DecompressionBombError ... on malformed input; any of them means "skip this file".
-    except Exception:
+    # Only what PIL's format plugins raise on malformed input means "skip this file": a
+    # MemoryError or a bug is no unreadable file, and must not be counted as one.
+    except DECODE_ERRORS:
         return None
 
 
@@ -455,7 +461,6 @@ def image_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
     rgb = _to_rgb(ImageOps.exif_transpose(image))
     resized = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
-
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

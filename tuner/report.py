@@ -302,7 +302,19 @@ def parallel_figure(trials: Sequence[Finished], study: optuna.Study, metric: str
     return figure, ""
 
 
-def importances_figure(study: optuna.Study, metric: str):
+def too_few_trials(exc: Exception) -> bool:
+    """Whether an importance error means the study has too few (or too uniform) trials for it yet.
+
+    Optuna's importance evaluators raise ValueError for too few completed trials, and fANOVA
+    a RuntimeError when every trial has the same value; any other RuntimeError is real.
+    """
+    if isinstance(exc, RuntimeError):
+        return "zero total variance" in str(exc)
+    return True
+
+
+def importances_figure(study: optuna.Study, metric: str,
+                       compute: Callable[[optuna.Study], dict] = optuna.importance.get_param_importances):
     """fANOVA importances over the completed trials, with their count and a caveat when few."""
     import matplotlib.pyplot as plt
 
@@ -310,8 +322,10 @@ def importances_figure(study: optuna.Study, metric: str):
     if len(complete) < 2:
         raise NotAvailable(f"needs at least 2 completed trials, has {len(complete)}")
     try:
-        importances = optuna.importance.get_param_importances(study)
+        importances = compute(study)
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        if not too_few_trials(exc):
+            raise  # a real error (a broken study, matplotlib, a bug) must not read as "come back later"
         raise NotAvailable(str(exc)) from None
     if not importances:
         raise NotAvailable("no parameter varies across the completed trials")

@@ -15,6 +15,7 @@ from tuner.errors import OptionError, TunerError
 from tuner.model_folder import FORMAT, THRESHOLD, model_kind, write_folder
 from tuner.objective import Objective, TrialSettings, task_of
 from tuner.progress import Progress
+from tuner.training import OutOfMemory
 from tuner.results import all_params, best_trial, open_readonly
 from tuner.space import Branch, SearchSpace
 from tuner.study import StudyConfig, load_study
@@ -103,7 +104,11 @@ def retrain(request: RetrainRequest, *, progress: Progress | None = None,
     # The lineage gives the trial's own seed: on the CPU, the same data trains the same model.
     trial = optuna.trial.FixedTrial({**best.params, "epochs": epochs},
                                     number=best.user_attrs.get("lineage", best.number))
-    run = objective.start(trial)
+    try:
+        run = objective.start(trial)
+    except OutOfMemory as exc:
+        raise TunerError(f"retraining trial {best.number}: the model does not fit on {objective.runtime.device} "
+                         f"({exc}); try another --device") from None
     try:
         value = run.execute(trial)
     except optuna.TrialPruned as stopped:
