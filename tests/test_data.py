@@ -593,7 +593,7 @@ def test_only_decoding_errors_count_as_unreadable_files(tmp_path, raising_format
     raising_format.error = error
     config = DataConfig(str(tmp_path / "data"), 8)
     if skipped:
-        with pytest.warns(DataWarning, match=r"skipped 1 unreadable file\(s\) in .*: b/odd\.png$"):
+        with pytest.warns(DataWarning, match=r"skipped 1 unreadable file in .*: b/odd\.png$"):
             assert load_data(config).skipped == 1
     else:
         with pytest.raises(type(error)):
