@@ -66,23 +66,29 @@ def test_a_busy_port_is_one_error_line_naming_a_free_one(tmp_path, tiny_space):
 
 
 def test_only_the_current_best_model_stays_a_study_artifact(tmp_path, tiny_space):
+    """The study entry points at the best trial's own weights file (no second copy in the store),
+    and an earlier best's entry is delisted when a better trial comes."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     storage = open_storage(StorageSettings(url=url), heartbeat=False)
     loaded = load_space(str(tiny_space))
     config = StudyConfig(space_name=loaded.name, space_text=loaded.text, data="digits", model="resnet18",
                          warm_start=False)
     study = create_study(storage, "s", config, note="# s")
+    (tmp_path / "artifacts").mkdir()
     store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
-    (tmp_path / "artifacts").mkdir(exist_ok=True)
+    ids = {}
     for number, value in enumerate([0.5, 0.7, 0.6]):
-        study.add_trial(optuna.trial.create_trial(value=value))
+        weights = tmp_path / f"trial-{number}-weights.pt"
+        torch.save({"model": {"w": torch.full((2,), float(number))}, "meta": {}}, weights)
+        trial = study.ask()
+        ids[number] = optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(weights),
+                                                       study_or_trial=trial)
+        study.tell(trial, value)
         if study.best_trial.number == number:
-            publish_best_model(study, storage, store, number, {"w": torch.full((2,), float(number))}, {})
-    assert sorted(listed(storage, "s").values()) == [f"{BEST_MODEL}1.pt"]
-    (artifact_id,) = listed(storage, "s")
-    assert [p.name for p in (tmp_path / "artifacts").iterdir()] == [artifact_id]  # trial 0's file is gone
-    saved = torch.load(tmp_path / "artifacts" / artifact_id, weights_only=True)
-    assert saved["meta"] == {"trial": 1} and saved["model"]["w"].tolist() == [1.0, 1.0]
+            publish_best_model(study, storage, number, ids[number])
+    assert listed(storage, "s") == {ids[1]: f"{BEST_MODEL}1.pt"}
+    saved = torch.load(tmp_path / "artifacts" / ids[1], weights_only=True)
+    assert saved["model"]["w"].tolist() == [1.0, 1.0]
 
 
 @pytest.fixture(scope="module")

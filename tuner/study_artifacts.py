@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -44,23 +43,25 @@ def drop(storage: optuna.storages.BaseStorage, study_name: str, store, ids: Iter
         storage.set_study_system_attr(study_id, ATTR_PREFIX + artifact_id, json.dumps(None))
 
 
-def publish_best_model(study: optuna.Study, storage, store, number: int, state_dict: dict, meta: dict) -> None:
-    """Upload trial `number`'s weights as the study's best model, then drop every other best model.
+def publish_best_model(study: optuna.Study, storage, number: int, artifact_id: str) -> None:
+    """List trial `number`'s best weights (artifact `artifact_id`) as the study's best model.
 
-    Two workers may finish new bests at once. Each re-reads the best trial after its
-    upload and keeps only that trial's file, so the worse one ends up removed whichever
-    order the uploads and reads interleave in (a file uploaded after the other's cleanup
-    is removed by its own uploader's re-read).
+    No second copy is uploaded: the study entry points at the trial's own weights file, so
+    the store keeps only the best weights (the worker prunes the others' files). Entries of
+    earlier bests are delisted. Two workers may finish new bests at once: each re-reads the
+    best trial after writing its entry and keeps only that trial's, so the worse entry goes
+    whichever order the writes and reads interleave in.
     """
-    import torch
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, f"{BEST_MODEL}{number}.pt")
-        torch.save({"model": state_dict, "meta": {**meta, "trial": number}}, path)
-        upload_artifact(artifact_store=store, file_path=path, study_or_trial=study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    # The entry optuna.artifacts.upload_artifact writes for a study, as optuna-dashboard reads it.
+    meta = {"artifact_id": artifact_id, "filename": f"{BEST_MODEL}{number}.pt",
+            "mimetype": "application/octet-stream", "encoding": None}
+    storage.set_study_system_attr(study_id, ATTR_PREFIX + artifact_id, json.dumps(meta))
     keep = f"{BEST_MODEL}{study.best_trial.number}.pt"
-    stale = [i for i, name in listed(storage, study.study_name).items() if name.startswith(BEST_MODEL) and name != keep]
-    drop(storage, study.study_name, store, stale)
+    for stale, name in listed(storage, study.study_name).items():
+        if name.startswith(BEST_MODEL) and name != keep:
+            # Delisted only: the file is a trial's weights, which the worker's pruning removes.
+            storage.set_study_system_attr(study_id, ATTR_PREFIX + stale, json.dumps(None))
 
 
 def publish_report(study: optuna.Study, storage, store, files: Sequence[Path]) -> list[str]:

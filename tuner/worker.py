@@ -214,7 +214,6 @@ class Worker:
         self.trials_run = 0
         self.current: int | None = None  # number of the trial running here, until Optuna tells it
         self.objective_error: BaseException | None = None  # what the objective itself raised last
-        self.best_candidate: tuple[int, dict, dict] | None = None  # (trial, weights, meta) kept by keep_best
         # An OMP_NUM_THREADS of the user's (or of --processes) wins over counting the workers.
         self.cores = None if "OMP_NUM_THREADS" in os.environ else CoreShare()
         self.max_threads = torch.get_num_threads()
@@ -389,8 +388,6 @@ class Worker:
         if better:
             artifact_id = upload_weights(self.store, trial, state_dict, meta)
             trial.set_user_attr(BEST_WEIGHTS_ATTR, artifact_id)
-            # Published as the study's best model once the trial is told and really is the best.
-            self.best_candidate = (trial.number, state_dict, meta)
 
     def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         self.current = None  # Optuna told its state: the trial ended in this worker's hands
@@ -434,11 +431,11 @@ class Worker:
 
     def publish_best(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         """The study-level "best model" artifact, which optuna-dashboard shows under Study Artifacts."""
-        candidate, self.best_candidate = self.best_candidate, None
-        if candidate is None or candidate[0] != frozen.number or frozen.state != TrialState.COMPLETE:
+        # Once the trial is told: only then is "the best trial" settled for it.
+        if frozen.state != TrialState.COMPLETE or BEST_WEIGHTS_ATTR not in frozen.user_attrs:
             return
         if study.best_trial.number == frozen.number:
-            publish_best_model(study, self.storage, self.store, *candidate)
+            publish_best_model(study, self.storage, frozen.number, frozen.user_attrs[BEST_WEIGHTS_ATTR])
 
     def lineage_ended(self, frozen: FrozenTrial) -> bool:
         """Whether a FAIL ended its lineage: the objective raised, and Optuna retries only
