@@ -47,6 +47,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -737,6 +738,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
 
 def run(config: BenchConfig) -> dict[str, list[Trace]]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # tuner's TPE (group=True) and stored metric names are Optuna-experimental: said once per study.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     print(f"(c) transfer: {config.model} ({config.weights}) on {config.data}, {config.per_class} train + "
           f"{config.val_per_class} val images per class, {config.image_size} px, budget {config.budget_epochs} "
           f"epochs per method, at most {config.max_epochs} per trial, {config.seeds} seeds, space {config.space}, "
