@@ -443,6 +443,8 @@ def run_tuner(ctx: Context, seed: int) -> Trace:
     ledger = EpochLedger(c.budget_epochs)
     options = WorkerOptions(device="cpu", quiet=True, cache_dir=str(scratch / "cache"))
     worker = BudgetedWorker(storage, "bench", options, reproducible=True, data=prepared.data, ledger=ledger)
+    # The budget's stop hands the running trial back "for another worker": expected here, not news.
+    worker.log.logger.setLevel(logging.ERROR)
     ledger.started = time.perf_counter()
     worker.run()
     return ledger.trace("tuner", seed, outcomes_of(worker.study.get_trials(deepcopy=False)))
@@ -736,6 +738,16 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
                    tolerance=args.tolerance, extras=not args.no_extras, out=args.out, **values)
 
 
+def report(results: Mapping[str, list[Trace]], config: BenchConfig, *, final: bool) -> None:
+    if not final:
+        print(f"\n--- figures after {config.seeds} of the seeds (the final ones follow the last seed) ---")
+    print_table(results, config)
+    for line in ratio_lines(results, config):
+        print(line if final else f"  (so far) {line}")
+    draw(results, config, Path(config.out))
+    print(f"anytime curves: {config.out}\n", flush=True)
+
+
 def run(config: BenchConfig) -> dict[str, list[Trace]]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # tuner's TPE (group=True) and stored metric names are Optuna-experimental: said once per study.
@@ -759,11 +771,10 @@ def run(config: BenchConfig) -> dict[str, list[Trace]]:
                 print(f"  seed {seed} {method:8s} best {trace.final:.4f} after {trace.spent} epochs, "
                       f"{trace.trials} trials, {time.perf_counter() - started:.0f} s"
                       f"{f' ({trace.note})' if trace.note else ''}", flush=True)
-        print_table(results, config)
-        for line in ratio_lines(results, config):
-            print(line)
-        draw(results, config, Path(config.out))
-        print(f"anytime curves: {config.out}")
+            if seed + 1 < config.seeds:
+                # A long run shows its figures so far after every seed (and keeps them if stopped).
+                report(results, replace(config, seeds=seed + 1), final=False)
+        report(results, config, final=True)
         if config.extras:
             pretrained, scratch_acc = sanity_check(data, config, work)
             gap = (pretrained - scratch_acc) * 100
