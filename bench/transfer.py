@@ -523,19 +523,21 @@ def draw(results: Mapping[str, list[Trace]], config: BenchConfig, path: Path) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, axes = pyplot.subplots(figsize=(8, 5))
     x = np.arange(1, config.budget_epochs + 1)
-    for method, traces in results.items():
+    styles = ("-", "--", ":", "-.")  # methods that find the same trials (random, plain Optuna) stay visible
+    for number, (method, traces) in enumerate(results.items()):
         curves = np.array([[t.best_at(e) for e in x] for t in traces], dtype=float)
         known = ~np.isnan(curves).all(axis=0)
         with np.errstate(all="ignore"):
             mean, std = np.nanmean(curves[:, known], axis=0), np.nanstd(curves[:, known], axis=0)
-        axes.plot(x[known], mean, label=method, drawstyle="steps-post")
+        axes.plot(x[known], mean, label=method, drawstyle="steps-post", linestyle=styles[number % len(styles)],
+                  linewidth=2)
         axes.fill_between(x[known], mean - std, mean + std, alpha=0.2, step="post")
     axes.set_xlabel("epochs spent (all trials, pruned ones included)")
     axes.set_ylabel("best validation accuracy so far")
     axes.set_title(f"{config.model} ({config.weights}) on {config.data}, {config.image_size} px: "
                    f"mean ± std over {config.seeds} seeds")
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)
