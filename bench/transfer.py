@@ -376,8 +376,8 @@ class FirstEpochCheckpoints:
     def path(self, lineage: int) -> Path:
         return self.folder / f"trial-{lineage}-epoch1.pt"
 
-    def load(self, trial: optuna.Trial, lineage: int) -> dict[str, Any] | None:
-        path = self.path(lineage)
+    def load(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        path = self.path(int(trial.user_attrs["lineage"]))  # set by the Objective before it restores
         return torch.load(path, weights_only=False) if path.exists() else None
 
     def save(self, trial: optuna.Trial, lineage: int, state: dict[str, Any]) -> None:
@@ -412,8 +412,9 @@ def run_topk(ctx: Context, seed: int) -> Trace:
     # The screening round's trials count only through their continuation.
     outcomes = {lineage: None for lineage in outcomes_of(screen.trials)}
     outcomes.update(outcomes_of(final.trials))
-    continued = sum(1 for t in final.trials if t.state != TrialState.WAITING)
-    return ledger.trace("topk", seed, outcomes, note=f"{screened} screened, {continued} continued")
+    # Counted by what the Objective restored: a continuation that retrained from scratch is not one.
+    continued = sum(1 for t in final.trials if t.user_attrs.get("resumed_from_epoch") == 1)
+    return ledger.trace("topk", seed, outcomes, note=f"{screened} screened, {continued} continued from epoch 1")
 
 
 class BudgetedWorker(Worker):
