@@ -31,7 +31,7 @@ class TunerGroup(click.Group):
 @click.group(cls=TunerGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="tuner")
 def cli() -> None:
-    """Hyperparameter search for transfer learning of torchvision image classifiers.
+    """Hyperparameter search for transfer learning of image classifiers (torchvision, timm, your own).
 
     \b
     Typical workflow:
@@ -177,8 +177,8 @@ def run(ctx: click.Context, **params: Any) -> None:
     """Create the study if absent (or join it), then run trials in this process.
 
     \b
-    Quick demo on the built-in digits (CPU, a few minutes):
-      tuner run --data digits --weights none --image-size 32 --n-trials 8 --max-epochs 3
+    Quick demo on the built-in digits, from EfficientNet-Lite0's bundled ImageNet weights (CPU):
+      tuner run --data digits --model efficientnet_lite0 --space feature_extraction --image-size 64 --n-trials 10
     Your images (imagenet weights from the torch hub cache):
       tuner run --data path/to/images --n-trials 30
     """
