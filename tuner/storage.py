@@ -109,9 +109,7 @@ def engine_kwargs(url: str, connect_timeout: int) -> dict:
         # than failing at once with "database is locked".
         return {"connect_args": {"timeout": 60}}
     kwargs: dict = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
-    if backend == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": connect_timeout}
-    elif backend == "mysql":
+    if backend in ("postgresql", "mysql"):
         kwargs["connect_args"] = {"connect_timeout": connect_timeout}
     return kwargs
 
@@ -305,10 +303,6 @@ def short_reason(exc: BaseException) -> str:
     original = getattr(exc, "orig", None) or exc
     text = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
     return text
-
-
-def study_names(storage: RDBStorage) -> list[str]:
-    return [s.study_name for s in optuna.get_all_study_summaries(storage=storage, include_best_trial=False)]
 
 
 def ping(storage: RDBStorage) -> None:
