@@ -50,6 +50,9 @@ class StudyConfig:
     artifacts: str = ""
     warm_start: bool = True
     cache_views: int = 4
+    # piBO's beta: trial n follows the space's priors with chance beta / (beta + n); 0 turns
+    # the priors off. A space without priors is sampled as before whatever the value.
+    prior_weight: float = 10.0
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -60,6 +63,8 @@ class StudyConfig:
             raise TunerError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.pruner not in PRUNERS:
             raise TunerError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        if not isinstance(self.prior_weight, (int, float)) or not 0 <= self.prior_weight < float("inf"):
+            raise TunerError(f"--prior-weight must be a number >= 0, got {self.prior_weight!r}")
 
     def to_attr(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +86,19 @@ def epoch_cap(space: SearchSpace, max_epochs: int | None) -> int:
 
 
 def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler; a space with priors wraps it so early trials follow them."""
+    base = base_sampler(config, seed)
+    space = config.space()
+    if config.sampler == "random" or config.prior_weight == 0 or not space.has_priors:
+        return base
+    from tuner.priors import PriorGuidedSampler
+
+    # Seeded by the study seed, not the worker's: which trials follow the prior is a
+    # property of the study, the same whichever worker samples a trial.
+    return PriorGuidedSampler(space, base, beta=config.prior_weight, seed=config.seed)
+
+
+def base_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "gp":
@@ -151,7 +169,8 @@ def save_note(study: optuna.Study, body: str) -> None:
 def study_note(config: StudyConfig, space: SearchSpace, data_summary: str) -> str:
     """Markdown shown by optuna-dashboard: what is searched, on what data."""
     rows = "\n".join(
-        f"| `{name}` | {b.type} | {_range(b)} | {_when(b)} |" for name, bs in space.params.items() for b in bs
+        f"| `{name}` | {b.type} | {_range(b)} | {_when(b)} | {_prior(b)} |"
+        for name, bs in space.params.items() for b in bs
     )
     return (
         f"# {config.space_name}: {config.model} on {config.data}\n\n"
@@ -161,7 +180,8 @@ def study_note(config: StudyConfig, space: SearchSpace, data_summary: str) -> st
         f"* **Metric:** `{config.metric}` ({config.direction})\n"
         f"* **Budget:** {config.n_trials} trials, sampler `{config.sampler}`, pruner `{config.pruner}`, "
         f"seed {config.seed}, max epochs {config.max_epochs or 'from the space'}\n\n"
-        "| parameter | type | range | when |\n|---|---|---|---|\n" + rows + "\n"
+        f"* **Priors:** {_prior_line(config, space)}\n\n"
+        "| parameter | type | range | when | prior |\n|---|---|---|---|---|\n" + rows + "\n"
     )
 
 
@@ -169,6 +189,21 @@ def _range(branch) -> str:
     from tuner.render import branch_range
 
     return branch_range(branch)
+
+
+def _prior(branch) -> str:
+    from tuner.render import branch_prior
+
+    return branch_prior(branch)
+
+
+def _prior_line(config: StudyConfig, space: SearchSpace) -> str:
+    if not space.has_priors:
+        return "none in this space"
+    if config.sampler == "random" or config.prior_weight == 0:
+        return "stated in the space, not used (random sampler or prior weight 0)"
+    return (f"trial n is drawn from them with chance {config.prior_weight:g}/({config.prior_weight:g}+n), "
+            f"else by the `{config.sampler}` sampler")
 
 
 def _when(branch) -> str:
