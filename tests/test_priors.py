@@ -237,3 +237,43 @@ def test_the_default_priors_are_the_seeds_advice():
     assert prior("plateau_factor", scheduler="plateau").centre == 0.1
     assert prior("plateau_patience", scheduler="plateau").centre == 3
     assert prior("dropout").centre == 0.4
+
+
+# --- the study's sampler and pruner settings -------------------------------------------------
+
+def default_config(**kw) -> StudyConfig:
+    return StudyConfig(space_name="default", space_text=load_space("default").text, data="digits",
+                       model="resnet18", **kw)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("prior_weight", -1, "--prior-weight must be a number >= 0, got -1"),
+        ("prior_weight", float("nan"), "--prior-weight must be a number >= 0, got nan"),
+        ("startup_trials", -1, "--startup-trials must be an integer >= 0, got -1"),
+        ("min_resource", 0, "--min-resource must be an integer >= 1, got 0"),
+        ("reduction_factor", 1, "--reduction-factor must be an integer >= 2, got 1"),
+        ("reduction_factor", 2.5, "--reduction-factor must be an integer >= 2, got 2.5"),
+    ],
+)
+def test_bad_sampler_and_pruner_settings_are_named(field, value, message):
+    from tuner.errors import TunerError
+
+    with pytest.raises(TunerError) as info:
+        default_config(**{field: value})
+    assert str(info.value) == message
+
+
+def test_pruner_and_sampler_settings_reach_optuna():
+    from tuner.study import make_pruner
+
+    pruner = make_pruner(default_config(min_resource=2, reduction_factor=2, max_epochs=8))
+    study = optuna.create_study(pruner=pruner)
+    # Hyperband's brackets come from the resources: log2(8 / 2) + 1 = 3 brackets.
+    trial = study.ask()
+    trial.report(0.5, 1)
+    trial.should_prune()
+    assert pruner._n_brackets == 3
+    sampler = make_sampler(default_config(startup_trials=3), 0)
+    assert sampler.base._n_startup_trials == 3

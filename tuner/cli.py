@@ -94,6 +94,9 @@ def study_options(f: Callable) -> Callable:
         click.option("--max-epochs", type=int, help="Cap on any sampled epoch count (for quick runs)."),
         click.option("--no-warm-start", "warm_start", flag_value=False, default=True,
                      help="Do not enqueue the seed's recommended configurations as the first trials."),
+        click.option("--prior-weight", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                     help="Trial n follows the space's priors with chance W/(W+n), else the sampler's "
+                          "model (0: ignore the priors)."),
         click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True,
                      help="Head-only trials train on cached backbone features of K augmented views "
                           "per image (0: no cache, recompute the backbone every epoch)."),

@@ -53,6 +53,13 @@ class StudyConfig:
     # piBO's beta: trial n follows the space's priors with chance beta / (beta + n); 0 turns
     # the priors off. A space without priors is sampled as before whatever the value.
     prior_weight: float = 10.0
+    # The model-based sampler's random start-up trials (TPE's n_startup_trials; warm-start
+    # and prior trials count among them), and the multi-fidelity pruners' rungs: the first
+    # after min_resource epochs, one in reduction_factor trials promoted at each. Hyperband
+    # runs one bracket per power of reduction_factor in max_epochs / min_resource.
+    startup_trials: int = 10
+    min_resource: int = 1
+    reduction_factor: int = 3
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -65,6 +72,11 @@ class StudyConfig:
             raise TunerError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
         if not isinstance(self.prior_weight, (int, float)) or not 0 <= self.prior_weight < float("inf"):
             raise TunerError(f"--prior-weight must be a number >= 0, got {self.prior_weight!r}")
+        for flag, value, least in (("--startup-trials", self.startup_trials, 0),
+                                   ("--min-resource", self.min_resource, 1),
+                                   ("--reduction-factor", self.reduction_factor, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise TunerError(f"{flag} must be an integer >= {least}, got {value!r}")
 
     def to_attr(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,17 +119,19 @@ def base_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     # Conditional spaces need group=True for multivariate TPE; constant_liar keeps
     # parallel workers from all sampling next to the same running trial.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=config.startup_trials)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     cap = epoch_cap(config.space(), config.max_epochs)
+    low, factor = min(config.min_resource, cap), config.reduction_factor
     if config.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cap, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=cap, reduction_factor=factor)
     if config.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     if config.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=low, reduction_factor=factor)
     return optuna.pruners.NopPruner()
 
 
