@@ -80,6 +80,7 @@ ALL_METHODS = ("tuner", "random", "optuna", "topk", "recipes")
 # the seed's range (the per-trial cap --max-epochs applies, as for every method).
 RECIPE_BASE = {
     "optimizer": "adamw", "weight_decay": 1e-4, "batch_size": 32, "scheduler": "plateau",
+    "plateau_factor": 0.1, "plateau_patience": 3, "head_init": "random",  # the seed's plateau; no probe
     "dropout": 0.4, "aug_crop_scale": 1.0, "aug_hflip": 0.5, "aug_rotation": 0, "aug_color_jitter": 0.0,
     "label_smoothing": 0.0, "class_weighting": "none",
 }
