@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -23,7 +22,8 @@ WARM_START = (
     {"freeze": "full", "backbone_lr": 1e-5, "lr": 1e-5},
 )
 # Settings a worker may set for its own machine without changing the study.
-MACHINE_LOCAL = ("device", "data", "artifacts", "num_workers", "memory_limit_gib")
+# (device, num_workers, compile and the like are worker options, never study options: nothing to list.)
+MACHINE_LOCAL = ("data", "artifacts", "memory_limit_gib")
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,3 @@ def within_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bo
 
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-
-def config_json(config: StudyConfig) -> str:
-    return json.dumps(config.to_attr(), indent=2, sort_keys=True)
