@@ -377,8 +377,9 @@ class FirstEpochCheckpoints:
     def path(self, lineage: int) -> Path:
         return self.folder / f"trial-{lineage}-epoch1.pt"
 
-    def load(self, trial: optuna.Trial, lineage: int) -> dict[str, Any] | None:
-        path = self.path(lineage)
+    def load(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        # The Checkpointer protocol passes only the trial: its lineage travels in its user attrs.
+        path = self.path(int(trial.user_attrs.get("lineage", trial.number)))
         return torch.load(path, weights_only=False) if path.exists() else None
 
     def save(self, trial: optuna.Trial, lineage: int, state: dict[str, Any]) -> None:
