@@ -175,3 +175,14 @@ def test_a_resumed_gradual_trial_continues_the_schedule(tmp_path, data):
     assert [row["trainable_params"] for row in resumed.user_attrs["history"]] == GRADUAL_TRAINABLE
     # The same run as without the interruption, to the last bit of every loss.
     assert resumed.user_attrs["history"] == uninterrupted.user_attrs["history"]
+
+
+def test_the_warm_start_probes_the_head_of_the_fine_tuning_recipes_where_the_space_can():
+    from tuner.space import load_space
+    from tuner.study import warm_start_params
+
+    head, last, full = warm_start_params(load_space("default"))
+    assert "head_init" not in head  # inactive for head-only trials
+    assert (last["head_init"], full["head_init"]) == ("probe", "probe")
+    # A space without head_init gets the seed's recipes unchanged.
+    assert all("head_init" not in p for p in warm_start_params(load_space("fine_tuning")))

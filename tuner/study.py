@@ -21,6 +21,8 @@ WARM_START = (
     {"freeze": "last_blocks", "unfreeze_blocks": 1, "backbone_lr": 1e-5, "lr": 1e-3},
     {"freeze": "full", "backbone_lr": 1e-5, "lr": 1e-5},
 )
+# What tuner adds to the seed's fine-tuning recipes, as far as a space can express it.
+PROBED_HEAD = {"head_init": "probe"}
 # Settings a worker may set for its own machine without changing the study.
 # (device, num_workers, compile and the like are worker options, never study options: nothing to list.)
 MACHINE_LOCAL = ("data", "artifacts", "memory_limit_gib")
@@ -227,9 +229,16 @@ def _when(branch) -> str:
 
 
 def warm_start_params(space: SearchSpace) -> list[dict[str, Any]]:
-    """The seed's recommended configurations that this space can express, as enqueue params."""
+    """The seed's recommended configurations that this space can express, as enqueue params.
+
+    Where a recipe fine-tunes and the space has `head_init`, it starts from a probed head
+    (LP-FT): measured on bench/transfer.py, the seed's full fine-tuning recipe (head LR 1e-5)
+    with a random head stayed near chance for its first epochs and was pruned.
+    """
     out: list[dict[str, Any]] = []
     for config in WARM_START:
+        if config.get("freeze") != "head":
+            config = {**config, **PROBED_HEAD}
         params = expressible(space, config)
         # Two recommendations may shrink to the same params in a narrow space: enqueue once.
         if params is not None and params not in out:
