@@ -378,8 +378,7 @@ class FirstEpochCheckpoints:
         return self.folder / f"trial-{lineage}-epoch1.pt"
 
     def load(self, trial: optuna.Trial) -> dict[str, Any] | None:
-        # The Checkpointer protocol passes only the trial: its lineage travels in its user attrs.
-        path = self.path(int(trial.user_attrs.get("lineage", trial.number)))
+        path = self.path(int(trial.user_attrs["lineage"]))  # set by the Objective before it restores
         return torch.load(path, weights_only=False) if path.exists() else None
 
     def save(self, trial: optuna.Trial, lineage: int, state: dict[str, Any]) -> None:
@@ -414,8 +413,9 @@ def run_topk(ctx: Context, seed: int) -> Trace:
     # The screening round's trials count only through their continuation.
     outcomes = {lineage: None for lineage in outcomes_of(screen.trials)}
     outcomes.update(outcomes_of(final.trials))
-    continued = sum(1 for t in final.trials if t.state != TrialState.WAITING)
-    return ledger.trace("topk", seed, outcomes, note=f"{screened} screened, {continued} continued")
+    # Counted by what the Objective restored: a continuation that retrained from scratch is not one.
+    continued = sum(1 for t in final.trials if t.user_attrs.get("resumed_from_epoch") == 1)
+    return ledger.trace("topk", seed, outcomes, note=f"{screened} screened, {continued} continued from epoch 1")
 
 
 class BudgetedWorker(Worker):
@@ -445,6 +445,8 @@ def run_tuner(ctx: Context, seed: int) -> Trace:
     ledger = EpochLedger(c.budget_epochs)
     options = WorkerOptions(device="cpu", quiet=True, cache_dir=str(scratch / "cache"))
     worker = BudgetedWorker(storage, "bench", options, reproducible=True, data=prepared.data, ledger=ledger)
+    # The budget's stop hands the running trial back "for another worker": expected here, not news.
+    worker.log.logger.setLevel(logging.ERROR)
     ledger.started = time.perf_counter()
     worker.run()
     return ledger.trace("tuner", seed, outcomes_of(worker.study.get_trials(deepcopy=False)))
@@ -523,19 +525,21 @@ def draw(results: Mapping[str, list[Trace]], config: BenchConfig, path: Path) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, axes = pyplot.subplots(figsize=(8, 5))
     x = np.arange(1, config.budget_epochs + 1)
-    for method, traces in results.items():
+    styles = ("-", "--", ":", "-.")  # methods that find the same trials (random, plain Optuna) stay visible
+    for number, (method, traces) in enumerate(results.items()):
         curves = np.array([[t.best_at(e) for e in x] for t in traces], dtype=float)
         known = ~np.isnan(curves).all(axis=0)
         with np.errstate(all="ignore"):
             mean, std = np.nanmean(curves[:, known], axis=0), np.nanstd(curves[:, known], axis=0)
-        axes.plot(x[known], mean, label=method, drawstyle="steps-post")
+        axes.plot(x[known], mean, label=method, drawstyle="steps-post", linestyle=styles[number % len(styles)],
+                  linewidth=2)
         axes.fill_between(x[known], mean - std, mean + std, alpha=0.2, step="post")
     axes.set_xlabel("epochs spent (all trials, pruned ones included)")
     axes.set_ylabel("best validation accuracy so far")
     axes.set_title(f"{config.model} ({config.weights}) on {config.data}, {config.image_size} px: "
                    f"mean ± std over {config.seeds} seeds")
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)
@@ -738,6 +742,16 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
                    tolerance=args.tolerance, extras=not args.no_extras, out=args.out, **values)
 
 
+def report(results: Mapping[str, list[Trace]], config: BenchConfig, *, final: bool) -> None:
+    if not final:
+        print(f"\n--- figures after {config.seeds} of the seeds (the final ones follow the last seed) ---")
+    print_table(results, config)
+    for line in ratio_lines(results, config):
+        print(line if final else f"  (so far) {line}")
+    draw(results, config, Path(config.out))
+    print(f"anytime curves: {config.out}\n", flush=True)
+
+
 def run(config: BenchConfig) -> dict[str, list[Trace]]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # tuner's TPE (group=True) and stored metric names are Optuna-experimental: said once per study.
@@ -761,11 +775,10 @@ def run(config: BenchConfig) -> dict[str, list[Trace]]:
                 print(f"  seed {seed} {method:8s} best {trace.final:.4f} after {trace.spent} epochs, "
                       f"{trace.trials} trials, {time.perf_counter() - started:.0f} s"
                       f"{f' ({trace.note})' if trace.note else ''}", flush=True)
-        print_table(results, config)
-        for line in ratio_lines(results, config):
-            print(line)
-        draw(results, config, Path(config.out))
-        print(f"anytime curves: {config.out}")
+            if seed + 1 < config.seeds:
+                # A long run shows its figures so far after every seed (and keeps them if stopped).
+                report(results, replace(config, seeds=seed + 1), final=False)
+        report(results, config, final=True)
         if config.extras:
             pretrained, scratch_acc = sanity_check(data, config, work)
             gap = (pretrained - scratch_acc) * 100

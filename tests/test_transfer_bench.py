@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,4 +115,6 @@ def test_smoke_run_prints_every_ratio_and_draws_the_curves(tmp_path):
         assert any(line.startswith(start) for line in lines), (start, result.stdout)
     for method in ("tuner", "random", "optuna", "topk", "recipes"):
         assert any(line.split()[:1] == [method] for line in lines), (method, result.stdout)
+    # top-K's best screened trials continue from their epoch-1 checkpoint, not from scratch.
+    assert re.search(r"topk .*\d+ screened, [1-9]\d* continued from epoch 1", result.stdout), result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,6 +27,7 @@ from tuner.checkpoints import (
 )
 from tuner.cores import CoreShare
 from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
+from tuner.models import ModelSpec
 from tuner.objective import Objective, TrialSettings, derive_seed
 from tuner.storage import (
     RETRY_OF_ATTR, StorageSettings, duplicate_retry, local_folder, mask_url, open_storage, ping,
@@ -215,6 +216,9 @@ class Worker:
 
     def build_objective(self) -> Objective:
         config = self.config
+        # The study stores the model's name only: a worker whose machine cannot import it
+        # (a MODULE:FUNCTION that is not here, timm not installed) stops before any trial.
+        ModelSpec(config.model, weights=config.weights)
         data = self.data or load_data(DataConfig(
             source=self.options.data or config.data, image_size=config.image_size,
             val_fraction=config.val_fraction, seed=config.seed,
