@@ -154,9 +154,9 @@ WARM_START_CASES = [
     pytest.param("tiny", 1, [HEAD], id="tiny: cut to the budget"),
     pytest.param("default", 20, [
         {"freeze": "head", "lr": 1e-3, "optimizer": "adamw"},
-        {"freeze": "last_blocks", "unfreeze_blocks": 1, "lr": 1e-3, "backbone_lr": 1e-5},
-        {"freeze": "full", "lr": 1e-5, "backbone_lr": 1e-5},
-    ], id="default: all three"),
+        {"freeze": "last_blocks", "unfreeze_blocks": 1, "head_init": "probe", "lr": 1e-3, "backbone_lr": 1e-5},
+        {"freeze": "full", "head_init": "probe", "lr": 1e-5, "backbone_lr": 1e-5},
+    ], id="default: all three, fine-tuning ones probed"),
     pytest.param("fine_tuning", 20, [
         {"freeze": "last_blocks", "unfreeze_blocks": 1, "lr": 1e-3, "backbone_lr": 1e-5},
         {"freeze": "full", "lr": 1e-5, "backbone_lr": 1e-5},

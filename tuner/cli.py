@@ -87,7 +87,7 @@ def study_options(f: Callable) -> Callable:
         click.option("--val-fraction", type=float, default=0.2, show_default=True,
                      help="Share of each class held out for validation when the data has no val/ folder."),
         click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "cmaes"]), default="tpe", show_default=True),
-        click.option("--pruner", type=click.Choice(["hyperband", "median", "asha", "none"]), default="hyperband",
+        click.option("--pruner", type=click.Choice(["hyperband", "median", "asha", "none"]), default="asha",
                      show_default=True, help="Stops unpromising trials on the per-epoch validation metric."),
         click.option("--n-trials", type=int, default=20, show_default=True,
                      help="The study's total budget of finished trials, across all workers."),

@@ -29,7 +29,7 @@ class StudyRequest:
     weights: str = "imagenet"
     val_fraction: float = 0.2
     sampler: str = "tpe"
-    pruner: str = "hyperband"
+    pruner: str = "asha"
     n_trials: int = 20
     seed: int = 0
     max_epochs: int | None = None
