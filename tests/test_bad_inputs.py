@@ -59,7 +59,7 @@ DATA_ERRORS = [
     ("empty folder", _folder_empty,
      "Error: data folder {data}: needs at least 2 classes, found 0 (expected one subfolder per class)"),
     ("single class", _folder_single_class, "Error: data folder {data}: needs at least 2 classes, found 1 ('a')"),
-    ("only corrupt images", _folder_only_corrupt, "Error: data folder {data}: all 2 image file(s) are unreadable"),
+    ("only corrupt images", _folder_only_corrupt, "Error: data folder {data}: all 2 image files are unreadable"),
 ]
 
 
@@ -105,21 +105,23 @@ def test_bad_data(label, make, message, tmp_path, storage_url):
 
 
 @pytest.mark.parametrize(
-    "overrides,message",
+    "overrides,message,code",
     [
         ({"--model": "resnet19"},
-         "Error: unknown model 'resnet19'; run 'tuner models' to list them (did you mean: resnet18, resnet152, resnet101?)"),
-        ({"--n-trials": "0"}, "Error: --n-trials must be >= 1, got 0"),
-        ({"--n-trials": "-3"}, "Error: --n-trials must be >= 1, got -3"),
+         "Error: unknown model 'resnet19'; run 'tuner models' to list them (did you mean: resnet18, resnet152, resnet101?)",
+         1),
+        # Ranges are click's: a usage error (exit 2) that names the flag as typed.
+        ({"--n-trials": "0"}, "Error: Invalid value for '--n-trials': 0 is not in the range x>=1.", 2),
+        ({"--n-trials": "-3"}, "Error: Invalid value for '--n-trials': -3 is not in the range x>=1.", 2),
         ({"--weights": "nothere.pt"},
-         "Error: --weights must be imagenet, none or a path to a state dict file, got 'nothere.pt' (no such file)"),
-        ({"--val-fraction": "1.5"}, "Error: val_fraction must be between 0 and 1 (exclusive), got 1.5"),
+         "Error: --weights must be imagenet, none or a path to a state dict file, got 'nothere.pt' (no such file)", 1),
+        ({"--val-fraction": "1.5"}, "Error: Invalid value for '--val-fraction': 1.5 is not in the range 0<x<1.", 2),
     ],
     ids=["unknown model", "zero budget", "negative budget", "missing weights file", "bad val fraction"],
 )
-def test_bad_run_options(overrides, message, storage_url):
+def test_bad_run_options(overrides, message, code, storage_url):
     result = CliRunner().invoke(cli, run_args(storage_url, **overrides))
-    assert_one_error(result, message)
+    assert_one_error(result, message, code)
     assert storage_untouched(storage_url)
 
 

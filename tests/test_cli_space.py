@@ -82,7 +82,7 @@ def test_space_show_table_lists_branches(runner):
          "Error: no search space file or shipped space named 'nope' (shipped: default, feature_extraction, fine_tuning)"),
         (["space", "show", "default", "--format", "xml"], 2,
          "Error: Invalid value for '--format': 'xml' is not one of 'table', 'json'."),
-        (["space", "validate"], 2, "Error: Missing argument 'FILES...'."),
+        (["space", "validate"], 2, "Error: Missing argument 'FILE|NAME...'."),
         (["space", "frobnicate"], 2, "Error: No such command 'frobnicate'."),
     ],
 )

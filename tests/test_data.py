@@ -102,7 +102,7 @@ def test_mixed_folder_loads_with_one_warning_and_stratified_split(tmp_path):
 
     data_warnings = [w for w in record if issubclass(w.category, DataWarning)]
     assert len(data_warnings) == 1
-    assert str(data_warnings[0].message).startswith(f"skipped 2 unreadable file(s) in {root}")
+    assert str(data_warnings[0].message).startswith(f"skipped 2 unreadable files in {root}")
     assert data.skipped == 2
     assert data.classes == ("a", "b", "c") and data.num_classes == 3
     assert data.multilabel is False
@@ -246,7 +246,7 @@ def _class_of_text_files(tmp: Path):
 def _only_corrupt_images(tmp: Path):
     for index, path in enumerate(["a/1.png", "a/2.jpg", "b/1.png", "b/2.gif"]):
         corrupt(tmp / path, seed=index)
-    return str(tmp), {}, f"data folder {tmp}: all 4 image file(s) are unreadable"
+    return str(tmp), {}, f"data folder {tmp}: all 4 image files are unreadable"
 
 
 def _class_of_corrupt_images(tmp: Path):
@@ -385,7 +385,7 @@ def test_csv_single_label(tmp_path):
     # A spreadsheet-style byte-order mark must not hide the first column name.
     manifest = write_csv(tmp_path / "m.csv", lines, encoding="utf-8-sig")
 
-    with pytest.warns(DataWarning, match=r"skipped 1 unreadable file\(s\)"):
+    with pytest.warns(DataWarning, match=r"skipped 1 unreadable file in"):
         data = load_data(DataConfig(str(manifest), SIZE, val_fraction=0.25))
 
     assert data.multilabel is False
@@ -593,7 +593,7 @@ def test_only_decoding_errors_count_as_unreadable_files(tmp_path, raising_format
     raising_format.error = error
     config = DataConfig(str(tmp_path / "data"), 8)
     if skipped:
-        with pytest.warns(DataWarning, match=r"skipped 1 unreadable file\(s\) in .*: b/odd\.png$"):
+        with pytest.warns(DataWarning, match=r"skipped 1 unreadable file in .*: b/odd\.png$"):
             assert load_data(config).skipped == 1
     else:
         with pytest.raises(type(error)):

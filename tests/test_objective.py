@@ -69,7 +69,7 @@ def rescore(kept: dict, images) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture
 def data(image_folder):
-    with pytest.warns(DataWarning, match=r"skipped 1 unreadable file\(s\) in .*: dark/corrupt\.png$"):
+    with pytest.warns(DataWarning, match=r"skipped 1 unreadable file in .*: dark/corrupt\.png$"):
         return load_data(DataConfig(str(image_folder), 16))
 
 

@@ -1,21 +1,170 @@
-"""`tuner report`'s plot sections: a study too small for a plot says so; any other error is raised."""
+"""`tuner report` on studies whose trials are written here (complete, pruned, early-stopped): the figures'
+structure (a step line, integer epochs, labelled categorical axes, the importances' trial count),
+the page, a study with no finished trial, and no library warning on the terminal."""
 
 from __future__ import annotations
 
-import matplotlib
-import optuna
-import pytest
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from tuner.report import render_plot
+import matplotlib
 
 matplotlib.use("Agg")
 
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+from PIL import Image
+
+from tuner.cli import cli
+from tuner.report import (
+    NotAvailable,
+    curves_figure,
+    finished_trials,
+    history_figure,
+    importances_figure,
+    parallel_figure,
+)
+from tuner.space import load_space
+from tuner.storage import StorageSettings, open_storage
+from tuner.study import StudyConfig, create_study
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DISTRIBUTIONS = {"freeze": CategoricalDistribution(["head", "last_blocks"]),
+                 "lr": FloatDistribution(1e-4, 1e-1, log=True),
+                 "batch_size": CategoricalDistribution([32, 64, 128])}
+
+
+def empty_study(url: str, name: str, space: Path) -> optuna.Study:
+    loaded = load_space(str(space))
+    config = StudyConfig(space_name=loaded.name, space_text=loaded.text, data="digits", model="resnet18",
+                         weights="none", image_size=16, n_trials=20, warm_start=False)
+    return create_study(open_storage(StorageSettings(url=url), heartbeat=False), name, config, note="# test")
+
+
+def add(study: optuna.Study, number: int, state: TrialState, curve: list[float], stop_reason: str) -> None:
+    params = {"freeze": ("head", "last_blocks")[number % 2], "lr": 10 ** (-4 + 3 * (number % 12) / 11),
+              "batch_size": (32, 64, 128)[number % 3]}
+    study.add_trial(optuna.trial.create_trial(
+        state=state, params=params, distributions=DISTRIBUTIONS,
+        value=curve[-1] if state == TrialState.COMPLETE else None,
+        intermediate_values=dict(enumerate(curve, 1)), user_attrs={"stop_reason": stop_reason}))
+
+
+@pytest.fixture
+def mixed(tmp_path, tiny_space):
+    """12 trials: complete ones (one early-stopped), pruned ones, and a FAIL that plots leave out."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = empty_study(url, "mixed", tiny_space)
+    for n in range(12):
+        if n % 4 == 3:
+            add(study, n, TrialState.PRUNED, [0.2 + 0.01 * n], "pruned")
+        elif n == 5:
+            add(study, n, TrialState.COMPLETE, [0.5, 0.7, 0.69, 0.68], "early_stopped")
+        else:
+            add(study, n, TrialState.COMPLETE, [0.3 + 0.02 * n, 0.4 + 0.03 * n, 0.45 + 0.03 * n], "completed")
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    return url, study
+
+
+def test_history_is_a_step_line_of_the_best_and_shows_pruned_trials(mixed):
+    _, study = mixed
+    figure, _ = history_figure(finished_trials(study), "val_accuracy", maximize=True)
+    axes = figure.axes[0]
+    (best,) = axes.lines
+    assert best.get_drawstyle() == "steps-post"
+    xs, ys = best.get_data()
+    assert list(ys) == sorted(ys)  # never goes down when maximizing
+    assert ys[-1] == pytest.approx(0.45 + 0.03 * 10)  # trial 10 is the best complete trial
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert labels == ["best so far", "complete (9)", "pruned (3), at its last epoch"]
+
+
+def test_learning_curves_have_integer_epochs_and_mark_pruned_early_stopped_and_best(mixed):
+    _, study = mixed
+    figure, _ = curves_figure(finished_trials(study), "val_accuracy", maximize=True)
+    axes = figure.axes[0]
+    figure.canvas.draw()
+    ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert labels == ["complete", "pruned", "early stopped", "best (trial 10)"]
+    markers = [line.get_marker() for line in axes.lines]
+    assert markers.count("x") == 3 and markers.count("s") == 1
+
+
+def test_parallel_coordinates_label_categorical_axes_with_their_choices(mixed):
+    _, study = mixed
+    figure, _ = parallel_figure(finished_trials(study), study, "val_accuracy", maximize=True)
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["batch_size", "freeze", "lr", "val_accuracy"]
+    texts = {t.get_text() for t in axes.texts}
+    assert {"32", "64", "128", "head", "last_blocks"} <= texts
+    # On a white background, one line per finished trial with a value (the FAIL is left out).
+    assert axes.get_facecolor()[:3] == (1.0, 1.0, 1.0)
+    assert len([line for line in axes.lines if len(line.get_xdata()) == 4]) == 12
+
+
+def test_importances_state_their_trial_count_and_warn_below_ten(mixed, tmp_path, tiny_space):
+    _, study = mixed
+    figure, note = importances_figure(study, "val_accuracy")
+    assert note == "Computed from 9 completed trials. With fewer than 10 completed trials these importances " \
+                   "are mostly noise."
+    assert figure.axes[0].get_title() == "Parameter importances from 9 completed trials (fewer than 10: mostly noise)"
+    for n in range(12, 14):
+        add(study, n, TrialState.COMPLETE, [0.5], "completed")
+    figure, note = importances_figure(study, "val_accuracy")
+    assert note == "Computed from 11 completed trials."
+
+
+def test_report_writes_the_page_and_its_pngs_with_no_warning_on_the_terminal(mixed, tmp_path):
+    url, _ = mixed
+    out = tmp_path / "report"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-m", "tuner", "report", "--study", "mixed", "--storage", url,
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"wrote {out / 'index.html'}\n", "")
+    index = (out / "index.html").read_text()
+    assert "Computed from 9 completed trials." in index and "Not available" not in index
+    for name in ("optimization_history", "learning_curves", "parallel_coordinate", "param_importances"):
+        assert f'<img src="{name}.png"' in index
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+        with Image.open(out / f"{name}.png") as image:
+            assert image.size[0] >= 900 and image.size[1] >= 250
+
+
+def test_report_on_a_study_with_no_finished_trial_is_an_error_and_writes_nothing(tmp_path, tiny_space):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = empty_study(url, "fresh", tiny_space)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["report", "--study", "fresh", "--storage", url, "--out", str(out)])
+    assert (result.exit_code, result.stderr) == (1, "Error: study 'fresh' has no finished trial yet\n")
+    assert not out.exists()
+
+
+def test_a_lone_finished_trial_gets_history_and_curves_and_says_why_the_rest_is_missing(tmp_path, tiny_space):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = empty_study(url, "one", tiny_space)
+    add(study, 0, TrialState.COMPLETE, [0.5, 0.6], "completed")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["report", "--study", "one", "--storage", url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["learning_curves.png", "optimization_history.png"]
+    index = (out / "index.html").read_text()
+    assert "Not available yet: needs two finished trials whose parameters differ" in index
+    assert "Not available yet: needs at least 2 completed trials, has 1" in index
+
 
 def raising(error: Exception):
-    def plot(study, **kwargs):
+    def compute(study):
         raise error
 
-    return plot
+    return compute
 
 
 @pytest.mark.parametrize("error", [
@@ -23,11 +172,13 @@ def raising(error: Exception):
     RuntimeError("Encountered zero total variance in all trees."),  # fANOVA on equal values
     ZeroDivisionError("division by zero"),
 ])
-def test_a_plot_the_study_is_too_small_for_is_not_available_yet(tmp_path, error):
-    section = render_plot(optuna.create_study(), tmp_path, "x", "X", raising(error), "m")
-    assert section == f"<h2>X</h2><p>Not available yet: {error}</p>"
+def test_importances_the_study_is_too_small_for_are_not_available_yet(mixed, error):
+    _, study = mixed
+    with pytest.raises(NotAvailable, match=str(error)):
+        importances_figure(study, "val_accuracy", compute=raising(error))
 
 
-def test_other_runtime_errors_are_raised_not_shown_as_not_available(tmp_path):
+def test_other_runtime_errors_are_raised_not_shown_as_not_available(mixed):
+    _, study = mixed
     with pytest.raises(RuntimeError, match="Matplotlib backend failed"):
-        render_plot(optuna.create_study(), tmp_path, "x", "X", raising(RuntimeError("Matplotlib backend failed")), "m")
+        importances_figure(study, "val_accuracy", compute=raising(RuntimeError("Matplotlib backend failed")))

@@ -69,7 +69,7 @@ def test_a_worker_drops_the_second_of_two_retries_of_one_trial(storage_url, tiny
     result = CliRunner().invoke(cli, ["worker", "--study", "s", "--storage", storage_url, "--device", "cpu"])
 
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0] == "finished 1/1 trials (1 run by this process)"
+    assert result.stdout.splitlines()[0] == "finished 1/1 trial (1 run by this process)"
     trials = study.get_trials()
     assert [(t.number, t.state) for t in trials] == [
         (0, TrialState.FAIL), (1, TrialState.COMPLETE), (2, TrialState.FAIL)]

@@ -74,7 +74,7 @@ def test_run_end_to_end_on_sqlite(runner, image_folder, tiny_space, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.exception is None
     skipped = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
-    assert skipped and all(m == f"skipped 1 unreadable file(s) in {image_folder}: dark/corrupt.png" for m in skipped)
+    assert skipped and all(m == f"skipped 1 unreadable file in {image_folder}: dark/corrupt.png" for m in skipped)
 
     # Its file was unlinked as soon as it was mapped: nothing is left behind.
     assert (tmp_path / "x-decoded").is_dir() and list((tmp_path / "x-decoded").iterdir()) == []
@@ -162,8 +162,8 @@ def test_a_second_run_with_a_different_config_is_refused(runner, image_folder, t
     if difference is None:
         assert second.exit_code == 0, second.output
         assert second.stdout.splitlines()[:2] == [
-            "continuing study s (1 trials, metric val_accuracy)",
-            "finished 1/1 trials (0 run by this process)",
+            "continuing study s (1 trial, metric val_accuracy)",
+            "finished 1/1 trial (0 run by this process)",
         ]
         return
     assert second.exit_code == 1

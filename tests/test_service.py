@@ -27,6 +27,7 @@ import optuna_dashboard
 import pytest
 import sqlalchemy
 import torch
+import torchvision
 import yaml
 from click.testing import CliRunner
 from optuna.trial import TrialState
@@ -36,7 +37,6 @@ from sqlalchemy.engine import make_url
 from conftest import TINY_SPACE, _admin_engine, postgres_admin_url
 from tuner.cli import cli
 from tuner.errors import StorageError
-from tuner.models import ModelSpec, build_model
 from tuner.results import all_params
 from tuner.space import load_space
 from tuner.storage import StorageSettings, mask_url, open_storage
@@ -179,7 +179,8 @@ def test_warm_start_enqueues_what_the_space_can_express(storage_url, tiny_space,
 
 
 BAD_NUMBERS = [
-    pytest.param(["--n-trials", "0"], "Error: --n-trials must be >= 1, got 0", id="n-trials 0"),
+    pytest.param(["--n-trials", "0"], "Error: Invalid value for '--n-trials': 0 is not in the range x>=1.",
+                 id="n-trials 0"),
 ]
 
 
@@ -187,8 +188,8 @@ BAD_NUMBERS = [
 def test_create_with_a_bad_budget_fails_and_creates_nothing(storage_url, tiny_space, options, message):
     args = ["create", "--study", "bad", *fast_args(tiny_space), *options, "--storage", storage_url]
     result = invoke(args)
-    assert result.exit_code == 1
-    assert result.output == message + "\n"
+    assert result.exit_code == 2  # click's usage error: the range is checked before anything runs
+    assert result.stderr.splitlines()[-1] == message
     database = make_url(storage_url).database
     if storage_url.startswith("sqlite"):
         assert not Path(database).exists()
@@ -426,15 +427,21 @@ def test_best_as_table_and_json(finished):
     best = finished.study().best_trial
     params = dict(sorted(all_params(best).items()))
     assert set(params) >= {"freeze", "lr", "optimizer", "batch_size", "epochs", "loss", "patience"}
+    # What ran: the study caps epochs at 2 (--max-epochs), and the count shown is the one trained.
+    epochs = {"sampled": params["epochs"], "planned": min(params["epochs"], 2),
+              "trained": best.user_attrs["epochs_run"], "stop_reason": best.user_attrs["stop_reason"]}
+    cut = f" (sampled {params['epochs']}, cut by --max-epochs 2)" if params["epochs"] > 2 else ""
+    shown = {**params, "epochs": f"{epochs['trained']}{cut}"}
     table = invoke(["best", "--study", "out", "--storage", finished.url])
     assert table.exit_code == 0
     assert table.stdout.splitlines() == [
         f"study out: best val_accuracy = {best.value:.4f} (trial {best.number})",
-        *(f"  {k}: {v}" for k, v in params.items()),
+        *(f"  {k}: {v}" for k, v in shown.items()),
     ]
     summary = json.loads(invoke(["best", "--study", "out", "--storage", finished.url, "--format", "json"]).stdout)
     assert summary == {"study": "out", "metric": "val_accuracy", "value": best.value, "number": best.number,
-                       "params": params, "best_epoch": best.user_attrs["best_epoch"]}
+                       "params": {**params, "epochs": epochs["trained"]}, "best_epoch": best.user_attrs["best_epoch"],
+                       "epochs": epochs}
 
 
 def test_best_as_yaml_is_a_space_that_fixes_every_best_param(finished, tmp_path):
@@ -442,13 +449,39 @@ def test_best_as_yaml_is_a_space_that_fixes_every_best_param(finished, tmp_path)
     result = invoke(["best", "--study", "out", "--storage", finished.url, "--format", "yaml"])
     assert result.exit_code == 0
     doc = yaml.safe_load(result.stdout)
-    assert doc["settings"] == {"model": "resnet18", "image_size": 16}
-    assert doc["params"] == {k: {"type": "fixed", "value": v} for k, v in all_params(best).items()}
+    assert doc["settings"] == {"model": "resnet18", "weights": "none", "image_size": 16, "max_epochs": 2}
+    ran = {**all_params(best), "epochs": min(all_params(best)["epochs"], 2)}
+    assert doc["params"] == {k: {"type": "fixed", "value": v} for k, v in ran.items()}
     path = tmp_path / "best.yaml"
     path.write_text(result.stdout)
     validated = invoke(["space", "validate", str(path)])
     assert validated.exit_code == 0, validated.output
     assert validated.stdout == f"best.yaml: OK ({len(doc['params'])} parameters)\n"
+
+
+def test_best_shows_the_epochs_trained_and_its_yaml_runs_the_same_configuration_again(tiny_space, tmp_path):
+    """With --max-epochs 2 it used to print `epochs: 22`, the count sampled but never run."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = library_study(url, "cut", tiny_space, n_trials=2, warm_start=False)
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 5e-3, "epochs": 22},
+        distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True),
+                       "epochs": optuna.distributions.IntDistribution(2, 30)},
+        value=0.5, user_attrs={"epochs_run": 2, "best_epoch": 2, "stop_reason": "completed"}))
+    table = invoke(["best", "--study", "cut", "--storage", url])
+    assert table.exit_code == 0, table.output
+    assert table.stdout.splitlines()[1:] == ["  epochs: 2 (sampled 22, cut by --max-epochs 2)", "  lr: 0.005"]
+    spec = invoke(["best", "--study", "cut", "--storage", url, "--format", "yaml"])
+    doc = yaml.safe_load(spec.stdout)
+    assert doc["settings"] == {"model": "resnet18", "weights": "none", "image_size": 16, "max_epochs": 2}
+    assert doc["params"] == {"epochs": {"type": "fixed", "value": 2}, "lr": {"type": "fixed", "value": 0.005}}
+    # The file alone recreates the study's settings: no --weights, --image-size or --max-epochs given.
+    (tmp_path / "best.yaml").write_text(spec.stdout)
+    created = invoke(["create", "--study", "again", "--space", str(tmp_path / "best.yaml"), "--data", "digits",
+                      "--storage", url, "--n-trials", "1"])
+    assert created.exit_code == 0, created.output
+    stored = StudyConfig.from_attr(load(url, "again").user_attrs["tuner_config"])
+    assert (stored.model, stored.weights, stored.image_size, stored.max_epochs) == ("resnet18", "none", 16, 2)
 
 
 def test_export_csv_has_one_row_per_trial_with_param_and_attr_columns(finished, tmp_path):
@@ -501,7 +534,8 @@ def test_report_writes_valid_pngs_that_index_html_shows(finished, tmp_path):
     out = tmp_path / "report"
     result = invoke(["report", "--study", "out", "--storage", finished.url, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"wrote {out / 'index.html'}\n"
+    assert result.stdout == (f"wrote {out / 'index.html'}; uploaded 5 files as study artifacts "
+                             "(optuna-dashboard: Study Artifacts)\n")
     index = (out / "index.html").read_text()
     shown = re.findall(r'<img src="([^"]+)"', index)
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -524,17 +558,18 @@ def test_retrain_writes_loadable_weights_and_a_model_description(finished, tmp_p
                      "--device", "cpu"])
     assert result.exit_code == 0, result.output
     description = json.loads((out / "model.json").read_text())
-    assert result.stdout == (f"trained resnet18 for 1 epochs: val_accuracy = {description['value']:.4f}; "
-                             f"wrote {out / 'weights.pt'} and {out / 'model.json'}\n")
+    assert result.stdout == (f"trained resnet18 for 1 epoch on {description['train_images']} images: "
+                             f"val_accuracy = {description['value']:.4f} (val); "
+                             f"wrote {out} (weights.pt, model.json, README.md)\n")
     assert description["params"] == {**all_params(best), "epochs": 1}
     assert description["classes"] == [str(i) for i in range(10)]
     assert description["metric"] == "val_accuracy"
-    assert description["source_trial"] == best.number and description["image_size"] == 16
+    assert description["trial"] == best.number and description["image_size"] == 16
     # Same seed (study seed + lineage), same first epoch: on CPU the value is the trial's epoch-1 value.
     assert description["value"] == best.intermediate_values[1]
+    # The weights load into the plain torchvision model, the obvious way.
     state = torch.load(out / "weights.pt", weights_only=True)
-    model = build_model(ModelSpec(name="resnet18", weights="none", num_classes=10)).model
-    model.load_state_dict(state)
+    torchvision.models.resnet18(num_classes=10).load_state_dict(state)
 
 
 # The head-only space with `epochs` fixed instead of sampled.
@@ -561,8 +596,7 @@ def test_retrain_epochs_wins_over_epochs_that_the_space_fixes(tmp_path):
 
     assert result.exit_code == 0, result.output
     description = json.loads((out / "model.json").read_text())
-    assert result.stdout == (f"trained resnet18 for 1 epochs: val_accuracy = {description['value']:.4f}; "
-                             f"wrote {out / 'weights.pt'} and {out / 'model.json'}\n")
+    assert result.stdout.startswith("trained resnet18 for 1 epoch on ")
     assert description["epochs_run"] == 1
     assert description["params"] == {**all_params(best), "epochs": 1}
     # Same seed, and one epoch of it: the trial's own epoch-1 value.
@@ -582,9 +616,9 @@ def test_two_in_process_worker_runs_each_get_their_own_log_lines(tiny_space, tmp
     for _ in range(2):
         result = CliRunner().invoke(cli, ["worker", "--study", "spent", "--storage", url])
         assert result.exit_code == 0, result.output
-        assert result.stdout.splitlines()[0] == "finished 1/1 trials (0 run by this process)"
+        assert result.stdout.splitlines()[0] == "finished 1/1 trial (0 run by this process)"
         assert re.findall(r"^\d\d:\d\d:\d\d \[(.+?)\] (.*)$", result.stderr, re.M) == [
-            (name, "budget of 1 trials already taken; nothing to do")]
+            (name, "budget of 1 trial already taken; nothing to do")]
 
 
 def worker_beside(others: threading.Thread, url: str, study: str):
@@ -611,7 +645,7 @@ def test_a_worker_whose_budget_is_taken_leaves_soon_after_the_last_running_trial
     result = worker_beside(threading.Timer(1.0, end_it), url, "last")
 
     assert result.exit_code == 0, result.output
-    assert result.stdout == "finished 1/1 trials (0 run by this process)\nbest value 0.5000 (trial 0)\n"
+    assert result.stdout == "finished 1/1 trial (0 run by this process)\nbest value 0.5000 (trial 0)\n"
     assert time.monotonic() - ended["at"] < 2.5
 
 

@@ -124,9 +124,13 @@ BAD = [
     ("reserved name", "params:\n  task: {type: fixed, value: x}\n",
      "t.yaml: task: the name is reserved for a value that comes from the data"),
     ("unknown setting", "settings: {modle: resnet18}\nparams: {x: {type: fixed, value: 1}}\n",
-     "t.yaml: settings: unknown key 'modle' (allowed: image_size, model)"),
+     "t.yaml: settings: unknown key 'modle' (allowed: image_size, max_epochs, model, weights)"),
     ("bad image size", "settings: {image_size: 4}\nparams: {x: {type: fixed, value: 1}}\n",
      "t.yaml: settings.image_size must be an integer >= 8, got 4"),
+    ("bad max epochs", "settings: {max_epochs: 0}\nparams: {x: {type: fixed, value: 1}}\n",
+     "t.yaml: settings.max_epochs must be an integer >= 1, got 0"),
+    ("bad weights", "settings: {weights: 3}\nparams: {x: {type: fixed, value: 1}}\n",
+     "t.yaml: settings.weights must be imagenet, none or a file path, got 3"),
 ]
 
 

@@ -145,5 +145,6 @@ def test_a_child_gets_the_gpu_the_parent_means(parent, index, child):
 def test_children_share_the_cores(children, cpus, environ, threads):
     spec = ChildSpec("gpu0.1", "cuda", gpu(0))
     env = child_env(spec, children, {"PATH": "/bin", **environ}, cpus)
-    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": threads}
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": threads,
+                   "TUNER_PLAIN_PROGRESS": "1"}  # one terminal, several children: plain lines, no live display
 

@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 from tuner.errors import TunerError
 from tuner.storage import DEFAULT_STORAGE
+from tuner.text import plural
 
 
 class TunerGroup(click.Group):
@@ -45,6 +46,11 @@ def cli() -> None:
 
     Storage defaults to sqlite:///tuner.db (or $TUNER_STORAGE); use
     postgresql+psycopg://user:pass@host/db for workers on many machines.
+
+    \b
+    Examples:
+      tuner run --data digits --weights none --image-size 32 --n-trials 8 --max-epochs 3
+      tuner COMMAND --help                # each command's options and examples
     """
 
 
@@ -52,7 +58,7 @@ def cli() -> None:
 
 def storage_option(f: Callable) -> Callable:
     return click.option(
-        "--storage", envvar="TUNER_STORAGE", default=DEFAULT_STORAGE, show_default=True,
+        "--storage", envvar="TUNER_STORAGE", default=DEFAULT_STORAGE, show_default=True, metavar="URL",
         help="Study storage URL (env TUNER_STORAGE): sqlite:///file.db or postgresql+psycopg://…",
     )(f)
 
@@ -60,10 +66,12 @@ def storage_option(f: Callable) -> Callable:
 def heartbeat_options(f: Callable) -> Callable:
     options = [
         click.option("--heartbeat-interval", type=click.IntRange(min=1), default=30, show_default=True,
+                     metavar="SECONDS",
                      help="Seconds between a running trial's heartbeats."),
         click.option("--grace-period", type=click.IntRange(min=2), default=120, show_default=True,
+                     metavar="SECONDS",
                      help="Seconds without a heartbeat before a trial counts as dead and is retried."),
-        click.option("--max-retry", type=click.IntRange(min=0), default=3, show_default=True,
+        click.option("--max-retry", type=click.IntRange(min=0), default=3, show_default=True, metavar="N",
                      help="How many times a dead worker's trial is retried from its checkpoint."),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
@@ -77,29 +85,34 @@ def study_options(f: Callable) -> Callable:
         click.option("--data", metavar="DIR|CSV|digits",
                      help="A folder of images (one subfolder per class), a CSV manifest (path,label), "
                           "or 'digits' (built in)."),
-        click.option("--model", help="A torchvision model name, efficientnet_lite0, timm:NAME or MODULE:FUNCTION "
-                                     "(default: from the space file; see tuner models)."),
-        click.option("--image-size", type=click.IntRange(min=8),
+        click.option("--model", metavar="NAME|timm:NAME|MODULE:FUNCTION",
+                     help="A torchvision model name, efficientnet_lite0, timm:NAME or MODULE:FUNCTION "
+                          "(default: from the space file; see tuner models)."),
+        click.option("--image-size", type=click.IntRange(min=8), metavar="PIXELS",
                      help="Input size in pixels (default: from the space file)."),
-        click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
+        click.option("--weights", metavar="imagenet|none|PATH",
                      help="Pretrained weights (offline: torchvision's hub cache, Lite0's bundled file, timm's "
-                          "Hugging Face cache, FUNCTION(pretrained=True)), random init, or a state dict file."),
-        click.option("--val-fraction", type=float, default=0.2, show_default=True,
+                          "Hugging Face cache, FUNCTION(pretrained=True)), random init, or a state dict file "
+                          "(default: from the space file, else imagenet)."),
+        click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+                     show_default=True, metavar="FRACTION",
                      help="Share of each class held out for validation when the data has no val/ folder."),
-        click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "cmaes"]), default="tpe", show_default=True),
+        click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "cmaes"]), default="tpe", show_default=True,
+                     help="How trials pick their parameters: multivariate TPE, random, Gaussian process or CMA-ES."),
         click.option("--pruner", type=click.Choice(["hyperband", "median", "asha", "none"]), default="asha",
                      show_default=True, help="Stops unpromising trials on the per-epoch validation metric."),
-        click.option("--n-trials", type=int, default=20, show_default=True,
+        click.option("--n-trials", type=click.IntRange(min=1), default=20, show_default=True, metavar="N",
                      help="The study's total budget of finished trials, across all workers."),
-        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
                      help="Study seed; each trial's seed derives from it and the trial number."),
-        click.option("--max-epochs", type=int, help="Cap on any sampled epoch count (for quick runs)."),
+        click.option("--max-epochs", type=click.IntRange(min=1), metavar="N", help="Cap on any sampled epoch count, for quick runs "
+                     "(default: from the space file, else none)."),
         click.option("--no-warm-start", "warm_start", flag_value=False, default=True,
                      help="Do not enqueue the seed's recommended configurations as the first trials."),
         click.option("--prior-weight", type=click.FloatRange(min=0), default=10.0, show_default=True,
                      help="Trial n follows the space's priors with chance W/(W+n), else the sampler's "
                           "model (0: ignore the priors)."),
-        click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True,
+        click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True, metavar="K",
                      help="Head-only trials train on cached backbone features of K augmented views "
                           "per image (0: no cache, recompute the backbone every epoch)."),
     ]
@@ -111,9 +124,9 @@ def worker_options(f: Callable) -> Callable:
     options = [
         click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
                      help="auto picks CUDA, then MPS, then CPU."),
-        click.option("--num-workers", type=click.IntRange(min=0),
+        click.option("--num-workers", type=click.IntRange(min=0), metavar="N",
                      help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU)."),
-        click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
                      help="Stop this worker after so many seconds (the running trial finishes)."),
         click.option("--artifacts", metavar="DIR",
                      help="Checkpoint/weights store (default: beside the SQLite file; must be shared "
@@ -158,7 +171,8 @@ def worker_settings(params: dict[str, Any]):
 
 
 def print_summary(summary) -> None:
-    click.echo(f"finished {summary.finished}/{summary.n_trials} trials ({summary.trials_run} run by this process)")
+    click.echo(f"finished {summary.finished}/{plural(summary.n_trials, 'trial')} "
+               f"({summary.trials_run} run by this process)")
     if summary.best_value is None:
         click.echo("no finished trial yet")
         return
@@ -170,7 +184,7 @@ def print_summary(summary) -> None:
 # --- run, create, worker -------------------------------------------------------------
 
 @cli.command()
-@click.option("--study", help="Study name (default: from the space and data, e.g. default-digits).")
+@click.option("--study", metavar="NAME", help="Study name (default: from the space and data, e.g. default-digits).")
 @storage_option
 @study_options
 @heartbeat_options
@@ -180,9 +194,10 @@ def run(ctx: click.Context, **params: Any) -> None:
     """Create the study if absent (or join it), then run trials in this process.
 
     \b
-    Quick demo on the built-in digits, from EfficientNet-Lite0's bundled ImageNet weights (CPU):
+    Examples:
+      # a quick demo on the built-in digits, from EfficientNet-Lite0's bundled ImageNet weights (CPU)
       tuner run --data digits --model efficientnet_lite0 --space feature_extraction --image-size 64 --n-trials 10
-    Your images (imagenet weights from the torch hub cache):
+      # your images, imagenet weights from the torch hub cache
       tuner run --data path/to/images --n-trials 30
     """
     from tuner.service import prepare_study, request_from
@@ -191,7 +206,7 @@ def run(ctx: click.Context, **params: Any) -> None:
     settings = storage_settings(params)
     prepared = prepare_study(settings, params["study"], request_from(params), explicit_options(ctx))
     verb = "created" if prepared.created else "continuing"
-    click.echo(f"{verb} study {prepared.study.study_name} ({prepared.config.n_trials} trials, "
+    click.echo(f"{verb} study {prepared.study.study_name} ({plural(prepared.config.n_trials, 'trial')}, "
                f"metric {prepared.config.metric})")
     # The data was loaded (and checked) to create the study: hand it over, not its path,
     # so it is not decoded twice.
@@ -204,7 +219,7 @@ def run(ctx: click.Context, **params: Any) -> None:
 
 
 @cli.command()
-@click.option("--study", required=True, help="Name of the new study.")
+@click.option("--study", required=True, metavar="NAME", help="Name of the new study.")
 @storage_option
 @study_options
 @heartbeat_options
@@ -212,7 +227,13 @@ def run(ctx: click.Context, **params: Any) -> None:
               "(default: beside the SQLite file).")
 @click.pass_context
 def create(ctx: click.Context, **params: Any) -> None:
-    """Create a study that stores its whole config; workers then join with --study alone."""
+    """Create a study that stores its whole config; workers then join with --study alone.
+
+    \b
+    Examples:
+      tuner create --study flowers --data /shared/flowers --storage postgresql+psycopg://u:p@db/tuner \\
+          --artifacts /shared/artifacts --n-trials 100
+    """
     from tuner.service import prepare_study, request_from
     from tuner.storage import mask_url
 
@@ -220,18 +241,18 @@ def create(ctx: click.Context, **params: Any) -> None:
                              explicit_options(ctx), create_only=True)
     config = prepared.config
     click.echo(f"created study {prepared.study.study_name} in {mask_url(params['storage'])}: "
-               f"{config.space_name} space, {config.model}, {config.n_trials} trials, metric {config.metric}")
+               f"{config.space_name} space, {config.model}, {plural(config.n_trials, 'trial')}, metric {config.metric}")
     click.echo(f"start workers with: tuner worker --study {prepared.study.study_name} --storage URL")
 
 
 @cli.command()
-@click.option("--study", required=True, help="The study to join.")
+@click.option("--study", required=True, metavar="NAME", help="The study to join.")
 @storage_option
 @worker_options
 @click.option("--data", metavar="DIR|CSV", help="Where this machine finds the study's data (default: as stored).")
 @click.option("--gpus", metavar="all|0,1,3", help="One worker process per GPU (N with --trials-per-gpu), "
               "supervised and restarted on a crash.")
-@click.option("--processes", type=click.IntRange(min=1), help="Run N supervised worker processes on --device.")
+@click.option("--processes", type=click.IntRange(min=1), metavar="N", help="Run N supervised worker processes on --device.")
 @click.option("--trials-per-gpu", type=click.IntRange(min=1), metavar="N",
               help="Run N supervised worker processes per GPU (of --gpus, or of --device cuda[:K]), so N "
                    "trials of small models train at once on each GPU.")
@@ -241,6 +262,12 @@ def worker(**params: Any) -> None:
     Workers started one by one on a machine share its cores: each trial runs max(1, cores //
     live tuner workers of this machine) torch threads (counted through pid files in
     $TUNER_WORKERS_DIR, default a folder in the temp dir). Set OMP_NUM_THREADS to choose instead.
+
+    \b
+    Examples:
+      tuner worker --study flowers --storage postgresql+psycopg://u:p@db/tuner
+      tuner worker --study flowers --gpus all                # one supervised process per GPU
+      tuner worker --study flowers --processes 4 --device cpu
     """
     from tuner.service import require_existing_sqlite
     from tuner.storage import StorageSettings
@@ -279,11 +306,18 @@ def worker_argv(params: dict[str, Any]) -> list[str]:
 # --- watch and use results -----------------------------------------------------------
 
 @cli.command()
-@click.option("--study", help="Only this study (default: every study in the storage).")
+@click.option("--study", metavar="NAME", help="Only this study (default: every study in the storage).")
 @storage_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="A readable summary, or one JSON object for scripts.")
 def status(study: str | None, storage: str, fmt: str) -> None:
-    """Trials by state, best value, and running trials with host, device, epoch and metric."""
+    """Trials by state, best value, and running trials with host, device, epoch and metric.
+
+    \b
+    Examples:
+      tuner status
+      tuner status --study flowers --format json
+    """
     from tuner.render import status_text
     from tuner.results import study_status
     from tuner.service import require_existing_sqlite
@@ -294,13 +328,19 @@ def status(study: str | None, storage: str, fmt: str) -> None:
 
 
 @cli.command()
-@click.option("--study", required=True)
+@click.option("--study", required=True, metavar="NAME", help="The study whose best trial is shown.")
 @storage_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
               help="yaml prints a search-space file that fixes every parameter to the best value.")
 def best(study: str, storage: str, fmt: str) -> None:
-    """The best trial's value, parameters and number."""
-    from tuner.results import best_as_space_yaml, best_summary
+    """The best trial's value, number and parameters, as they ran (epochs trained).
+
+    \b
+    Examples:
+      tuner best --study flowers
+      tuner best --study flowers --format yaml > best.yaml   # a space that reruns it: --space best.yaml
+    """
+    from tuner.results import best_as_space_yaml, best_summary, epochs_note
     from tuner.service import require_existing_sqlite
 
     require_existing_sqlite(storage)
@@ -313,16 +353,24 @@ def best(study: str, storage: str, fmt: str) -> None:
         click.echo(f"study {summary['study']}: best {summary['metric']} = {summary['value']:.4f} "
                    f"(trial {summary['number']})")
         for name, value in summary["params"].items():
-            click.echo(f"  {name}: {value}")
+            shown = epochs_note(summary["epochs"]) if name == "epochs" and summary["epochs"] else value
+            click.echo(f"  {name}: {shown}")
 
 
 @cli.command()
-@click.option("--study", required=True)
+@click.option("--study", required=True, metavar="NAME", help="The study whose trials are exported.")
 @storage_option
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
+              help="One CSV row per trial, or one JSON object.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
 def export(study: str, storage: str, fmt: str, out: str | None) -> None:
-    """Every trial with its params, value, state and user attrs."""
+    """Every trial with its params, value, state and user attrs.
+
+    \b
+    Examples:
+      tuner export --study flowers --out trials.csv
+      tuner export --study flowers --format json | jq '.trials[0]'
+    """
     from tuner.results import export_trials
     from tuner.service import require_existing_sqlite
 
@@ -337,60 +385,189 @@ def export(study: str, storage: str, fmt: str, out: str | None) -> None:
 
 
 @cli.command()
-@click.option("--study", required=True)
+@click.option("--study", required=True, metavar="NAME", help="The study to report on.")
 @storage_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs and index.html.")
 def report(study: str, storage: str, out: str) -> None:
-    """PNG plots (history, importances, learning curves, parallel coordinates) and an index.html."""
+    """PNG plots (history, learning curves, parallel coordinates, importances) and an index.html.
+
+    The report is also uploaded as study artifacts (optuna-dashboard's Study Artifacts).
+
+    \b
+    Examples:
+      tuner report --study flowers --out report && xdg-open report/index.html
+    """
     from tuner.report import write_report
     from tuner.service import require_existing_sqlite
 
     require_existing_sqlite(storage)
-    index = write_report(storage, study, out)
-    click.echo(f"wrote {index}")
+    result = write_report(storage, study, out)
+    uploaded = (f"; uploaded {result.uploaded} files as study artifacts (optuna-dashboard: Study Artifacts)"
+                if result.uploaded else "")
+    click.echo(f"wrote {result.index}{uploaded}")
 
 
 @cli.command()
 @storage_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address; localhost unless you mean it.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="Bind address; localhost unless you mean it.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, metavar="PORT",
+              help="TCP port to serve on.")
 @click.option("--artifacts", metavar="DIR", help="Artifact store to show (default: the studies' own).")
 def dashboard(storage: str, host: str, port: int, artifacts: str | None) -> None:
-    """optuna-dashboard on the same storage and artifact store."""
-    from tuner.results import serve_dashboard
+    """optuna-dashboard on the same storage and artifact store.
+
+    \b
+    Examples:
+      tuner dashboard                        # http://127.0.0.1:8080/
+      tuner dashboard --storage postgresql+psycopg://u:p@db/tuner --port 8081
+    """
+    from tuner.results import check_port, serve_dashboard
     from tuner.service import require_existing_sqlite
     from tuner.storage import mask_url
 
     require_existing_sqlite(storage)
+    check_port(host, port)
     click.echo(f"optuna-dashboard for {mask_url(storage)} on http://{host}:{port}/")
     serve_dashboard(storage, host, port, artifacts)
 
 
 @cli.command()
-@click.option("--study", required=True)
+@click.option("--study", required=True, metavar="NAME", help="The study whose best trial is retrained.")
 @storage_option
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for weights.pt and model.json.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train (default: the best trial's best epoch).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Model folder to write: weights.pt, model.json, README.md.")
+@click.option("--epochs", type=click.IntRange(min=1), metavar="N",
+              help="Epochs to train (default: the best trial's best epoch), even where the space fixes epochs.")
+@click.option("--include-val", is_flag=True,
+              help="Train on train + val (the usual last step); the metric shown is then not held out.")
+@click.option("--export", "exports", type=click.Choice(["torchscript"]), multiple=True,
+              help="Also write model.torchscript.pt, which loads with torch alone.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
+              help="auto picks CUDA, then MPS, then CPU.")
 @click.option("--data", metavar="DIR|CSV", help="Where this machine finds the data (default: as stored).")
-def retrain(study: str, storage: str, out: str, epochs: int | None, device: str, data: str | None) -> None:
-    """Train the final model with the best parameters; save the weights and a JSON description."""
-    from tuner.results import retrain_best
+@click.option("--compile/--no-compile", "compile_model", default=None,
+              help="torch.compile the network (default: as the best trial ran).")
+@click.option("--cache-dir", metavar="DIR", help="Feature cache folder (default: ~/.cache/tuner/features).")
+@click.option("--num-workers", type=click.IntRange(min=0), metavar="N",
+              help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU).")
+@click.option("--quiet", "-q", is_flag=True, help="Only the final line.")
+def retrain(**params: Any) -> None:
+    """Train the final model with the best trial's parameters and write a self-describing model folder.
+
+    \b
+    Examples:
+      tuner retrain --study s --out model                  # best epoch count, train split
+      tuner retrain --study s --out model --include-val    # train + val, the usual last step
+      tuner retrain --study s --out model --epochs 30 --export torchscript
+    """
+    from tuner.progress import progress_for
+    from tuner.retrain import RetrainRequest, retrain as run_retrain
     from tuner.service import require_existing_sqlite
 
-    require_existing_sqlite(storage)
-    result = retrain_best(storage, study, out, epochs=epochs, device=device, data=data)
-    click.echo(f"trained {result['model']} for {result['epochs']} epochs: {result['metric']} = "
-               f"{result['value']:.4f}; wrote {result['weights']} and {result['json']}")
+    require_existing_sqlite(params["storage"])
+    request = RetrainRequest(
+        study=params["study"], storage=params["storage"], out=params["out"], epochs=params["epochs"],
+        include_val=params["include_val"], device=params["device"], data=params["data"],
+        compile=params["compile_model"], cache_dir=params["cache_dir"], num_workers=params["num_workers"],
+        torchscript="torchscript" in params["exports"],
+    )
+    progress = progress_for(params["quiet"])
+    say = (lambda line: None) if params["quiet"] else (lambda line: click.echo(line, err=True))
+    with progress.running():
+        result = run_retrain(request, progress=progress, say=say)
+    doc = result.doc
+    files = ", ".join(f for f in ("weights.pt", "model.json", "README.md", doc["torchscript_file"]) if f)
+    click.echo(f"trained {doc['model']} for {doc['epochs_run']} epoch{'s' if doc['epochs_run'] != 1 else ''} "
+               f"on {doc['train_images']} images: {doc['metric']} = {doc['value']:.4f} ({doc['value_on']}); "
+               f"wrote {result.folder} ({files})")
 
 
 @cli.command()
-@click.argument("pattern", required=False)
+@click.option("--model", "folder", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="A model folder written by tuner retrain.")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...|FOLDER")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, metavar="K",
+              help="Classes shown per image (multi-label models show every label above 0.5 instead).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="A readable table, CSV rows (image,rank,class,probability) or JSON.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
+              help="auto picks CUDA, then MPS, then CPU.")
+def predict(folder: str, images: tuple[str, ...], top_k: int, fmt: str, device: str) -> None:
+    """The most probable classes of each image, with their probabilities.
+
+    \b
+    Examples:
+      tuner predict --model model photo.jpg other.png
+      tuner predict --model model photos/ --top-k 1 --format csv > predictions.csv
+    """
+    from tuner.inference import predict as run_predict
+    from tuner.progress import progress_for
+    from tuner.render import predictions_text
+
+    progress = progress_for(False)
+    with progress.running():
+        predictions, skipped = run_predict(folder, images, top_k=top_k, device=device, progress=progress)
+    if skipped:
+        warn_skipped(len(skipped), skipped)
+    click.echo(predictions_text(predictions, fmt), nl=False)
+
+
+def warn_skipped(count: int, files) -> None:
+    shown = ", ".join(str(f) for f in list(files)[:3]) + (", ..." if count > 3 else "")
+    click.echo(f"Warning: skipped {count} unreadable file{'s' if count != 1 else ''}: {shown}", err=True)
+
+
+@cli.command("evaluate")
+@click.option("--model", "folder", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="A model folder written by tuner retrain.")
+@click.option("--data", required=True, metavar="DIR|CSV",
+              help="Labelled images: a folder with one subfolder per class, or a CSV manifest (path,label).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="A readable report, or one JSON object for scripts.")
+@click.option("--confusion-matrix", "plot", type=click.Path(dir_okay=False), default="confusion_matrix.png",
+              show_default=True, metavar="FILE", help="Where to write the confusion-matrix PNG.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
+              help="auto picks CUDA, then MPS, then CPU.")
+def evaluate_command(folder: str, data: str, fmt: str, plot: str, device: str) -> None:
+    """Accuracy (macro F1 for multi-label models), per-class precision/recall/F1 and a confusion matrix.
+
+    \b
+    Examples:
+      tuner evaluate --model model --data path/to/test          # one subfolder per class
+      tuner evaluate --model model --data test.csv --format json
+    """
+    from pathlib import Path
+
+    from tuner.inference import confusion_png, evaluate_model
+    from tuner.progress import progress_for
+    from tuner.render import evaluation_text
+
+    progress = progress_for(fmt == "json")
+    with progress.running():
+        report = evaluate_model(folder, data, device=device, progress=progress)
+    if report["skipped"]:
+        warn_skipped(report["skipped"], report["skipped_files"])
+    written = confusion_png(report, Path(plot))
+    if fmt == "json":
+        click.echo(json.dumps({**report, "confusion_matrix_png": str(written)}, indent=2))
+    else:
+        click.echo(evaluation_text(report))
+        click.echo(f"wrote {written}")
+
+
+@cli.command()
+@click.argument("pattern", required=False, metavar="[PATTERN]")
 def models(pattern: str | None) -> None:
     """List the model names --model takes (optionally only those containing PATTERN).
 
     torchvision's classifiers, efficientnet_lite0, and timm's models as timm:NAME when timm
     is installed; --model also takes MODULE:FUNCTION, a function of yours that builds one.
+
+    \b
+    Examples:
+      tuner models resnet
+      tuner models timm:convnext
     """
     from tuner.models import available_models
 
@@ -405,12 +582,24 @@ def models(pattern: str | None) -> None:
 
 @cli.group(cls=TunerGroup)
 def space() -> None:
-    """Inspect and validate search-space files (search_spaces/*.yaml)."""
+    """Inspect and validate search-space files (search_spaces/*.yaml).
+
+    \b
+    Examples:
+      tuner space list
+      tuner space show default
+      tuner space validate my_space.yaml
+    """
 
 
 @space.command("list")
 def space_list() -> None:
-    """List the shipped search spaces, one line each."""
+    """List the shipped search spaces, one line each.
+
+    \b
+    Examples:
+      tuner space list
+    """
     from tuner.space import load_space, shipped_spaces
 
     for path in shipped_spaces():
@@ -419,9 +608,15 @@ def space_list() -> None:
 
 
 @space.command("validate")
-@click.argument("files", nargs=-1, required=True)
+@click.argument("files", nargs=-1, required=True, metavar="FILE|NAME...")
 def space_validate(files: tuple[str, ...]) -> None:
-    """Check FILES (paths or shipped names); exit 1 if any is invalid."""
+    """Check search-space files (paths or shipped names); exit 1 if any is invalid.
+
+    \b
+    Examples:
+      tuner space validate my_space.yaml
+      tuner space validate default fine_tuning
+    """
     from tuner.errors import SpaceError
     from tuner.objective import check_space
     from tuner.space import load_space
@@ -445,7 +640,13 @@ def space_validate(files: tuple[str, ...]) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="A readable table, or one JSON object for scripts.")
 def space_show(ref: str, fmt: str) -> None:
-    """Show a search space: each parameter's branches, ranges and conditions."""
+    """Show a search space: each parameter's branches, ranges and conditions.
+
+    \b
+    Examples:
+      tuner space show default
+      tuner space show my_space.yaml --format json
+    """
     from tuner.render import space_table
     from tuner.space import load_space
 
@@ -466,4 +667,19 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Our worker lines say what each trial did; Optuna's INFO lines would repeat them.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.showwarning = one_line_warnings(warnings.showwarning)
     cli(prog_name="tuner")
+
+
+def one_line_warnings(show: Callable) -> Callable:
+    """tuner's own warnings (skipped files) as one `Warning: ...` line, without Python's file and source line.
+
+    Installed by main() only: in-process callers (tests, notebooks) keep Python's warnings to catch.
+    """
+    def shown(message, category, filename, lineno, file=None, line=None) -> None:
+        if category.__module__.startswith("tuner."):
+            click.echo(f"Warning: {message}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return shown

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from tuner.errors import DataError
+from tuner.text import plural
 
 DIGITS = "digits"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -132,6 +133,62 @@ def load_data(config: DataConfig) -> ImageData:
     if skipped:
         warnings.warn(_skipped_message(path, skipped), DataWarning, stacklevel=2)
     return data
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledImages:
+    """Every readable image of a source, unsplit, with targets indexing a model's own classes."""
+
+    images: torch.Tensor
+    targets: torch.Tensor  # int64 class indices, or float32 multi-hot rows for a multi-label model
+    skipped: tuple[Path, ...]
+
+
+def load_labelled(source: str, image_size: int, classes: Sequence[str], multilabel: bool) -> LabelledImages:
+    """A folder (one subfolder per class) or a CSV manifest, labelled by `classes` (for evaluate).
+
+    Labels the model does not know are an error; unreadable files are skipped and listed.
+    """
+    config = DataConfig(source, image_size)
+    path = _user_path(source)
+    if _is_manifest(source):
+        where = f"CSV manifest {path}"
+        rows = _read_manifest(path)
+        _require_known(where, {label for row in rows for label in row.labels}, classes)
+        _require_image_files(where, rows)
+        files = [row.path for row in rows]
+        hot = np.array([[name in row.labels for name in classes] for row in rows], dtype=bool)
+        if not multilabel and (hot.sum(axis=1) > 1).any():
+            number = rows[int(np.flatnonzero(hot.sum(axis=1) > 1)[0])].number
+            raise DataError(f"{where} row {number}: several labels, but the model is single-label")
+        others: list[Path] = []
+    else:
+        where = f"data folder {path}"
+        _require_folder(path)
+        names = _class_names(path)
+        if not names:
+            raise DataError(f"{where}: no class folders (expected one subfolder per class)")
+        _require_known(where, set(names), classes)
+        files, labels, others = _scan_class_folders(where, path, names, classes)
+        hot = _one_hot(labels, len(classes))
+    buffer, ok = _decode_files(files, config)
+    if not ok.any():
+        raise DataError(f"{where}: {_all_unreadable(len(ok))}")
+    skipped = tuple(others + [file for file, good in zip(files, ok) if not good])
+    hot = hot[ok]
+    targets = torch.from_numpy(hot.astype(np.float32)) if multilabel else torch.from_numpy(hot.argmax(axis=1))
+    return LabelledImages(_keep(buffer, ok, config), targets, skipped)
+
+
+def _require_known(where: str, labels: set[str], classes: Sequence[str]) -> None:
+    unknown = sorted(labels - set(classes))
+    if unknown:
+        raise DataError(f"{where}: label(s) {_quoted(unknown)} are not among the model's classes "
+                        f"({_quoted(classes)})")
+
+
+def skipped_message(source: str, skipped: Sequence[Path]) -> str:
+    return _skipped_message(_user_path(source), skipped)
 
 
 # --- digits -----------------------------------------------------------------
@@ -374,7 +431,7 @@ def _decode_files(paths: Sequence[Path], config: DataConfig) -> tuple[torch.Tens
     buffer = allocate_images(len(paths), config)
     ok = np.zeros(len(paths), dtype=bool)
     for index, path in enumerate(paths):
-        image = _read_image(path, config.image_size)
+        image = read_image(path, config.image_size)
         if image is not None:
             buffer[index] = image
             ok[index] = True
@@ -386,18 +443,23 @@ def _decode_files(paths: Sequence[Path], config: DataConfig) -> tuple[torch.Tens
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
-def _read_image(path: Path, image_size: int) -> torch.Tensor | None:
+def read_image(path: Path, image_size: int) -> torch.Tensor | None:
     """One file as a uint8 3 x S x S RGB tensor, or None when PIL cannot decode it."""
     try:
         with Image.open(path) as image:
             # Lets the JPEG decoder downscale by 2..8 while decoding; a no-op for other formats.
             image.draft(None, (image_size, image_size))
-            rgb = _to_rgb(ImageOps.exif_transpose(image))
-            resized = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return image_to_tensor(image, image_size)
     # Only what PIL's format plugins raise on malformed input means "skip this file": a
     # MemoryError or a bug is no unreadable file, and must not be counted as one.
     except DECODE_ERRORS:
         return None
+
+
+def image_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
+    """A PIL image as training sees it: upright, RGB (alpha on white), S x S bilinear, uint8 3 x S x S."""
+    rgb = _to_rgb(ImageOps.exif_transpose(image))
+    resized = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
 
 
@@ -432,7 +494,7 @@ def _require_readable(
 ) -> None:
     """Fail when nothing decoded, or when a class that has files lost all of them."""
     if not ok.any():
-        raise DataError(f"{where}: all {len(ok)} image file(s) are unreadable")
+        raise DataError(f"{where}: {_all_unreadable(len(ok))}")
     lost = hot.any(axis=0) & ~hot[ok].any(axis=0)
     if lost.any():
         name = classes[int(np.flatnonzero(lost)[0])]
@@ -442,7 +504,11 @@ def _require_readable(
 def _skipped_message(source: Path, skipped: Sequence[Path]) -> str:
     shown = [_relative(path, source) for path in skipped[:SKIPPED_NAMES_SHOWN]]
     more = ", ..." if len(skipped) > SKIPPED_NAMES_SHOWN else ""
-    return f"skipped {len(skipped)} unreadable file(s) in {source}: {', '.join(shown)}{more}"
+    return f"skipped {plural(len(skipped), 'unreadable file')} in {source}: {', '.join(shown)}{more}"
+
+
+def _all_unreadable(count: int) -> str:
+    return "the only image file is unreadable" if count == 1 else f"all {count} image files are unreadable"
 
 
 def _relative(path: Path, source: Path) -> str:

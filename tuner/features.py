@@ -16,6 +16,7 @@ import torch
 from tuner.batches import ImageBatches, eval_transform, is_random, train_transform
 from tuner.data import AugmentConfig, machine_cache_dir
 from tuner.errors import TunerError
+from tuner.progress import Progress
 from tuner.training import Runtime, to_device
 
 # Extraction batch: large enough to keep the device busy, small enough for 224px on a laptop.
@@ -76,8 +77,9 @@ class FeatureCache:
     the machine; a file lock makes concurrent workers compute a missing entry only once.
     """
 
-    def __init__(self, config: FeatureCacheConfig, runtime: Runtime) -> None:
+    def __init__(self, config: FeatureCacheConfig, runtime: Runtime, progress: Progress | None = None) -> None:
         self.config = config
+        self.progress = progress or Progress()
         self.runtime = runtime
         self.memory: dict[str, CachedFeatures] = {}
         self.digested: tuple[object, str] | None = None  # (data, digest of its pixels)
@@ -133,13 +135,15 @@ class FeatureCache:
             # Each view's augmentation is seeded by the cache key, so a view is the same
             # tensor whichever worker computes it.
             torch.manual_seed(int(key[:8], 16) + view)
-            train.append(extract(built, data.train_images, transform, self.runtime))
-        val = extract(built, data.val_images, eval_transform(built.mean, built.std), self.runtime)
+            with self.progress.steps(f"features, view {view + 1}/{views}", len(data.train_images)) as advance:
+                train.append(extract(built, data.train_images, transform, self.runtime, advance))
+        with self.progress.steps("features, val", len(data.val_images)) as advance:
+            val = extract(built, data.val_images, eval_transform(built.mean, built.std), self.runtime, advance)
         return CachedFeatures(tuple(train), val)
 
 
 @torch.no_grad()
-def extract(built, images: torch.Tensor, transform, runtime: Runtime) -> torch.Tensor:
+def extract(built, images: torch.Tensor, transform, runtime: Runtime, on_batch=None) -> torch.Tensor:
     """The head's input for every image: the frozen backbone's output, in eval mode."""
     captured: list[torch.Tensor] = []
     hook = built.head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float().cpu()))
@@ -151,6 +155,8 @@ def extract(built, images: torch.Tensor, transform, runtime: Runtime) -> torch.T
             (inputs,) = to_device((inputs,), runtime)
             with runtime.autocast():
                 model(inputs)
+            if on_batch is not None:
+                on_batch(len(inputs))
     finally:
         hook.remove()
         model.train(was_training)

@@ -19,6 +19,7 @@ from tuner.errors import DeviceError, SpaceError
 from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, default_cache_dir, extract
 from tuner.models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode, unfreeze_top
 from tuner.probe import probe_head
+from tuner.progress import Progress, short_params
 from tuner.space import SearchSpace
 from tuner.training import (
     Diverged,
@@ -140,6 +141,7 @@ class Objective:
         checkpointer: Checkpointer | None = None,
         on_epoch: Callable[[optuna.Trial, int, int, float], None] | None = None,
         keep_best: Callable[[optuna.Trial, float, dict, dict], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         check_space(space)
         self.space = space
@@ -152,13 +154,30 @@ class Objective:
         self.checkpointer = checkpointer
         self.on_epoch = on_epoch
         self.keep_best = keep_best
+        self.progress = progress or Progress()
         self.images = place_images(data, self.device)
         self.cache = None
         if settings.cache_views > 0:
             directory = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
-            self.cache = FeatureCache(FeatureCacheConfig(directory, settings.cache_views), self.runtime)
+            self.cache = FeatureCache(FeatureCacheConfig(directory, settings.cache_views), self.runtime,
+                                      self.progress)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            run = self.start(trial)
+        except OutOfMemory as exc:
+            message = str(exc)
+        else:
+            return run.execute(trial)
+        # Outside the except block: nothing of the half-built run is referenced any more.
+        free_device_memory(self.runtime)
+        trial.set_user_attr("stop_reason", "oom")
+        raise optuna.TrialPruned(f"oom: {message}")
+
+    def start(self, trial: optuna.Trial) -> "TrialRun":
+        """Sample the trial's parameters and build its run (model, optimizer, loaders), untrained.
+
+        Raises OutOfMemory when the device cannot hold it."""
         context = {"task": task_of(self.data)}
         params = self.space.sample(trial, context)
         fixed = self.space.fixed_values(params, context)
@@ -174,17 +193,10 @@ class Objective:
                 f"which trains with {expected_loss} (choose loss with `when: {{task: ...}}`)"
             )
         origin = lineage(trial)
-        try:
-            # Building the run moves the model to the device and may extract features there.
-            run = without_oom(lambda: TrialRun(self, hp, derive_seed(self.settings.seed, origin), origin))
-        except OutOfMemory as exc:
-            message = str(exc)
-        else:
-            return run.execute(trial)
-        # Outside the except block: nothing of the half-built run is referenced any more.
-        free_device_memory(self.runtime)
-        trial.set_user_attr("stop_reason", "oom")
-        raise optuna.TrialPruned(f"oom: {message}")
+        sampled = {k: v for k, v in params.items() if k not in fixed}
+        self.progress.show("trial", f"trial {trial.number}: {short_params(sampled)}")
+        # Building the run moves the model to the device and may extract features there.
+        return without_oom(lambda: TrialRun(self, hp, derive_seed(self.settings.seed, origin), origin))
 
 
 class TrialRun:
@@ -352,8 +364,10 @@ class TrialRun:
             self.seed_epoch(epoch)
             self.unfreeze_for(epoch)
             self.set_train_mode()
-            train_loss = train_one_epoch(self.net, self.epoch_loader(epoch), self.loss_fn, self.optimizer,
-                                         self.runtime, self.scaler)
+            bar = self.objective.progress.steps(f"epoch {epoch}/{self.hp.epochs}", len(self.data.train_targets))
+            with bar as advance:
+                train_loss = train_one_epoch(self.net, self.epoch_loader(epoch), self.loss_fn, self.optimizer,
+                                             self.runtime, self.scaler, on_batch=advance)
             result = evaluate(self.net, self.val_loader, self.loss_fn, self.runtime, self.data.multilabel)
             if not math.isfinite(result.loss):
                 # The epoch's last optimizer step left NaN/inf weights, which train_one_epoch

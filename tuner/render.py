@@ -90,3 +90,38 @@ def status_text(report: dict[str, Any]) -> str:
             ]
             blocks.append(simple_table(None, ("trial", "host", "device", "epoch", study["metric"], "started"), rows))
     return "\n".join(blocks)
+
+
+def predictions_text(predictions, fmt: str) -> str:
+    """predict's output: a table, CSV rows (image,rank,class,probability) or JSON."""
+    import csv
+    import json
+
+    from tuner.inference import predictions_rows
+
+    if fmt == "json":
+        records = [{"image": p.image, "predictions": [{"class": c, "probability": v} for c, v in p.labels]}
+                   for p in predictions]
+        return json.dumps(records, indent=2) + "\n"
+    rows = list(predictions_rows(predictions))
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(("image", "rank", "class", "probability"))
+        writer.writerows((image, rank or "", name, "" if rank == 0 else f"{value:.6f}")
+                         for image, rank, name, value in rows)
+        return buffer.getvalue()
+    shown, previous = [], None
+    for image, rank, name, value in rows:
+        shown.append((image if image != previous else "", name or "(no label above 0.5)",
+                      "" if rank == 0 else f"{value:.4f}"))
+        previous = image
+    return simple_table(None, ("image", "class", "probability"), shown) + "\n"
+
+
+def evaluation_text(report: dict[str, Any]) -> str:
+    skipped = f" ({report['skipped']} unreadable skipped)" if report["skipped"] else ""
+    head = f"{report['metric']} {report['value']:.4f} on {report['images']} images{skipped}"
+    rows = [(r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"])
+            for r in report["classes"]]
+    return head + "\n" + simple_table(None, ("class", "precision", "recall", "f1", "support"), rows)

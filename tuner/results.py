@@ -1,22 +1,21 @@
-"""Reading a study's results: status, best trial, export, dashboard, and retraining the best."""
+"""Reading a study's results: status, best trial, export and the dashboard."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
+import errno
 import io
 import json
-from pathlib import Path
+import socket
 from typing import Any
 
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import StudyError
-from tuner.space import Branch, SearchSpace
+from tuner.errors import OptionError, StudyError
 from tuner.storage import StorageSettings, mask_url, open_storage, ping
-from tuner.study import StudyConfig, load_study, read_config
+from tuner.study import load_study, read_config
 
 
 def open_readonly(storage_url: str):
@@ -80,27 +79,69 @@ def running_info(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
+def epochs_that_ran(trial: FrozenTrial, max_epochs: int | None) -> dict[str, Any] | None:
+    """The trial's epoch counts: sampled (or fixed), planned after the study's cap, trained."""
+    params = all_params(trial)
+    if "epochs" not in params or "epochs_run" not in trial.user_attrs:
+        return None
+    sampled = params["epochs"]
+    planned = min(sampled, max_epochs) if max_epochs else sampled
+    return {"sampled": sampled, "planned": planned, "trained": trial.user_attrs["epochs_run"],
+            "stop_reason": trial.user_attrs.get("stop_reason")}
+
+
+def epochs_note(epochs: dict[str, Any]) -> str:
+    """`2 (sampled 22, cut by --max-epochs 2)`, `3 of 5 (early stopped)` or just `5`."""
+    text = str(epochs["trained"])
+    if epochs["trained"] != epochs["planned"]:
+        text += f" of {epochs['planned']}"
+    notes = []
+    if epochs["planned"] != epochs["sampled"]:
+        notes.append(f"sampled {epochs['sampled']}, cut by --max-epochs {epochs['planned']}")
+    if epochs["stop_reason"] == "early_stopped":
+        notes.append("early stopped")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def best_summary(storage_url: str, name: str) -> dict[str, Any]:
+    """The best trial as it ran: `params.epochs` is the count trained (`epochs` has the rest)."""
     study, config = load_study(open_readonly(storage_url), name)
     best = best_trial(study)
+    params = dict(sorted(all_params(best).items()))
+    epochs = epochs_that_ran(best, config.max_epochs)
+    if epochs is not None:
+        params["epochs"] = epochs["trained"]
     return {
         "study": name,
         "metric": config.metric,
         "value": best.value,
         "number": best.number,
-        "params": dict(sorted(all_params(best).items())),
+        "params": params,
         "best_epoch": best.user_attrs.get("best_epoch"),
+        "epochs": epochs,
     }
 
 
 def best_as_space_yaml(storage_url: str, name: str) -> str:
-    """A search-space file fixing every parameter at the best trial's value: `--space` takes it."""
+    """A search-space file fixing every parameter at the value the best trial ran with: `--space` takes it.
+
+    `epochs` is the count the trial planned after the study's cap (early stopping ends it
+    where it ended before, and a schedule like cosine spans the same epochs), and the
+    settings carry the study's model, weights, image size and cap.
+    """
     study, config = load_study(open_readonly(storage_url), name)
     best = best_trial(study)
+    params = all_params(best)
+    epochs = epochs_that_ran(best, config.max_epochs)
+    if epochs is not None:
+        params["epochs"] = epochs["planned"]
+    settings: dict[str, Any] = {"model": config.model, "weights": config.weights, "image_size": config.image_size}
+    if config.max_epochs is not None:
+        settings["max_epochs"] = config.max_epochs
     doc = {
         "description": f"Best trial {best.number} of study {name}: {config.metric} = {best.value:.4f}.",
-        "settings": {"model": config.model, "image_size": config.image_size},
-        "params": {k: {"type": "fixed", "value": v} for k, v in sorted(all_params(best).items())},
+        "settings": settings,
+        "params": {k: {"type": "fixed", "value": v} for k, v in sorted(params.items())},
     }
     return yaml.safe_dump(doc, sort_keys=False)
 
@@ -214,75 +255,39 @@ def dashboard_store(storage, explicit: str | None):
     return StudyArtifactStores(stores)
 
 
+def port_problem(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on host:port now, or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As servers do: a port left in TIME_WAIT is free, one with a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with one line before the server starts: it used to print a 52-line traceback."""
+    problem = port_problem(host, port)
+    if problem is None:
+        return
+    if problem.errno == errno.EADDRINUSE:
+        free = next((p for p in range(port + 1, min(port + 100, 65536)) if port_problem(host, p) is None), None)
+        hint = f" (try --port {free})" if free else ""
+        raise OptionError(f"port {port} is in use{hint}")
+    raise OptionError(f"--host {host} --port {port}: cannot listen there ({problem.strerror or problem})")
+
+
 def serve_dashboard(storage_url: str, host: str, port: int, artifacts: str | None) -> None:
     import optuna_dashboard
 
     storage = open_readonly(storage_url)
-    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=dashboard_store(storage, artifacts))
-
-
-def retrain_best(storage_url: str, name: str, out: str, *, epochs: int | None, device: str,
-                 data: str | None) -> dict[str, Any]:
-    """Train once more with the best parameters (on CPU, the same seed gives the same model)."""
-    from tuner.data import DataConfig, load_data
-    from tuner.objective import Objective, TrialSettings
-
-    study, config = load_study(open_readonly(storage_url), name)
-    best = best_trial(study)
-    wanted = epochs or best.user_attrs.get("best_epoch") or all_params(best).get("epochs", 10)
-    params = {**best.params, "epochs": wanted}
-    images = load_data(DataConfig(data or config.data, config.image_size, config.val_fraction, config.seed))
-    saved: dict[str, Any] = {}
-
-    def keep(trial, value, state_dict, meta) -> None:
-        saved.update(value=value, state_dict=state_dict, meta=meta)
-
-    settings = TrialSettings(model=config.model, weights=config.weights, image_size=config.image_size,
-                             device=device, seed=config.seed, max_epochs=None)
-    objective = Objective(with_fixed_epochs(config.space(), wanted), images, settings, keep_best=keep)
-    trial = optuna.trial.FixedTrial(params, number=best.user_attrs.get("lineage", best.number))
-    value = objective(trial)
-    saved["epochs_run"] = trial.user_attrs["epochs_run"]
-    return write_model(Path(out), config, best, params, saved, value)
-
-
-def with_fixed_epochs(space: SearchSpace, epochs: int) -> SearchSpace:
-    """`space` with `epochs` fixed at `epochs`, whatever its branches were.
-
-    Setting the count in the trial's params is not enough: a space whose `epochs` is a
-    fixed value never asks the trial for it, so `retrain --epochs` was silently ignored.
-    """
-    fixed = (Branch(param="epochs", type="fixed", value=epochs),)
-    params = {name: fixed if name == "epochs" else branches for name, branches in space.params.items()}
-    params.setdefault("epochs", fixed)
-    return dataclasses.replace(space, params=params)
-
-
-def write_model(out: Path, config: StudyConfig, best: FrozenTrial, params: dict[str, Any],
-                saved: dict[str, Any], value: float) -> dict[str, Any]:
-    import torch
-
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / "weights.pt"
-    torch.save(saved["state_dict"], weights)
-    description = {
-        "model": config.model,
-        "weights_file": weights.name,
-        "image_size": config.image_size,
-        "classes": saved["meta"]["classes"],
-        "multilabel": saved["meta"]["multilabel"],
-        "mean": saved["meta"]["mean"],
-        "std": saved["meta"]["std"],
-        # The retrain's own epochs win over the best trial's (fixed or sampled) count.
-        "params": {**all_params(best), **params},
-        "metric": config.metric,
-        "value": value,
-        "best_epoch": saved["meta"]["best_epoch"],
-        "epochs_run": saved["epochs_run"],
-        "source_trial": best.number,
-        "source_value": best.value,
-    }
-    json_path = out / "model.json"
-    json_path.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-    return {"model": config.model, "epochs": params["epochs"], "metric": config.metric, "value": value,
-            "weights": str(weights), "json": str(json_path)}
+    try:
+        optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=dashboard_store(storage, artifacts))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        check_port(host, port)  # taken since the first check: the same one line
+        raise OptionError(f"port {port} is in use") from None

@@ -26,7 +26,7 @@ class StudyRequest:
     data: str | None = None
     model: str | None = None
     image_size: int | None = None
-    weights: str = "imagenet"
+    weights: str | None = None  # None: the space file's settings.weights, else imagenet
     val_fraction: float = 0.2
     sampler: str = "tpe"
     pruner: str = "asha"
@@ -75,7 +75,9 @@ def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[Study
     check_space(space)
     model = request.model or space.settings.get("model") or "resnet18"
     image_size = request.image_size or space.settings.get("image_size") or 224
-    ModelSpec(name=model, weights=request.weights)  # an unknown model name fails before data loads
+    weights = request.weights or space.settings.get("weights") or "imagenet"
+    max_epochs = request.max_epochs or space.settings.get("max_epochs")
+    ModelSpec(name=model, weights=weights)  # an unknown model name fails before data loads
     if request.data is None:
         raise DataError("--data is required to create a study (a folder, a CSV manifest, or 'digits')")
     data = load_data(DataConfig(request.data, image_size, request.val_fraction, request.seed,
@@ -83,12 +85,12 @@ def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[Study
                                 spill_dir=local_folder(storage.url, "decoded")))
     # Build the model once: weights that cannot be had (no cache offline, a bad file) fail
     # here with their fix, not in every worker's first trial.
-    build_model(ModelSpec(name=model, weights=request.weights, num_classes=data.num_classes))
+    build_model(ModelSpec(name=model, weights=weights, num_classes=data.num_classes))
     config = StudyConfig(
         space_name=space.name, space_text=space.text, data=_absolute(request.data), model=model,
-        weights=_absolute(request.weights) if request.weights not in ("imagenet", "none") else request.weights,
+        weights=_absolute(weights) if weights not in ("imagenet", "none") else weights,
         image_size=image_size, val_fraction=request.val_fraction, sampler=request.sampler,
-        pruner=request.pruner, n_trials=request.n_trials, seed=request.seed, max_epochs=request.max_epochs,
+        pruner=request.pruner, n_trials=request.n_trials, seed=request.seed, max_epochs=max_epochs,
         metric=metric_name(data.multilabel), direction="maximize",
         heartbeat_interval=storage.heartbeat_interval, grace_period=storage.grace_period,
         max_retry=storage.max_retry,

@@ -22,7 +22,7 @@ from tuner.errors import SpaceError
 
 PARAM_TYPES = ("float", "int", "categorical", "fixed")
 TOP_LEVEL_KEYS = ("description", "settings", "params")
-SETTING_KEYS = ("model", "image_size")
+SETTING_KEYS = ("model", "image_size", "weights", "max_epochs")
 # Values that come from the data rather than the sampler; `when` may test them.
 CONTEXT_VALUES: Mapping[str, tuple[str, ...]] = {"task": ("single_label", "multi_label")}
 KEYS_BY_TYPE: Mapping[str, frozenset[str]] = {
@@ -264,6 +264,12 @@ class _Validator:
         size = raw.get("image_size")
         if size is not None and (not _is_int(size) or size < 8):
             raise self.fail(f"settings.image_size must be an integer >= 8, got {fmt(size)}")
+        weights = raw.get("weights")
+        if weights is not None and (not isinstance(weights, str) or not weights):
+            raise self.fail(f"settings.weights must be imagenet, none or a file path, got {fmt(weights)}")
+        cap = raw.get("max_epochs")
+        if cap is not None and (not _is_int(cap) or cap < 1):
+            raise self.fail(f"settings.max_epochs must be an integer >= 1, got {fmt(cap)}")
         return dict(raw)
 
     def branches(self, param: str, entry: Any) -> tuple[Branch, ...]:

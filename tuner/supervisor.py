@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tuner.errors import DeviceError, OptionError
+from tuner.progress import PLAIN_ENV
 
 # A child that keeps crashing is given up on after this many restarts.
 MAX_RESTARTS = 5
@@ -99,6 +100,9 @@ def child_env(spec: ChildSpec, children: int, environ: Mapping[str, str], cpus: 
     if "CUDA_VISIBLE_DEVICES" in dict(spec.env):
         env["CUDA_VISIBLE_DEVICES"] = visible_entry(env["CUDA_VISIBLE_DEVICES"], environ.get("CUDA_VISIBLE_DEVICES"))
     env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // children)))
+    # Children share the supervisor's terminal: live displays would overwrite each other,
+    # so each prints plain lines, every one labelled with its worker's name.
+    env[PLAIN_ENV] = "1"
     return env
 
 

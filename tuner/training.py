@@ -320,12 +320,15 @@ def free_device_memory(runtime: Runtime) -> None:
         torch.cuda.empty_cache()
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, runtime: Runtime, scaler=None) -> float:
-    """One pass over the training data; returns the mean loss. Raises Diverged or OutOfMemory."""
-    return without_oom(lambda: _train_pass(model, loader, loss_fn, optimizer, runtime, scaler))
+def train_one_epoch(model, loader, loss_fn, optimizer, runtime: Runtime, scaler=None, on_batch=None) -> float:
+    """One pass over the training data; returns the mean loss. Raises Diverged or OutOfMemory.
+
+    on_batch(n) is called after each step with its batch size (a progress bar advances by it).
+    """
+    return without_oom(lambda: _train_pass(model, loader, loss_fn, optimizer, runtime, scaler, on_batch))
 
 
-def _train_pass(model, loader, loss_fn, optimizer, runtime: Runtime, scaler) -> float:
+def _train_pass(model, loader, loss_fn, optimizer, runtime: Runtime, scaler, on_batch) -> float:
     """train_one_epoch's loop.
 
     The loss is summed on the device and read once at the end: reading it every step
@@ -351,6 +354,8 @@ def _train_pass(model, loader, loss_fn, optimizer, runtime: Runtime, scaler) -> 
             optimizer.step()
         total += loss.detach().float() * len(inputs)
         count += len(inputs)
+        if on_batch is not None:
+            on_batch(len(inputs))
     mean = total.item() / max(count, 1)
     if not math.isfinite(mean):
         raise Diverged(f"training loss became {mean}")

@@ -29,10 +29,13 @@ from tuner.cores import CoreShare
 from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
 from tuner.models import ModelSpec
 from tuner.objective import Objective, TrialSettings, derive_seed
+from tuner.progress import progress_for
 from tuner.storage import (
     RETRY_OF_ATTR, StorageSettings, duplicate_retry, local_folder, mask_url, open_storage, ping,
 )
 from tuner.study import StudyConfig, budget_left, finished_count, load_study, within_budget
+from tuner.study_artifacts import publish_best_model
+from tuner.text import plural
 
 HANDED_BACK_ATTR = "handed_back"
 
@@ -206,6 +209,8 @@ class Worker:
         self.checkpointer = ArtifactCheckpointer(self.store, study_name)
         self.name = worker_name(options.device)
         self.log = make_logger(self.name, options.quiet)
+        # A live display on a terminal; plain log lines (as before) in a pipe or with --quiet.
+        self.progress = progress_for(options.quiet)
         self.objective: Objective | None = None
         self.trials_run = 0
         self.current: int | None = None  # number of the trial running here, until Optuna tells it
@@ -233,14 +238,14 @@ class Worker:
         )
         return Objective(
             config.space(), data, settings, checkpointer=self.checkpointer,
-            on_epoch=self.on_epoch, keep_best=self.keep_best,
+            on_epoch=self.on_epoch, keep_best=self.keep_best, progress=self.progress,
         )
 
     def run(self) -> WorkerSummary:
         self.recover_stale()
         deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
         if budget_left(self.study, self.config.n_trials) <= 0 and not self.await_others(deadline):
-            self.log.info("budget of %d trials already taken; nothing to do", self.config.n_trials)
+            self.log.info("budget of %s already taken; nothing to do", plural(self.config.n_trials, "trial"))
             return self.summary()
         if self.cores is not None:
             self.cores.join()  # before the data loads: a worker starting meanwhile counts this one
@@ -255,12 +260,13 @@ class Worker:
     def work(self, deadline: float | None) -> None:
         self.objective = self.build_objective()
         self.log.info(
-            "joined study %s on %s (%s, budget %d trials)", self.study_name,
-            mask_url(self.storage_settings.url), self.objective.runtime.device, self.config.n_trials,
+            "joined study %s on %s (%s, budget %s)", self.study_name,
+            mask_url(self.storage_settings.url), self.objective.runtime.device, plural(self.config.n_trials, "trial"),
         )
         restore = self.stop.install()
+        self.show_study()
         try:
-            with ExpectedStops().installed():
+            with ExpectedStops().installed(), self.progress.running():
                 self.optimize(deadline)
         finally:
             restore()
@@ -370,6 +376,8 @@ class Worker:
         trial.set_user_attr("epoch", epoch)
         trial.set_user_attr("last_metric", metric)
         self.log.info("trial %d epoch %d/%d %s=%.4f", trial.number, epoch, epochs, self.config.metric, metric)
+        self.progress.show("metric", f"last epoch: trial {trial.number} epoch {epoch}/{epochs} "
+                                     f"{self.config.metric}={metric:.4f}")
         if self.stop.set:
             trial.set_user_attr(HANDED_BACK_ATTR, True)
             raise HandBack(f"handed back after epoch {epoch}")
@@ -401,10 +409,13 @@ class Worker:
             self.checkpointer.finish(frozen)
         if frozen.state == TrialState.COMPLETE and BEST_WEIGHTS_ATTR in frozen.user_attrs:
             prune_weights(self.store, study.get_trials(deepcopy=False), study.best_trial.number)
+        self.publish_best(study, frozen)
         if self.objective.runtime.is_cuda:
             torch.cuda.empty_cache()
         if self.log.isEnabledFor(logging.INFO):
             self.log_finished(frozen)
+        if self.progress.live:
+            self.show_study()
         if self.stop.set:
             study.stop()
             return
@@ -421,6 +432,14 @@ class Worker:
             self.recover_stale()
             if budget_left(study, self.config.n_trials) <= 0:
                 study.stop()
+
+    def publish_best(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        """The study-level "best model" artifact, which optuna-dashboard shows under Study Artifacts."""
+        # Once the trial is told: only then is "the best trial" settled for it.
+        if frozen.state != TrialState.COMPLETE or BEST_WEIGHTS_ATTR not in frozen.user_attrs:
+            return
+        if study.best_trial.number == frozen.number:
+            publish_best_model(study, self.storage, frozen.number, frozen.user_attrs[BEST_WEIGHTS_ATTR])
 
     def lineage_ended(self, frozen: FrozenTrial) -> bool:
         """Whether a FAIL ended its lineage: the objective raised, and Optuna retries only
@@ -484,6 +503,11 @@ class Worker:
         best = self.best_text()
         self.log.info("trial %d %s (%s) value=%s; %d/%d finished; best %s", frozen.number,
                       frozen.state.name, reason, shown, finished_count(self.study), self.config.n_trials, best)
+
+    def show_study(self) -> None:
+        done = f"{finished_count(self.study)}/{plural(self.config.n_trials, 'trial')}"
+        self.progress.show("study", f"study {self.study_name}: {done} finished; best {self.config.metric} "
+                                    f"{self.best_text()}")
 
     def best_text(self) -> str:
         try:

@@ -1,0 +1,156 @@
+"""Retraining a study's best trial into a model folder: its parameters and epochs, on train or train+val."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import torch
+
+from tuner.data import DataConfig, ImageData, load_data
+from tuner.errors import OptionError, TunerError
+from tuner.model_folder import FORMAT, THRESHOLD, model_kind, write_folder
+from tuner.objective import Objective, TrialSettings, task_of
+from tuner.progress import Progress
+from tuner.training import OutOfMemory
+from tuner.results import all_params, best_trial, open_readonly
+from tuner.space import Branch, SearchSpace
+from tuner.study import StudyConfig, load_study
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """What `tuner retrain` was asked for; None means "as the study and its best trial ran"."""
+
+    study: str
+    storage: str
+    out: str
+    epochs: int | None = None
+    include_val: bool = False
+    device: str = "auto"
+    data: str | None = None
+    compile: bool | None = None
+    cache_dir: str | None = None
+    num_workers: int | None = None
+    torchscript: bool = False
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    folder: Path
+    doc: dict[str, Any]
+
+
+def with_fixed_epochs(space: SearchSpace, epochs: int) -> SearchSpace:
+    """`space` with `epochs` fixed at `epochs`, whatever its branches were.
+
+    Setting the count in the trial's params is not enough: a space whose `epochs` is a
+    fixed value never asks the trial for it, so `retrain --epochs` was silently ignored.
+    """
+    fixed = (Branch(param="epochs", type="fixed", value=epochs),)
+    params = {name: fixed if name == "epochs" else branches for name, branches in space.params.items()}
+    params.setdefault("epochs", fixed)
+    return dataclasses.replace(space, params=params)
+
+
+def with_val_in_train(data: ImageData) -> ImageData:
+    """Train on train + val; val stays as it is, so the per-epoch metric is no longer held out."""
+    return dataclasses.replace(
+        data,
+        train_images=torch.cat([data.train_images, data.val_images]),
+        train_targets=torch.cat([data.train_targets, data.val_targets]),
+        on_disk=False,
+    )
+
+
+def check_out(out: str) -> Path:
+    folder = Path(out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise OptionError(f"--out {out}: exists and is not a folder")
+    return folder
+
+
+def retrain(request: RetrainRequest, *, progress: Progress | None = None,
+            say: Callable[[str], None] = lambda line: None) -> RetrainResult:
+    """Train the best trial's configuration once more and write the model folder."""
+    folder = check_out(request.out)
+    study, config = load_study(open_readonly(request.storage), request.study)
+    best = best_trial(study)
+    epochs = request.epochs or best.user_attrs.get("best_epoch") or all_params(best).get("epochs") or 10
+    data = load_data(DataConfig(request.data or config.data, config.image_size, config.val_fraction, config.seed))
+    if request.include_val:
+        data = with_val_in_train(data)
+    compiled = bool(best.user_attrs.get("compiled", False)) if request.compile is None else request.compile
+    settings = TrialSettings(
+        model=config.model, weights=config.weights, image_size=config.image_size, device=request.device,
+        seed=config.seed, max_epochs=None, num_workers=request.num_workers, cache_views=config.cache_views,
+        cache_dir=request.cache_dir, compile=compiled,
+    )
+
+    def on_epoch(trial, epoch: int, total: int, metric: float) -> None:
+        line = f"epoch {epoch}/{total} {config.metric}={metric:.4f}"
+        if progress is not None:
+            progress.show("metric", f"last epoch: {line}")
+        say(line)
+
+    say(f"retraining trial {best.number} of study {request.study}: {config.model}, {epochs} epoch"
+        f"{'s' if epochs != 1 else ''} on {'train+val' if request.include_val else 'train'} "
+        f"({len(data.train_targets)} images)")
+    objective = Objective(with_fixed_epochs(config.space(), epochs), data, settings, on_epoch=on_epoch,
+                          progress=progress)
+    # The lineage gives the trial's own seed: on the CPU, the same data trains the same model.
+    trial = optuna.trial.FixedTrial({**best.params, "epochs": epochs},
+                                    number=best.user_attrs.get("lineage", best.number))
+    try:
+        run = objective.start(trial)
+    except OutOfMemory as exc:
+        raise TunerError(f"retraining trial {best.number}: the model does not fit on {objective.runtime.device} "
+                         f"({exc}); try another --device") from None
+    try:
+        value = run.execute(trial)
+    except optuna.TrialPruned as stopped:
+        raise TunerError(f"retraining trial {best.number} stopped: {stopped} (try fewer --epochs, or "
+                         "another trial's parameters through tuner best --format yaml)") from None
+    # On held-out val the best epoch's weights are the model (the search chose by them);
+    # with val in training the metric says nothing, and the last epoch's weights are it.
+    state = run.model.state_dict() if request.include_val else run.best_state
+    weights_epoch = len(run.history) if request.include_val else run.stopper.best_epoch
+    doc = describe(request, config, best, run, data, epochs, weights_epoch,
+                   value if not request.include_val else run.history[-1]["metric"])
+    return RetrainResult(folder, write_folder(folder, state, doc, torchscript=request.torchscript))
+
+
+def describe(request: RetrainRequest, config: StudyConfig, best, run, data: ImageData, epochs: int,
+             weights_epoch: int, value: float) -> dict[str, Any]:
+    """model.json's content: the model, its inputs and outputs, and where it came from."""
+    return {
+        "format": FORMAT,
+        "model": config.model,
+        "kind": model_kind(config.model),
+        "head": run.built.head_name,
+        "classes": list(data.classes),
+        "task": task_of(data),
+        "threshold": THRESHOLD if data.multilabel else None,
+        "image_size": config.image_size,
+        "mean": list(run.built.mean),
+        "std": list(run.built.std),
+        "metric": config.metric,
+        "value": value,
+        "value_on": "train+val (not held out)" if request.include_val else "val",
+        "study": request.study,
+        "trial": best.number,
+        "trial_value": best.value,
+        "params": {**all_params(best), "epochs": epochs},
+        "epochs": epochs,
+        "epochs_run": len(run.history),
+        "weights_epoch": weights_epoch,
+        "include_val": request.include_val,
+        "train_images": len(data.train_targets),
+        "data": request.data or config.data,
+        "pretrained": config.weights,
+        "compiled": run.objective.settings.compile,
+        "feature_cache": run.features is not None,
+    }
