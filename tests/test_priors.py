@@ -268,7 +268,7 @@ def test_bad_sampler_and_pruner_settings_are_named(field, value, message):
 def test_pruner_and_sampler_settings_reach_optuna():
     from tuner.study import make_pruner
 
-    pruner = make_pruner(default_config(min_resource=2, reduction_factor=2, max_epochs=8))
+    pruner = make_pruner(default_config(pruner="hyperband", min_resource=2, reduction_factor=2, max_epochs=8))
     study = optuna.create_study(pruner=pruner)
     # Hyperband's brackets come from the resources: log2(8 / 2) + 1 = 3 brackets.
     trial = study.ask()
