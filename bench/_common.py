@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import queue
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,3 +47,15 @@ def make_image_folder(root: Path, classes: int, per_class: int, size: int, seed:
 
 def ratio_line(name: str, value: float, baseline: float, target: str) -> str:
     return f"{name}: {value:.3f} vs baseline {baseline:.3f} -> ratio {value / baseline:.3f} (target {target})"
+
+
+def next_from(results, procs, what: str):
+    """The next value a worker process put on `results`; a worker that died (a nonzero exit
+    code) fails the run instead of leaving it waiting forever."""
+    while True:
+        try:
+            return results.get(timeout=1)
+        except queue.Empty:
+            dead = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
+            if dead:
+                raise SystemExit(f"a {what} worker failed (exit code {dead[0]})") from None

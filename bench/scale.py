@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import queue
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, next_from  # noqa: E402
 
 from tuner.space import load_space  # noqa: E402
 from tuner.storage import StorageSettings, engine_kwargs, open_storage  # noqa: E402
@@ -124,7 +123,7 @@ def run(context, url: str, database: str, admin_url: str, workers: int, n_trials
     sampler.start()
     barrier.wait(timeout=600)  # every worker has joined the study: time the trials only
     start = time.perf_counter()
-    ran = [next_result(results, procs) for _ in procs]
+    ran = [next_from(results, procs, "scale") for _ in procs]
     elapsed = time.perf_counter() - start
     for proc in procs:
         proc.join(timeout=120)
@@ -135,17 +134,6 @@ def run(context, url: str, database: str, admin_url: str, workers: int, n_trials
     return {"elapsed": elapsed, "ran": ran, "states": states, "peak": sampler.peak, "samples": sampler.samples,
             "over_budget": sum(1 for t in trials if t.user_attrs.get("over_budget")),
             "exit_codes": [proc.exitcode for proc in procs]}
-
-
-def next_result(results, procs) -> int:
-    """The next worker's trial count; a worker that died fails the run instead of hanging it."""
-    while True:
-        try:
-            return results.get(timeout=1)
-        except queue.Empty:
-            dead = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
-            if dead:
-                raise SystemExit(f"a scale worker failed (exit code {dead[0]})") from None
 
 
 def checks(result: dict, workers: int, n_trials: int) -> list[tuple[str, bool]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import multiprocessing
-import queue
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import sqlalchemy
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, next_from  # noqa: E402
 
 from tuner.space import load_space  # noqa: E402
 from tuner.storage import StorageSettings, engine_kwargs, open_storage  # noqa: E402
@@ -137,23 +136,12 @@ def throughput(context, url: str, n_trials: int, workers: int, path: str, artifa
     # Each worker times itself from the common start to its last trial. Timing the parent's
     # join() instead also counted each interpreter's exit (2-3 s with torch loaded), which is
     # the same for every path and dwarfed the trials themselves.
-    elapsed = max(next_time(times, procs) for _ in procs)
+    elapsed = max(next_from(times, procs, "benchmark") for _ in procs)
     for proc in procs:
         proc.join()
     done = len(optuna.load_study(study_name="bench", storage=url).get_trials(
         states=(optuna.trial.TrialState.COMPLETE,)))
     return done / elapsed
-
-
-def next_time(times, procs) -> float:
-    """The next worker's time; a worker that died fails the benchmark instead of hanging it."""
-    while True:
-        try:
-            return times.get(timeout=1)
-        except queue.Empty:
-            dead = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
-            if dead:
-                raise SystemExit(f"a benchmark worker failed (exit code {dead[0]})") from None
 
 
 def fresh_url(backend: str, folder: str) -> tuple[str, callable]:

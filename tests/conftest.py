@@ -203,3 +203,12 @@ def private_worker_count(tmp_path_factory):
         os.environ.pop("TUNER_WORKERS_DIR", None)
     else:
         os.environ["TUNER_WORKERS_DIR"] = previous
+
+
+def assert_backbone_equals(model: torch.nn.Module, state: dict[str, torch.Tensor], head_prefix: str) -> None:
+    """Every tensor of `state` outside the head (keys not starting with head_prefix) is the model's."""
+    own = model.state_dict()
+    checked = [k for k in state if not k.startswith(head_prefix)]
+    assert checked, "nothing to compare"
+    for key in checked:
+        assert torch.equal(own[key], state[key]), key

@@ -14,7 +14,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 
-from tuner.checkpoints import BEST_WEIGHTS_ATTR, prune_weights, upload_weights
+from tuner.checkpoints import BEST_WEIGHTS_ATTR, CHECKPOINT_ATTR, ArtifactCheckpointer, prune_weights, upload_weights
 from tuner.results import dashboard_store
 from tuner.space import load_space
 from tuner.storage import StorageSettings, open_storage
@@ -86,3 +86,46 @@ def test_only_the_best_finished_trials_weights_stay_and_a_running_trials_are_lef
 
     kept = {t.user_attrs[BEST_WEIGHTS_ATTR] for t in study.get_trials() if t.number in (1, 4)}
     assert {p.name for p in tmp_path.iterdir()} == kept
+
+
+def test_of_two_trials_that_tie_for_the_best_the_one_holding_weights_keeps_them(tmp_path):
+    """Only the first of two tied trials to finish uploads (a later one must beat it), and
+    best_trial may name the other: the study's only best weights must not be removed."""
+    store = FileSystemArtifactStore(str(tmp_path))
+    store.write("weights-of-trial-1", io.BytesIO(b"weights"))
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))  # finished last, uploaded nothing
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={BEST_WEIGHTS_ATTR: "weights-of-trial-1"}))
+    study.add_trial(optuna.trial.create_trial(value=0.4))
+
+    prune_weights(store, study.get_trials(), best_number=0)  # as best_trial may name trial 0
+
+    assert [p.name for p in tmp_path.iterdir()] == ["weights-of-trial-1"]
+
+
+class CountingStore(FileSystemArtifactStore):
+    """A real folder store that also records what was asked to be removed."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__(folder)
+        self.removed: list[str] = []
+
+    def remove(self, artifact_id: str) -> None:
+        self.removed.append(artifact_id)
+        super().remove(artifact_id)
+
+
+def test_the_sweep_at_the_end_of_a_study_frees_only_the_lineages_that_ended_in_fail(tmp_path):
+    store = CountingStore(str(tmp_path))
+    checkpointer = ArtifactCheckpointer(store, "s")
+    left = checkpointer.key(2, 1)  # a dead worker's last checkpoint, past --max-retry
+    (tmp_path / left).write_bytes(b"state")
+    trials = [
+        optuna.trial.create_trial(state=state, value=value, user_attrs={
+            "lineage": number, "epoch": 1, CHECKPOINT_ATTR: checkpointer.key(number, 1)})
+        for number, (state, value) in enumerate([(TrialState.COMPLETE, 0.5), (TrialState.PRUNED, None),
+                                                  (TrialState.FAIL, None)])
+    ]
+    checkpointer.sweep(trials)
+    assert store.removed == [left, checkpointer.key(2, 2)]
+    assert list(tmp_path.iterdir()) == []

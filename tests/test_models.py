@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 import torchvision
+from conftest import assert_backbone_equals
 from torch import nn
 
 from tuner.errors import ModelError, TunerError
@@ -55,14 +56,6 @@ def _resnet_state(name: str = "resnet18", seed: int = 0) -> dict[str, torch.Tens
     """A reproducible random state dict straight from torchvision, independent of our code."""
     torch.manual_seed(seed)
     return torchvision.models.get_model(name, weights=None).state_dict()
-
-
-def _assert_backbone_equals(model: nn.Module, state: dict[str, torch.Tensor], head_prefix: str) -> None:
-    own = model.state_dict()
-    checked = [k for k in state if not k.startswith(head_prefix)]
-    assert checked, "nothing to compare"
-    for key in checked:
-        assert torch.equal(own[key], state[key]), key
 
 
 # --- model list and spec validation ---------------------------------------------------------
@@ -380,7 +373,7 @@ def test_imagenet_weights_load_offline_from_the_cache(offline_hub, name):
 
     built = build_model(ModelSpec(name, weights="imagenet", num_classes=3))
 
-    _assert_backbone_equals(built.model, saved, built.head_name + ".")
+    assert_backbone_equals(built.model, saved, built.head_name + ".")
     transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
     assert built.mean == tuple(transform.mean) and built.std == tuple(transform.std)
     assert all(isinstance(v, float) for v in built.mean + built.std)
@@ -433,7 +426,7 @@ def test_local_state_dict_loads_the_backbone(tmp_path, wrap):
 
     built = build_model(ModelSpec("resnet18", weights=str(path), num_classes=4))
 
-    _assert_backbone_equals(built.model, saved, "fc.")
+    assert_backbone_equals(built.model, saved, "fc.")
     assert built.head[1].weight.shape == (4, 512)
     assert (built.mean, built.std) == (IMAGENET_MEAN, IMAGENET_STD)
 

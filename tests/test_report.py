@@ -28,6 +28,7 @@ from tuner.report import (
     history_figure,
     importances_figure,
     parallel_figure,
+    too_few_trials,
 )
 from tuner.space import load_space
 from tuner.storage import StorageSettings, open_storage
@@ -167,15 +168,27 @@ def raising(error: Exception):
     return compute
 
 
-@pytest.mark.parametrize("error", [
-    ValueError("Cannot evaluate parameter importances with only a single trial."),
-    RuntimeError("Encountered zero total variance in all trees."),  # fANOVA on equal values
-    ZeroDivisionError("division by zero"),
-])
-def test_importances_the_study_is_too_small_for_are_not_available_yet(mixed, error):
+def test_importances_of_equal_values_are_not_available_yet(mixed):
     _, study = mixed
+    error = RuntimeError("Encountered zero total variance in all trees.")  # fANOVA on equal values
     with pytest.raises(NotAvailable, match=str(error)):
         importances_figure(study, "val_accuracy", compute=raising(error))
+
+
+@pytest.mark.parametrize("error", [ValueError("x must be positive"), ZeroDivisionError("division by zero")])
+def test_a_value_error_with_enough_completed_trials_is_raised_not_shown_as_not_available(mixed, error):
+    """The study has 9 completed trials: the error is real, not 'come back later'."""
+    _, study = mixed
+    with pytest.raises(type(error), match=str(error)):
+        importances_figure(study, "val_accuracy", compute=raising(error))
+
+
+@pytest.mark.parametrize(("completed", "too_few"), [(1, True), (2, False)])
+def test_a_value_error_means_too_few_trials_only_below_two_completed(completed, too_few):
+    study = optuna.create_study(direction="maximize")
+    for value in range(completed):
+        study.add_trial(optuna.trial.create_trial(value=float(value)))
+    assert too_few_trials(ValueError("x"), study) is too_few
 
 
 def test_other_runtime_errors_are_raised_not_shown_as_not_available(mixed):

@@ -161,9 +161,12 @@ class ArtifactCheckpointer:
 
     def sweep(self, trials: list[optuna.trial.FrozenTrial]) -> None:
         """Once the study is over, free the checkpoints of the lineages that ended in FAIL
-        (a dead worker's trial past --max-retry): none of them can resume any more."""
+        (a dead worker's trial past --max-retry): none of them can resume any more. Every other
+        finished trial freed its own when it finished (two store calls each, on every exiting
+        worker, would be wasted on them)."""
         for trial in trials:
-            self.finish(trial)
+            if trial.state == optuna.trial.TrialState.FAIL:
+                self.finish(trial)
 
 
 def prune_weights(store, trials: list[optuna.trial.FrozenTrial], best_number: int) -> None:
@@ -175,13 +178,30 @@ def prune_weights(store, trials: list[optuna.trial.FrozenTrial], best_number: in
     are left alone: it may be about to become the best. (The artifact's entry stays in the
     finished trial's system attrs, which Optuna does not let anyone change.)
     """
+    keep = weights_keeper(trials, best_number)
     for trial in trials:
         artifact_id = trial.user_attrs.get(BEST_WEIGHTS_ATTR)
-        if artifact_id and trial.state.is_finished() and trial.number != best_number:
+        if artifact_id and trial.state.is_finished() and trial.number != keep:
             try:
                 store.remove(artifact_id)
             except ArtifactNotFound:
                 pass
+
+
+def weights_keeper(trials: list[optuna.trial.FrozenTrial], best_number: int) -> int | None:
+    """The trial whose weights stay: the best trial, if it holds weights; else the best-valued
+    completed trial that does (the lowest number among equals).
+
+    A trial uploads only when it strictly beats the best finished trial: of two trials that
+    tie, only the first to finish uploads, while Optuna's best_trial may name either of them.
+    Keeping only best_trial's weights then removed the study's one copy of its best weights.
+    """
+    holders = [t for t in trials if t.user_attrs.get(BEST_WEIGHTS_ATTR) and t.state == optuna.trial.TrialState.COMPLETE]
+    if any(t.number == best_number for t in holders):
+        return best_number
+    if not holders:
+        return None
+    return max(holders, key=lambda t: (t.value, -t.number)).number
 
 
 def upload_weights(store, trial: optuna.Trial, state_dict: dict[str, Any], meta: dict[str, Any]) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
+import fcntl
+import logging
 import os
 import tempfile
 from pathlib import Path
+
+LOG = logging.getLogger(__name__)
 
 
 def machine_cores() -> int:
@@ -17,19 +20,33 @@ def machine_cores() -> int:
 
 def default_folder() -> Path:
     """TUNER_WORKERS_DIR, else per user in the machine's own temp folder: a local folder, as
-    the count is of this machine's processes (a shared folder would count other machines')."""
+    the count is of this machine's processes (a shared folder would count other machines').
+    Named by uid, not user name: a container's uid may have no passwd entry (and no LOGNAME)."""
     given = os.environ.get("TUNER_WORKERS_DIR")
-    return Path(given) if given else Path(tempfile.gettempdir()) / f"tuner-workers-{getpass.getuser()}"
+    return Path(given) if given else Path(tempfile.gettempdir()) / f"tuner-workers-{os.getuid()}"
 
 
-def alive(pid: int) -> bool:
+def held(path: Path) -> bool:
+    """Whether a live worker holds `path`'s lock; a file nobody holds is removed.
+
+    The lock, not the pid, tells a live worker: the kernel drops it when its process dies,
+    whereas a killed worker's pid may have been reused by an unrelated process since.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        handle = open(path, "a")
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
+    except OSError:
+        return True  # unreadable: count it rather than give this worker too many threads
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        # Removed while we hold the lock: a worker joining under this name meanwhile waits
+        # for it, then finds its file gone and makes a new one (CoreShare.join).
+        path.unlink(missing_ok=True)
+        return False
 
 
 class CoreShare:
@@ -40,30 +57,44 @@ class CoreShare:
     spinning OpenMP threads, and an epoch took many times longer than one worker's alone.
     `tuner worker --processes N` sets OMP_NUM_THREADS for its children; workers started
     separately count each other here instead, through a pid file each in a local folder,
-    and every trial starts with max(1, cores // workers) threads (Worker.share_cores). A killed worker leaves
-    its file behind; it is recognised by its dead pid and removed.
+    and every trial starts with max(1, cores // workers) threads (Worker.share_cores). Each
+    worker holds an flock on its file; a killed worker's file is left unlocked, recognised so
+    (even if its pid now belongs to another process) and removed.
     """
 
     def __init__(self, folder: Path | None = None, cores: int | None = None) -> None:
         self.folder = folder or default_folder()
         self.cores = cores or machine_cores()
         self.mine = self.folder / str(os.getpid())
+        self.handle = None
 
-    def join(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.mine.touch()
+    def join(self) -> bool:
+        """Count this worker in; False (with a warning) where the folder cannot be written."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            while self.handle is None:
+                handle = open(self.mine, "a")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                if os.path.exists(self.mine) and os.stat(self.mine).st_ino == os.fstat(handle.fileno()).st_ino:
+                    self.handle = handle
+                else:
+                    handle.close()  # removed as a dead worker's before we locked it: again
+        except OSError as error:
+            LOG.warning("cores not shared with other tuner workers: cannot write %s (%s); set "
+                        "OMP_NUM_THREADS or TUNER_WORKERS_DIR", self.folder, error)
+            return False
+        return True
 
     def leave(self) -> None:
-        self.mine.unlink(missing_ok=True)
+        if self.handle is not None:
+            self.mine.unlink(missing_ok=True)
+            self.handle.close()
+            self.handle = None
 
     def workers(self) -> int:
         """The live workers of this machine, this one included."""
         count = 0
         for path in self.folder.iterdir() if self.folder.is_dir() else ():
-            if not path.name.isdigit():
-                continue
-            if alive(int(path.name)):
+            if path.name.isdigit() and held(path):
                 count += 1
-            else:
-                path.unlink(missing_ok=True)
         return max(count, 1)

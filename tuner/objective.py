@@ -28,6 +28,7 @@ from tuner.training import (
     OutOfMemory,
     Runtime,
     evaluate,
+    fitting_loss,
     free_device_memory,
     make_loss,
     make_optimizer,
@@ -186,7 +187,7 @@ class Objective:
         hp = Hyperparams.from_params(params, max_epochs=self.settings.max_epochs)
         # make_loss refuses a loss that contradicts the data too; checked here first so that
         # the message names the space file and how to fix it.
-        expected_loss = "bce_with_logits" if self.data.multilabel else "cross_entropy"
+        expected_loss = fitting_loss(self.data.multilabel)
         if "loss" in params and params["loss"] != expected_loss:
             raise SpaceError(
                 f"{self.space.source}: loss {params['loss']!r} does not fit {context['task']} data, "

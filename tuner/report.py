@@ -302,15 +302,22 @@ def parallel_figure(trials: Sequence[Finished], study: optuna.Study, metric: str
     return figure, ""
 
 
-def too_few_trials(exc: Exception) -> bool:
+# Parameter importances need two completed trials at least (importances_figure checks first).
+MIN_COMPLETED = 2
+
+
+def too_few_trials(exc: Exception, study: optuna.Study) -> bool:
     """Whether an importance error means the study has too few (or too uniform) trials for it yet.
 
-    Optuna's importance evaluators raise ValueError for too few completed trials, and fANOVA
-    a RuntimeError when every trial has the same value; any other RuntimeError is real.
+    Decided by the study, not by the error's type: a ValueError or ZeroDivisionError counts
+    only while fewer than MIN_COMPLETED trials have completed (with more, it is a real error
+    and is raised). fANOVA raises a RuntimeError when every trial has the same value; any
+    other RuntimeError is real.
     """
     if isinstance(exc, RuntimeError):
         return "zero total variance" in str(exc)
-    return True
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return len(completed) < MIN_COMPLETED
 
 
 def importances_figure(study: optuna.Study, metric: str,
@@ -319,12 +326,12 @@ def importances_figure(study: optuna.Study, metric: str,
     import matplotlib.pyplot as plt
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 2:
-        raise NotAvailable(f"needs at least 2 completed trials, has {len(complete)}")
+    if len(complete) < MIN_COMPLETED:
+        raise NotAvailable(f"needs at least {MIN_COMPLETED} completed trials, has {len(complete)}")
     try:
         importances = compute(study)
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-        if not too_few_trials(exc):
+        if not too_few_trials(exc, study):
             raise  # a real error (a broken study, matplotlib, a bug) must not read as "come back later"
         raise NotAvailable(str(exc)) from None
     if not importances:

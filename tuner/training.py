@@ -255,13 +255,15 @@ def class_weights(targets: torch.Tensor, num_classes: int, multilabel: bool) -> 
     return len(targets) / (num_classes * counts)
 
 
-def loss_name(hp: Hyperparams, multilabel: bool) -> str:
-    """The loss the data trains with; hp.loss, when given, must be that one.
+def fitting_loss(multilabel: bool) -> str:
+    """Multi-label targets are multi-hot rows (BCE-with-logits), single-label ones class
+    indices (cross-entropy): the other loss cannot even read them."""
+    return "bce_with_logits" if multilabel else "cross_entropy"
 
-    Multi-label targets are multi-hot rows (BCE-with-logits), single-label ones class
-    indices (cross-entropy): the other loss cannot even read them.
-    """
-    fitting = "bce_with_logits" if multilabel else "cross_entropy"
+
+def loss_name(hp: Hyperparams, multilabel: bool) -> str:
+    """The loss the data trains with (fitting_loss); hp.loss, when given, must be that one."""
+    fitting = fitting_loss(multilabel)
     if hp.loss is not None and hp.loss != fitting:
         task = "multi-label" if multilabel else "single-label"
         raise TunerError(f"loss {hp.loss!r} does not fit {task} data, which trains with {fitting}")

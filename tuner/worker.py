@@ -218,6 +218,7 @@ class Worker:
         # An OMP_NUM_THREADS of the user's (or of --processes) wins over counting the workers.
         self.cores = None if "OMP_NUM_THREADS" in os.environ else CoreShare()
         self.max_threads = torch.get_num_threads()
+        self.shared_threads: int | None = None  # the share last logged
 
     def build_objective(self) -> Objective:
         config = self.config
@@ -247,13 +248,16 @@ class Worker:
         if budget_left(self.study, self.config.n_trials) <= 0 and not self.await_others(deadline):
             self.log.info("budget of %s already taken; nothing to do", plural(self.config.n_trials, "trial"))
             return self.summary()
-        if self.cores is not None:
-            self.cores.join()  # before the data loads: a worker starting meanwhile counts this one
+        if self.cores is not None and not self.cores.join():  # before the data loads: a worker
+            self.cores = None  # starting meanwhile counts this one (join warned why it could not)
         try:
             self.work(deadline)
         finally:
             if self.cores is not None:
                 self.cores.leave()
+                # The count is process-wide: a long-lived process (CliRunner in pytest, a
+                # notebook) must not keep this worker's share after it has gone.
+                torch.set_num_threads(self.max_threads)
         self.tidy()
         return self.summary()
 
@@ -368,6 +372,8 @@ class Worker:
         threads = max(1, min(self.max_threads, self.cores.cores // workers))
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
+        if threads != self.shared_threads:  # logged once at the first trial, then on each change
+            self.shared_threads = threads
             self.log.info("%d torch thread(s): %d cores shared by %d tuner workers on this machine "
                           "(set OMP_NUM_THREADS to choose)", threads, self.cores.cores, workers)
 
