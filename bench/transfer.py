@@ -6,7 +6,7 @@ train/ and val/ subfolders, the path a real user takes. Every method runs on tha
 with the same budget in epochs (every epoch trained counts, a pruned trial's too), for several
 seeds; wall-clock seconds are reported too. Methods:
 
-  tuner    tuner's defaults through tuner's own code path: `default.yaml`, TPE, Hyperband and
+  tuner    tuner's defaults through tuner's own code path: `default.yaml`, TPE, ASHA and
            the seed's warm start, a study in SQLite run by tuner's Worker (checkpoints included).
   random   random search without pruning.
   optuna   plain Optuna as its tutorial teaches: TPESampler() defaults + MedianPruner(), same
@@ -80,6 +80,7 @@ ALL_METHODS = ("tuner", "random", "optuna", "topk", "recipes")
 # the seed's range (the per-trial cap --max-epochs applies, as for every method).
 RECIPE_BASE = {
     "optimizer": "adamw", "weight_decay": 1e-4, "batch_size": 32, "scheduler": "plateau",
+    "plateau_factor": 0.1, "plateau_patience": 3, "head_init": "random",  # the seed's plateau; no probe
     "dropout": 0.4, "aug_crop_scale": 1.0, "aug_hflip": 0.5, "aug_rotation": 0, "aug_color_jitter": 0.0,
     "label_smoothing": 0.0, "class_weighting": "none",
 }
@@ -153,7 +154,7 @@ class BenchConfig:
     seeds: int = 3
     methods: tuple[str, ...] = ALL_METHODS
     cache_views: int = 4
-    tuner_pruner: str = "hyperband"
+    tuner_pruner: str = "asha"
     tuner_sampler: str = "tpe"
     tolerance: float = 0.0
     sanity_epochs: int = 10

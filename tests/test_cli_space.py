@@ -26,7 +26,7 @@ def test_space_validate_ok(runner):
     result = runner.invoke(cli, ["space", "validate", "default", "search_spaces/fine_tuning.yaml"])
     assert result.exit_code == 0
     assert result.output.splitlines() == [
-        "default.yaml: OK (25 parameters)",
+        "default.yaml: OK (26 parameters)",
         "fine_tuning.yaml: OK (23 parameters)",
     ]
 
@@ -36,7 +36,7 @@ def test_space_validate_reports_each_bad_file_and_exits_1(runner, tmp_path):
     bad.write_text("params:\n  lr: {type: float, low: 0, high: 1.0e-3, log: true}\n")
     result = runner.invoke(cli, ["space", "validate", "default", str(bad), str(tmp_path / "none.yaml")])
     assert result.exit_code == 1
-    assert result.stdout == "default.yaml: OK (25 parameters)\n"
+    assert result.stdout == "default.yaml: OK (26 parameters)\n"
     assert result.stderr.splitlines() == [
         "Error: bad.yaml: lr.low must be > 0 when log is true, got 0",
         f"Error: no search space file or shipped space named '{tmp_path / 'none.yaml'}' "
@@ -105,3 +105,42 @@ def test_help_teaches_the_workflow(runner):
     result = runner.invoke(cli, ["--help"])
     assert result.exit_code == 0
     assert "tuner run --data DIR" in result.output
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("params:\n  dropout: {type: float, low: 0.3, high: 0.5, prior: {centre: 0.6, spread: 0.1}}\n",
+         "Error: p.yaml: dropout.prior.centre must lie in the range 0.3 .. 0.5, got 0.6"),
+        ("params:\n  optimizer: {type: categorical, choices: [adam, sgd], prior: {weights: [0, 0]}}\n",
+         "Error: p.yaml: optimizer.prior.weights must not all be 0, got [0, 0]"),
+        ("params:\n  head_init: {type: categorical, choices: [probe, linear]}\n",
+         "Error: p.yaml: head_init must be one of random, probe, got 'linear'"),
+        ("params:\n  freeze: {type: categorical, choices: [head, gradually]}\n",
+         "Error: p.yaml: freeze must be one of head, last_blocks, full, gradual, got 'gradually'"),
+        ("params:\n  unfreeze_every: {type: int, low: -2, high: 0}\n",
+         "Error: p.yaml: unfreeze_every must be > 0, got 0"),
+        ("params:\n  unfreeze_every: {type: float, low: 1, high: 3}\n",
+         "Error: p.yaml: unfreeze_every must be an integer, got 3.0"),
+    ],
+)
+def test_space_validate_checks_priors_and_the_new_parameters(runner, tmp_path, body, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(body)
+    result = runner.invoke(cli, ["space", "validate", str(path)])
+    assert (result.exit_code, result.stderr) == (1, message + "\n")
+
+
+def test_space_validate_accepts_gradual_unfreezing_and_probing(runner, tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "params:\n"
+        "  freeze: {type: categorical, choices: [head, gradual], prior: {weights: [1, 3]}}\n"
+        "  unfreeze_every: {type: int, low: 1, high: 3, when: {freeze: gradual}, prior: {centre: 2, spread: 1}}\n"
+        "  head_init: {type: categorical, choices: [probe, random], when: {freeze: gradual}}\n"
+    )
+    result = runner.invoke(cli, ["space", "validate", str(path)])
+    assert (result.exit_code, result.stdout) == (0, "g.yaml: OK (3 parameters)\n")
+    shown = runner.invoke(cli, ["space", "show", str(path)])
+    assert any(line.split()[:2] == ["unfreeze_every", "int"] and line.rstrip().endswith("2 ± 1")
+               for line in shown.stdout.splitlines())

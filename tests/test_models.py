@@ -270,8 +270,8 @@ def test_refreezing_undoes_a_previous_strategy():
 @pytest.mark.parametrize(
     ("strategy", "blocks", "message"),
     [
-        ("all", 1, "freeze strategy must be one of head, last_blocks, full, got 'all'"),
-        ("Head", 1, "freeze strategy must be one of head, last_blocks, full, got 'Head'"),
+        ("all", 1, "freeze strategy must be one of head, last_blocks, full, gradual, got 'all'"),
+        ("Head", 1, "freeze strategy must be one of head, last_blocks, full, gradual, got 'Head'"),
         ("last_blocks", 0, "unfreeze_blocks must be an integer >= 1, got 0"),
         ("last_blocks", -2, "unfreeze_blocks must be an integer >= 1, got -2"),
         ("last_blocks", 1.5, "unfreeze_blocks must be an integer >= 1, got 1.5"),

@@ -422,7 +422,7 @@ def test_imagenet_weights_load_offline_from_the_hub_cache(data, offline_hub):
          "t.yaml: momentum must be a number, got '1e-1' (YAML reads a number like 1e-3 as text: write 1.0e-3)"),
         ("epochs: {type: float, low: 2, high: 3}", "t.yaml: epochs must be an integer, got 3.0"),
         ("freeze: {type: categorical, choices: [head, partial]}",
-         "t.yaml: freeze must be one of head, last_blocks, full, got 'partial'"),
+         "t.yaml: freeze must be one of head, last_blocks, full, gradual, got 'partial'"),
         ("nesterov: {type: categorical, choices: [false, 'yes']}", "t.yaml: nesterov must be true or false, got 'yes'"),
         ("batch_size: {type: categorical, choices: [16, 0]}", "t.yaml: batch_size must be > 0, got 0"),
         ("lr: {type: float, low: -1.0, high: 0.0}", "t.yaml: lr must be > 0, got 0.0"),

@@ -98,7 +98,8 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
     result = invoke([
         "create", "--study", "s1", *fast_args(tiny_space), "--n-trials", "3", "--storage", storage_url,
         "--artifacts", str(artifacts), "--sampler", "random", "--pruner", "median", "--seed", "7",
-        "--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", "2", "--cache-views", "2", *extra,
+        "--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", "2", "--cache-views", "2",
+        "--prior-weight", "4", *extra,
     ])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
@@ -111,7 +112,8 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
         "weights": "none", "image_size": 16, "val_fraction": 0.2, "sampler": "random", "pruner": "median",
         "n_trials": 3, "seed": 7, "max_epochs": 2, "metric": "val_accuracy", "direction": "maximize",
         "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2, "artifacts": str(artifacts.resolve()),
-        "warm_start": warm_start, "cache_views": 2,
+        "warm_start": warm_start, "cache_views": 2, "prior_weight": 4.0, "startup_trials": 10,
+        "min_resource": 1, "reduction_factor": 3,
     }
     assert study.metric_names == ["val_accuracy"]
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -119,7 +121,8 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
     assert note.startswith("# tiny: resnet18 on digits\n")
     assert "Tiny test space." in note
     assert "* **Data:** digits (scikit-learn 8x8 handwritten digits)" in note
-    assert "| `backbone_lr` | float | 1e-05 .. 0.0001 (log) | freeze = 'last_blocks' |" in note
+    assert "| `backbone_lr` | float | 1e-05 .. 0.0001 (log) | freeze = 'last_blocks' | - |" in note
+    assert "* **Priors:** none in this space\n" in note
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.WAITING] * len(enqueued)
     assert [t.system_attrs["fixed_params"] for t in trials] == enqueued
@@ -151,9 +154,9 @@ WARM_START_CASES = [
     pytest.param("tiny", 1, [HEAD], id="tiny: cut to the budget"),
     pytest.param("default", 20, [
         {"freeze": "head", "lr": 1e-3, "optimizer": "adamw"},
-        {"freeze": "last_blocks", "unfreeze_blocks": 1, "lr": 1e-3, "backbone_lr": 1e-5},
-        {"freeze": "full", "lr": 1e-5, "backbone_lr": 1e-5},
-    ], id="default: all three"),
+        {"freeze": "last_blocks", "unfreeze_blocks": 1, "head_init": "probe", "lr": 1e-3, "backbone_lr": 1e-5},
+        {"freeze": "full", "head_init": "probe", "lr": 1e-5, "backbone_lr": 1e-5},
+    ], id="default: all three, fine-tuning ones probed"),
     pytest.param("fine_tuning", 20, [
         {"freeze": "last_blocks", "unfreeze_blocks": 1, "lr": 1e-3, "backbone_lr": 1e-5},
         {"freeze": "full", "lr": 1e-5, "backbone_lr": 1e-5},

@@ -33,7 +33,7 @@ from tuner.training import (
 
 CPU = Runtime(torch.device("cpu"))
 ALL_NAMES = (
-    "freeze, unfreeze_blocks, lr, backbone_lr, optimizer, momentum, nesterov, weight_decay, batch_size, "
+    "freeze, unfreeze_blocks, unfreeze_every, head_init, lr, backbone_lr, optimizer, momentum, nesterov, weight_decay, batch_size, "
     "epochs, scheduler, step_size, step_gamma, plateau_factor, plateau_patience, cosine_min_lr_ratio, "
     "dropout, aug_crop_scale, aug_hflip, aug_rotation, aug_color_jitter, loss, label_smoothing, "
     "class_weighting, patience"
@@ -86,7 +86,7 @@ def test_unknown_hyperparameter_is_named():
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"freeze": "partial"}, "freeze must be one of head, last_blocks, full, got 'partial'"),
+        ({"freeze": "partial"}, "freeze must be one of head, last_blocks, full, gradual, got 'partial'"),
         ({"optimizer": "rmsprop"}, "optimizer must be one of adam, adamw, sgd, got 'rmsprop'"),
         ({"scheduler": "exponential"}, "scheduler must be one of none, step, plateau, cosine, got 'exponential'"),
         ({"loss": "focal"}, "loss must be one of cross_entropy, bce_with_logits, got 'focal'"),
@@ -105,6 +105,9 @@ def test_unknown_hyperparameter_is_named():
         ({"batch_size": True}, "batch_size must be an integer, got True"),
         ({"nesterov": "yes"}, "nesterov must be true or false, got 'yes'"),
         ({"nesterov": 1}, "nesterov must be true or false, got 1"),
+        ({"head_init": "linear"}, "head_init must be one of random, probe, got 'linear'"),
+        ({"unfreeze_every": 0}, "unfreeze_every must be > 0, got 0"),
+        ({"unfreeze_every": 1.5}, "unfreeze_every must be an integer, got 1.5"),
     ],
 )
 def test_bad_hyperparameters_are_rejected_with_their_name(params, message):

@@ -99,7 +99,7 @@ def study_options(f: Callable) -> Callable:
                      help="Share of each class held out for validation when the data has no val/ folder."),
         click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "cmaes"]), default="tpe", show_default=True,
                      help="How trials pick their parameters: multivariate TPE, random, Gaussian process or CMA-ES."),
-        click.option("--pruner", type=click.Choice(["hyperband", "median", "asha", "none"]), default="hyperband",
+        click.option("--pruner", type=click.Choice(["hyperband", "median", "asha", "none"]), default="asha",
                      show_default=True, help="Stops unpromising trials on the per-epoch validation metric."),
         click.option("--n-trials", type=click.IntRange(min=1), default=20, show_default=True, metavar="N",
                      help="The study's total budget of finished trials, across all workers."),
@@ -109,6 +109,9 @@ def study_options(f: Callable) -> Callable:
                      "(default: from the space file, else none)."),
         click.option("--no-warm-start", "warm_start", flag_value=False, default=True,
                      help="Do not enqueue the seed's recommended configurations as the first trials."),
+        click.option("--prior-weight", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                     help="Trial n follows the space's priors with chance W/(W+n), else the sampler's "
+                          "model (0: ignore the priors)."),
         click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True, metavar="K",
                      help="Head-only trials train on cached backbone features of K augmented views "
                           "per image (0: no cache, recompute the backbone every epoch)."),

@@ -19,7 +19,7 @@ from tuner.model_sources import (  # noqa: F401  (IMAGENET_* and available_model
     source_for,
 )
 
-FREEZE_STRATEGIES = ("head", "last_blocks", "full")
+FREEZE_STRATEGIES = ("head", "last_blocks", "full", "gradual")
 
 # A container needs this many parameter-holding children to count as a backbone's
 # block list: smaller ones are wrappers such as (features, classifier) or a two-conv stem.
@@ -84,13 +84,33 @@ def freeze(
     head_params = _unique(built.head.parameters())
     head_ids = {id(p) for p in head_params}
     backbone = [p for p in _unique(built.model.parameters()) if id(p) not in head_ids]
+    for param in head_params:
+        param.requires_grad_(True)
+    if strategy == "gradual":
+        # The optimizer's backbone group holds every block from the start (at the backbone
+        # LR); unfreeze_top turns blocks on as training goes. A frozen parameter has no
+        # gradient, so the optimizer skips it (no update, no weight decay) until then.
+        unfreeze_top(built, 0)
+        return backbone, head_params
     trainable = _trainable_backbone(built, backbone, strategy, unfreeze_blocks)
+    _set_trainable(backbone, trainable)
+    return trainable, head_params
+
+
+def unfreeze_top(built: BuiltModel, blocks: int) -> int:
+    """Make the top `blocks` backbone blocks trainable and the rest frozen (0: head only);
+    more blocks than the backbone has unfreezes all of it. Returns the trainable count."""
+    head_ids = {id(p) for p in built.head.parameters()}
+    backbone = [p for p in _unique(built.model.parameters()) if id(p) not in head_ids]
+    trainable = [] if blocks == 0 else _trainable_backbone(built, backbone, "last_blocks", blocks)
+    _set_trainable(backbone, trainable)
+    return count_trainable(built.model)
+
+
+def _set_trainable(backbone: list[nn.Parameter], trainable: list[nn.Parameter]) -> None:
     trainable_ids = {id(p) for p in trainable}
     for param in backbone:
         param.requires_grad_(id(param) in trainable_ids)
-    for param in head_params:
-        param.requires_grad_(True)
-    return trainable, head_params
 
 
 def set_train_mode(model: nn.Module) -> None:

@@ -16,8 +16,9 @@ import torch
 from tuner.batches import ImageBatches, TensorBatches, eval_transform, place_images, train_transform
 from tuner.data import AugmentConfig, ImageData
 from tuner.errors import DeviceError, SpaceError
-from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, default_cache_dir
-from tuner.models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode
+from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, default_cache_dir, extract
+from tuner.models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode, unfreeze_top
+from tuner.probe import probe_head
 from tuner.progress import Progress, short_params
 from tuner.space import SearchSpace
 from tuner.training import (
@@ -239,6 +240,8 @@ class TrialRun:
         self.start_epoch = 1
         self.history: list[dict[str, float]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.unfrozen_blocks = 0  # freeze=gradual: how far unfreezing has gone
+        self.resumed = False
 
     def build_model(self) -> BuiltModel:
         settings = self.objective.settings
@@ -318,6 +321,9 @@ class TrialRun:
         try:
             # Restoring copies the checkpoint's tensors to the device: out of memory there too.
             without_oom(lambda: self.restore(trial))
+            if self.wants_probe() and not self.resumed:
+                # A resumed trial's head was probed (and trained on) before its checkpoint.
+                self.probe(trial)
             reason = self.run_epochs(trial)
         except Diverged:
             reason = "diverged"
@@ -357,6 +363,7 @@ class TrialRun:
                 return "early_stopped"
         for epoch in range(self.start_epoch, self.hp.epochs + 1):
             self.seed_epoch(epoch)
+            self.unfreeze_for(epoch)
             self.set_train_mode()
             bar = self.objective.progress.steps(f"epoch {epoch}/{self.hp.epochs}", len(self.data.train_targets))
             with bar as advance:
@@ -371,8 +378,10 @@ class TrialRun:
             step_scheduler(self.scheduler, result.metric)
             if self.stopper.update(result.metric, epoch):
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-            self.history.append({"epoch": epoch, "metric": result.metric, "val_loss": result.loss,
-                                 "train_loss": train_loss})
+            row = {"epoch": epoch, "metric": result.metric, "val_loss": result.loss, "train_loss": train_loss}
+            if self.hp.freeze == "gradual":
+                row.update(unfrozen_blocks=self.unfrozen_blocks, trainable_params=count_trainable(self.model))
+            self.history.append(row)
             trial.report(result.metric, epoch)
             self.checkpoint(trial, epoch)
             if self.objective.on_epoch is not None:
@@ -394,6 +403,7 @@ class TrialRun:
             "history": self.history,
             "best_model": self.best_state,
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+            "unfrozen_blocks": self.unfrozen_blocks,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -409,6 +419,10 @@ class TrialRun:
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         self.start_epoch = state["epoch"] + 1
+        self.resumed = True
+        if self.hp.freeze == "gradual":
+            self.unfrozen_blocks = int(state.get("unfrozen_blocks", 0))
+            unfreeze_top(self.built, self.unfrozen_blocks)
 
     def checkpoint(self, trial: optuna.Trial, epoch: int) -> None:
         if self.objective.checkpointer is not None:
@@ -426,6 +440,50 @@ class TrialRun:
         # learning curve is whole and the pruner sees the same history.
         for row in self.history:
             trial.report(row["metric"], int(row["epoch"]))
+
+    # --- gradual unfreezing and probe-then-fine-tune ---------------------------------------
+
+    def unfreeze_for(self, epoch: int) -> None:
+        """freeze=gradual: epochs 1..k train the head, then one more block every k epochs.
+
+        A function of the epoch alone, so a resumed trial (which restores the count from its
+        checkpoint) goes on with the same schedule. The new blocks are already in the
+        optimizer's backbone group, at the backbone LR.
+        """
+        if self.hp.freeze != "gradual":
+            return
+        blocks = (epoch - 1) // self.hp.unfreeze_every
+        if blocks != self.unfrozen_blocks:
+            unfreeze_top(self.built, blocks)
+            self.unfrozen_blocks = blocks
+
+    def wants_probe(self) -> bool:
+        return self.hp.head_init == "probe" and self.hp.freeze != "head"
+
+    def probe(self, trial: optuna.Trial) -> None:
+        """LP-FT: train the head on the frozen backbone's features before fine-tuning starts.
+
+        The features are those head-only trials use without augmentation (one view), so
+        with the cache on they are computed once per study and machine.
+        """
+        train, val = self.probe_features()
+        result = probe_head(
+            self.built.head, (train, self.data.train_targets), (val, self.data.val_targets), self.loss_fn,
+            self.runtime, batch_size=self.hp.batch_size, seed=derive_seed(self.seed, "probe"),
+            multilabel=self.data.multilabel,
+        )
+        trial.set_user_attr("probe", {**result.as_attr(), "trial": trial.number})
+
+    def probe_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        settings = self.objective.settings
+        plain = AugmentConfig()
+        if self.objective.cache is not None:
+            features = self.objective.cache.get(self.built, settings.model, self.data, settings.image_size, plain)
+            return features.view(0), features.val
+        mean, std = self.built.mean, self.built.std
+        train = extract(self.built, self.data.train_images, eval_transform(mean, std), self.runtime)
+        val = extract(self.built, self.data.val_images, eval_transform(mean, std), self.runtime)
+        return train, val
 
     def release_memory(self) -> None:
         """Drop every reference this run holds to device memory, then free it.

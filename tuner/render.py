@@ -43,6 +43,17 @@ def branch_range(branch: Branch) -> str:
     return fmt(branch.value)
 
 
+def branch_prior(branch: Branch) -> str:
+    """The branch's prior as the space file states it: centre ± spread, or weight per choice."""
+    prior = branch.prior
+    if prior is None:
+        return "-"
+    if prior.weights:
+        return ", ".join(f"{fmt(c)}: {fmt(w).removesuffix('.0')}" for c, w in zip(branch.choices, prior.weights))
+    unit = " decades" if branch.log else ""
+    return f"{fmt(prior.centre)} ± {fmt(prior.spread)}{unit}"
+
+
 def branch_when(branch: Branch) -> str:
     parts = [f"{k} in {fmt(list(v))}" if len(v) > 1 else f"{k} = {fmt(v[0])}" for k, v in branch.when]
     return " and ".join(parts) or "always"
@@ -50,13 +61,13 @@ def branch_when(branch: Branch) -> str:
 
 def space_table(space: SearchSpace) -> str:
     rows = [
-        (name, b.type, branch_range(b), branch_when(b))
+        (name, b.type, branch_range(b), branch_when(b), branch_prior(b))
         for name, branches in space.params.items()
         for b in branches
     ]
     settings = ", ".join(f"{k}={v}" for k, v in space.settings.items()) or "none"
     header = f"{space.name} ({space.source}): {space.description}\nsettings: {settings}"
-    return header + "\n" + simple_table(None, ("parameter", "type", "range", "when"), rows)
+    return header + "\n" + simple_table(None, ("parameter", "type", "range", "when", "prior"), rows)
 
 
 def status_text(report: dict[str, Any]) -> str:

@@ -29,13 +29,14 @@ class StudyRequest:
     weights: str | None = None  # None: the space file's settings.weights, else imagenet
     val_fraction: float = 0.2
     sampler: str = "tpe"
-    pruner: str = "hyperband"
+    pruner: str = "asha"
     n_trials: int = 20
     seed: int = 0
     max_epochs: int | None = None
     artifacts: str | None = None
     warm_start: bool = True
     cache_views: int = 4
+    prior_weight: float = 10.0
     # Machine-local: where this process keeps the decoded images, not part of the study.
     memory_limit_gib: float | None = None
 
@@ -98,7 +99,7 @@ def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[Study
         # checkpoint and train from scratch.
         artifacts=_absolute(request.artifacts) if request.artifacts else default_artifacts_dir(
             normalize_url(storage.url)),
-        warm_start=request.warm_start, cache_views=request.cache_views,
+        warm_start=request.warm_start, cache_views=request.cache_views, prior_weight=request.prior_weight,
     )
     return config, space, data
 

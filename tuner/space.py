@@ -26,9 +26,9 @@ SETTING_KEYS = ("model", "image_size", "weights", "max_epochs")
 # Values that come from the data rather than the sampler; `when` may test them.
 CONTEXT_VALUES: Mapping[str, tuple[str, ...]] = {"task": ("single_label", "multi_label")}
 KEYS_BY_TYPE: Mapping[str, frozenset[str]] = {
-    "float": frozenset({"type", "low", "high", "log", "step", "when"}),
-    "int": frozenset({"type", "low", "high", "log", "step", "when"}),
-    "categorical": frozenset({"type", "choices", "when"}),
+    "float": frozenset({"type", "low", "high", "log", "step", "when", "prior"}),
+    "int": frozenset({"type", "low", "high", "log", "step", "when", "prior"}),
+    "categorical": frozenset({"type", "choices", "when", "prior"}),
     "fixed": frozenset({"type", "value", "when"}),
 }
 
@@ -47,6 +47,20 @@ def fmt(value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Prior:
+    """Expert belief about a branch: a centre and spread (decades when log) or a weight per choice."""
+
+    centre: float | None = None
+    spread: float | None = None
+    weights: tuple[float, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        if self.weights:
+            return {"weights": list(self.weights)}
+        return {"centre": self.centre, "spread": self.spread}
+
+
+@dataclass(frozen=True)
 class Branch:
     """One entry of a parameter: a distribution (or fixed value) and when it applies."""
 
@@ -59,6 +73,7 @@ class Branch:
     choices: tuple[Any, ...] = ()
     value: Any = None
     when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    prior: Prior | None = None
 
     @property
     def fixed(self) -> bool:
@@ -136,19 +151,22 @@ class SearchSpace:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "params": {
-                name: [
-                    {
-                        "distribution": json.loads(
-                            optuna.distributions.distribution_to_json(b.distribution())
-                        ),
-                        "when": b.when_dict(),
-                    }
-                    for b in branches
-                ]
-                for name, branches in self.params.items()
-            },
+            "params": {name: [_branch_json(b) for b in branches] for name, branches in self.params.items()},
         }
+
+    @property
+    def has_priors(self) -> bool:
+        return any(b.prior is not None for branches in self.params.values() for b in branches)
+
+
+def _branch_json(branch: Branch) -> dict[str, Any]:
+    shown = {
+        "distribution": json.loads(optuna.distributions.distribution_to_json(branch.distribution())),
+        "when": branch.when_dict(),
+    }
+    if branch.prior is not None:
+        shown["prior"] = branch.prior.to_json()
+    return shown
 
 
 def shipped_spaces_dir() -> Path:
@@ -276,7 +294,9 @@ class _Validator:
         self.unknown_keys(entry, KEYS_BY_TYPE[kind], f"{label} ({kind})")
         when = self.when(label, entry.get("when"))
         if kind == "categorical":
-            return Branch(param, kind, choices=self.choices(label, entry.get("choices")), when=when)
+            choices = self.choices(label, entry.get("choices"))
+            prior = self.choice_prior(label, entry["prior"], choices) if "prior" in entry else None
+            return Branch(param, kind, choices=choices, when=when, prior=prior)
         if kind == "fixed":
             if "value" not in entry:
                 raise self.fail(f"{label}.value is required for a fixed parameter")
@@ -305,10 +325,46 @@ class _Validator:
             if log:
                 raise self.fail(f"{label}.step cannot be combined with log: true, got step {fmt(step)}")
         cast = int if kind == "int" else float
+        prior = self.range_prior(label, entry["prior"], low, high, log) if "prior" in entry else None
         return Branch(
             param, kind, low=cast(low), high=cast(high), log=log,
-            step=None if step is None else cast(step), when=when,
+            step=None if step is None else cast(step), when=when, prior=prior,
         )
+
+    def range_prior(self, label: str, raw: Any, low: float, high: float, log: bool) -> Prior:
+        where = f"{label}.prior"
+        if not isinstance(raw, dict):
+            raise self.fail(f"{where} must be a mapping with centre and spread, got {fmt(raw)}")
+        self.unknown_keys(raw, ("centre", "spread"), where)
+        for key in ("centre", "spread"):
+            if key not in raw:
+                raise self.fail(f"{where}.{key} is required")
+            if not _is_number(raw[key]):
+                raise self.fail(f"{where}.{key} must be a number, got {fmt(raw[key])}")
+        centre, spread = raw["centre"], raw["spread"]
+        if not low <= centre <= high:
+            raise self.fail(f"{where}.centre must lie in the range {fmt(low)} .. {fmt(high)}, got {fmt(centre)}")
+        if spread <= 0:
+            unit = " (in decades, as log is true)" if log else ""
+            raise self.fail(f"{where}.spread must be > 0{unit}, got {fmt(spread)}")
+        return Prior(centre=centre, spread=spread)
+
+    def choice_prior(self, label: str, raw: Any, choices: tuple[Any, ...]) -> Prior:
+        where = f"{label}.prior"
+        if not isinstance(raw, dict):
+            raise self.fail(f"{where} must be a mapping with weights, got {fmt(raw)}")
+        self.unknown_keys(raw, ("weights",), where)
+        weights = raw.get("weights")
+        if not isinstance(weights, list) or len(weights) != len(choices):
+            raise self.fail(
+                f"{where}.weights must be a list of one weight per choice ({len(choices)}), got {fmt(weights)}"
+            )
+        for weight in weights:
+            if not _is_number(weight) or weight < 0:
+                raise self.fail(f"{where}.weights must be numbers >= 0, got {fmt(weight)} in {fmt(weights)}")
+        if not any(weights):
+            raise self.fail(f"{where}.weights must not all be 0, got {fmt(weights)}")
+        return Prior(weights=tuple(float(w) for w in weights))
 
     def choices(self, label: str, raw: Any) -> tuple[Any, ...]:
         if not isinstance(raw, list):

@@ -21,6 +21,8 @@ WARM_START = (
     {"freeze": "last_blocks", "unfreeze_blocks": 1, "backbone_lr": 1e-5, "lr": 1e-3},
     {"freeze": "full", "backbone_lr": 1e-5, "lr": 1e-5},
 )
+# What tuner adds to the seed's fine-tuning recipes, as far as a space can express it.
+PROBED_HEAD = {"head_init": "probe"}
 # Settings a worker may set for its own machine without changing the study.
 # (device, num_workers, compile and the like are worker options, never study options: nothing to list.)
 MACHINE_LOCAL = ("data", "artifacts", "memory_limit_gib")
@@ -38,7 +40,9 @@ class StudyConfig:
     image_size: int = 224
     val_fraction: float = 0.2
     sampler: str = "tpe"
-    pruner: str = "hyperband"
+    # ASHA by default: with a budget of a few dozen epochs Hyperband's brackets each wait for
+    # their own trials; on bench/transfer.py --quick ASHA gave 0.693 against Hyperband's 0.683.
+    pruner: str = "asha"
     n_trials: int = 20
     seed: int = 0
     max_epochs: int | None = None
@@ -50,6 +54,16 @@ class StudyConfig:
     artifacts: str = ""
     warm_start: bool = True
     cache_views: int = 4
+    # piBO's beta: trial n follows the space's priors with chance beta / (beta + n); 0 turns
+    # the priors off. A space without priors is sampled as before whatever the value.
+    prior_weight: float = 10.0
+    # The model-based sampler's random start-up trials (TPE's n_startup_trials; warm-start
+    # and prior trials count among them), and the multi-fidelity pruners' rungs: the first
+    # after min_resource epochs, one in reduction_factor trials promoted at each. Hyperband
+    # runs one bracket per power of reduction_factor in max_epochs / min_resource.
+    startup_trials: int = 10
+    min_resource: int = 1
+    reduction_factor: int = 3
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -60,6 +74,13 @@ class StudyConfig:
             raise TunerError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.pruner not in PRUNERS:
             raise TunerError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        if not isinstance(self.prior_weight, (int, float)) or not 0 <= self.prior_weight < float("inf"):
+            raise TunerError(f"--prior-weight must be a number >= 0, got {self.prior_weight!r}")
+        for flag, value, least in (("--startup-trials", self.startup_trials, 0),
+                                   ("--min-resource", self.min_resource, 1),
+                                   ("--reduction-factor", self.reduction_factor, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise TunerError(f"{flag} must be an integer >= {least}, got {value!r}")
 
     def to_attr(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +102,19 @@ def epoch_cap(space: SearchSpace, max_epochs: int | None) -> int:
 
 
 def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler; a space with priors wraps it so early trials follow them."""
+    base = base_sampler(config, seed)
+    space = config.space()
+    if config.sampler == "random" or config.prior_weight == 0 or not space.has_priors:
+        return base
+    from tuner.priors import PriorGuidedSampler
+
+    # Seeded by the study seed, not the worker's: which trials follow the prior is a
+    # property of the study, the same whichever worker samples a trial.
+    return PriorGuidedSampler(space, base, beta=config.prior_weight, seed=config.seed)
+
+
+def base_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if config.sampler == "gp":
@@ -89,17 +123,19 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     # Conditional spaces need group=True for multivariate TPE; constant_liar keeps
     # parallel workers from all sampling next to the same running trial.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=config.startup_trials)
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     cap = epoch_cap(config.space(), config.max_epochs)
+    low, factor = min(config.min_resource, cap), config.reduction_factor
     if config.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cap, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=cap, reduction_factor=factor)
     if config.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     if config.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=low, reduction_factor=factor)
     return optuna.pruners.NopPruner()
 
 
@@ -151,7 +187,8 @@ def save_note(study: optuna.Study, body: str) -> None:
 def study_note(config: StudyConfig, space: SearchSpace, data_summary: str) -> str:
     """Markdown shown by optuna-dashboard: what is searched, on what data."""
     rows = "\n".join(
-        f"| `{name}` | {b.type} | {_range(b)} | {_when(b)} |" for name, bs in space.params.items() for b in bs
+        f"| `{name}` | {b.type} | {_range(b)} | {_when(b)} | {_prior(b)} |"
+        for name, bs in space.params.items() for b in bs
     )
     return (
         f"# {config.space_name}: {config.model} on {config.data}\n\n"
@@ -161,7 +198,8 @@ def study_note(config: StudyConfig, space: SearchSpace, data_summary: str) -> st
         f"* **Metric:** `{config.metric}` ({config.direction})\n"
         f"* **Budget:** {config.n_trials} trials, sampler `{config.sampler}`, pruner `{config.pruner}`, "
         f"seed {config.seed}, max epochs {config.max_epochs or 'from the space'}\n\n"
-        "| parameter | type | range | when |\n|---|---|---|---|\n" + rows + "\n"
+        f"* **Priors:** {_prior_line(config, space)}\n\n"
+        "| parameter | type | range | when | prior |\n|---|---|---|---|---|\n" + rows + "\n"
     )
 
 
@@ -171,6 +209,21 @@ def _range(branch) -> str:
     return branch_range(branch)
 
 
+def _prior(branch) -> str:
+    from tuner.render import branch_prior
+
+    return branch_prior(branch)
+
+
+def _prior_line(config: StudyConfig, space: SearchSpace) -> str:
+    if not space.has_priors:
+        return "none in this space"
+    if config.sampler == "random" or config.prior_weight == 0:
+        return "stated in the space, not used (random sampler or prior weight 0)"
+    return (f"trial n is drawn from them with chance {config.prior_weight:g}/({config.prior_weight:g}+n), "
+            f"else by the `{config.sampler}` sampler")
+
+
 def _when(branch) -> str:
     from tuner.render import branch_when
 
@@ -178,9 +231,16 @@ def _when(branch) -> str:
 
 
 def warm_start_params(space: SearchSpace) -> list[dict[str, Any]]:
-    """The seed's recommended configurations that this space can express, as enqueue params."""
+    """The seed's recommended configurations that this space can express, as enqueue params.
+
+    Where a recipe fine-tunes and the space has `head_init`, it starts from a probed head
+    (LP-FT): measured on bench/transfer.py, the seed's full fine-tuning recipe (head LR 1e-5)
+    with a random head stayed near chance for its first epochs and was pruned.
+    """
     out: list[dict[str, Any]] = []
     for config in WARM_START:
+        if config.get("freeze") != "head":
+            config = {**config, **PROBED_HEAD}
         params = expressible(space, config)
         # Two recommendations may shrink to the same params in a narrow space: enqueue once.
         if params is not None and params not in out:

@@ -29,6 +29,10 @@ class Hyperparams:
 
     freeze: str = "head"
     unfreeze_blocks: int = 1
+    # freeze=gradual: one more backbone block, from the top, every unfreeze_every epochs.
+    unfreeze_every: int = 1
+    # probe: a fine-tuning trial first trains its head on cached backbone features (LP-FT).
+    head_init: str = "random"
     lr: float = 1e-3
     backbone_lr: float | None = None
     optimizer: str = "adamw"
@@ -80,14 +84,15 @@ class Hyperparams:
 
 
 _CHOICES = {
-    "freeze": ("head", "last_blocks", "full"),
+    "freeze": ("head", "last_blocks", "full", "gradual"),
+    "head_init": ("random", "probe"),
     "optimizer": ("adam", "adamw", "sgd"),
     "scheduler": ("none", "step", "plateau", "cosine"),
     "loss": ("cross_entropy", "bce_with_logits"),
     "class_weighting": ("none", "balanced"),
 }
 # backbone_lr may be None (it then follows lr); when given, 0 or less is as wrong as for lr.
-_POSITIVE = ("lr", "backbone_lr", "batch_size", "epochs", "patience")
+_POSITIVE = ("lr", "backbone_lr", "batch_size", "epochs", "patience", "unfreeze_every")
 # Annotations are strings here (from __future__ import annotations): "int", "float | None", ...
 _FIELD_TYPES = {f.name: f.type for f in fields(Hyperparams)}
 
