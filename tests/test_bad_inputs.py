@@ -171,9 +171,9 @@ def test_config_mismatch_changes_nothing(tmp_path):
     result = runner.invoke(cli, run_args(url, **{"--n-trials": "5", "--model": "mobilenet_v3_small"}))
     assert_one_error(
         result,
-        "Error: study 's' already exists with a different config: model (study has 'resnet18', given "
-        "'mobilenet_v3_small'); n-trials (study has 3, given 5). Use another --study name, or leave those "
-        "options out to continue it",
+        "Error: study 's' already exists with a different config: --model (study has 'resnet18', given "
+        "'mobilenet_v3_small'); --n-trials (study has 3, given 5; raise the budget with `tuner extend`). "
+        "Use another --study name, or leave those options out to continue it",
     )
     study = optuna.load_study(study_name="s", storage=url)
     assert study.user_attrs == before and all(t.state.name == "WAITING" for t in study.trials)
@@ -198,17 +198,35 @@ def test_gpus_naming_absent_gpus(gpus, tmp_path):
     "args,message",
     [
         (["--device", "tpu"], "Error: --device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+        (["--device", "gpu"], "Error: --device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
         (["--device", "cuda:0"], "Error: --device cuda:0: no CUDA GPU is available here (use --device cpu)"),
+        (["--device", "cuda"], "Error: --device cuda: no CUDA GPU is available here (use --device cpu)"),
     ],
 )
-def test_bad_device(args, message, tmp_path):
+def test_bad_device_writes_nothing(args, message, storage_url):
+    """`--device gpu` used to create the study and its warm-start trials, then fail."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and "gpu" not in args and "tpu" not in args:
         pytest.skip("this check is for a machine without GPUs")
-    url = f"sqlite:///{tmp_path / 'x.db'}"
-    result = CliRunner().invoke(cli, run_args(url, **dict(zip(args[::2], args[1::2]))))
+    result = CliRunner().invoke(cli, run_args(storage_url, **dict(zip(args[::2], args[1::2]))))
     assert_one_error(result, message)
+    assert storage_untouched(storage_url)
+
+
+@pytest.mark.parametrize(
+    "model,size,message",
+    [
+        ("vit_b_16", "32", "Error: vit_b_16 needs 224 px input, got 32 (--image-size 224)"),
+        ("inception_v3", "32", "Error: inception_v3 needs at least 75 px input, got 32 (--image-size 75)"),
+    ],
+)
+def test_a_model_that_cannot_take_the_image_size_writes_nothing(model, size, message, storage_url):
+    """A dry forward pass at the real size: this used to create the study, print two
+    tracebacks and leave a FAIL trial behind."""
+    result = CliRunner().invoke(cli, run_args(storage_url, **{"--model": model, "--image-size": size}))
+    assert_one_error(result, message)
+    assert storage_untouched(storage_url)
 
 
 def test_worker_exits_within_seconds_when_the_database_is_unreachable():

@@ -106,7 +106,11 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
         "start workers with: tuner worker --study s1 --storage URL",
     ]
     study = load(storage_url, "s1")
-    assert study.user_attrs["tuner_config"] == {
+    stored = dict(study.user_attrs["tuner_config"])
+    fingerprint = stored.pop("data_fingerprint")
+    assert fingerprint["classes"] == [str(i) for i in range(10)] and fingerprint["content"] == "digits"
+    assert sum(fingerprint["train_counts"].values()) + sum(fingerprint["val_counts"].values()) == 1797
+    assert stored == {
         "space_name": "tiny", "space_text": TINY_SPACE, "data": "digits", "model": "resnet18",
         "weights": "none", "image_size": 16, "val_fraction": 0.2, "sampler": "random", "pruner": "median",
         "n_trials": 3, "seed": 7, "max_epochs": 2, "metric": "val_accuracy", "direction": "maximize",
@@ -658,16 +662,16 @@ def test_optuna_failure_warnings_are_dropped_only_for_trials_the_worker_ends_on_
 
 MISMATCH_CASES = [
     pytest.param(["--model", "resnet34"], 1,
-                 "Error: study 'out' already exists with a different config: model (study has 'resnet18', "
+                 "Error: study 'out' already exists with a different config: --model (study has 'resnet18', "
                  "given 'resnet34'). Use another --study name, or leave those options out to continue it\n",
                  id="model"),
     pytest.param(["--n-trials", "5"], 1,
-                 "Error: study 'out' already exists with a different config: n-trials (study has 2, given 5). "
-                 "Use another --study name, or leave those options out to continue it\n",
+                 "Error: study 'out' already exists with a different config: --n-trials (study has 2, given 5; "
+                 "raise the budget with `tuner extend`). Use another --study name, or leave those options out to continue it\n",
                  id="n-trials"),
     pytest.param(["--n-trials", "5", "--seed", "3"], 1,
-                 "Error: study 'out' already exists with a different config: n-trials (study has 2, given 5); "
-                 "seed (study has 0, given 3). Use another --study name, or leave those options out to "
+                 "Error: study 'out' already exists with a different config: --n-trials (study has 2, given 5; "
+                 "raise the budget with `tuner extend`); --seed (study has 0, given 3). Use another --study name, or leave those options out to "
                  "continue it\n",
                  id="n-trials and seed"),
     pytest.param(["--n-trials", "2", "--device", "cpu"], 0,

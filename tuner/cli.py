@@ -184,7 +184,8 @@ def run(ctx: click.Context, **params: Any) -> None:
     from tuner.worker import Worker
 
     settings = storage_settings(params)
-    prepared = prepare_study(settings, params["study"], request_from(params), explicit_options(ctx))
+    prepared = prepare_study(settings, params["study"], request_from(params), explicit_options(ctx),
+                             device=params["device"])
     verb = "created" if prepared.created else "continuing"
     click.echo(f"{verb} study {prepared.study.study_name} ({prepared.config.n_trials} trials, "
                f"metric {prepared.config.metric})")

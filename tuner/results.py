@@ -184,13 +184,16 @@ def retrain_best(storage_url: str, name: str, out: str, *, epochs: int | None, d
                  data: str | None) -> dict[str, Any]:
     """Train once more with the best parameters (on CPU, the same seed gives the same model)."""
     from tuner.data import DataConfig, load_data
+    from tuner.fingerprint import check_same_data
     from tuner.objective import Objective, TrialSettings
 
     study, config = load_study(open_readonly(storage_url), name)
     best = best_trial(study)
     wanted = epochs or best.user_attrs.get("best_epoch") or all_params(best).get("epochs", 10)
     params = {**best.params, "epochs": wanted}
-    images = load_data(DataConfig(data or config.data, config.image_size, config.val_fraction, config.seed))
+    source = data or config.data
+    images = load_data(DataConfig(source, config.image_size, config.val_fraction, config.seed))
+    check_same_data(config.data_fingerprint, images, source)
     saved: dict[str, Any] = {}
 
     def keep(trial, value, state_dict, meta) -> None:

@@ -251,6 +251,24 @@ def study_names(storage: RDBStorage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage=storage, include_best_trial=False)]
 
 
+def storage_is_empty(settings: StorageSettings) -> bool:
+    """True when the storage cannot hold a study yet (no SQLite file, or a server database
+    without tables), so that a new study is validated before opening it creates anything."""
+    url = normalize_url(settings.url)
+    database = sqlite_file(url)
+    if database is not None:
+        return not database.exists()
+    if make_url(url).get_backend_name() == "sqlite":
+        return False  # in memory
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(url, settings.connect_timeout))
+    try:
+        return sqlalchemy.inspect(engine).get_table_names() == []
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot open storage {mask_url(url)}: {short_reason(exc)}") from None
+    finally:
+        engine.dispose()
+
+
 def ping(storage: RDBStorage) -> None:
     try:
         with storage.engine.connect() as connection:

@@ -22,8 +22,6 @@ WARM_START = (
     {"freeze": "last_blocks", "unfreeze_blocks": 1, "backbone_lr": 1e-5, "lr": 1e-3},
     {"freeze": "full", "backbone_lr": 1e-5, "lr": 1e-5},
 )
-# Settings a worker may set for its own machine without changing the study.
-MACHINE_LOCAL = ("device", "data", "artifacts", "num_workers", "memory_limit_gib")
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,9 @@ class StudyConfig:
     artifacts: str = ""
     warm_start: bool = True
     cache_views: int = 4
+    # Classes, images per class of train and val, content hash (tuner.fingerprint); None
+    # for studies created before fingerprints, which are then not checked.
+    data_fingerprint: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -110,13 +111,24 @@ def read_config(study: optuna.Study) -> StudyConfig:
     return StudyConfig.from_attr(raw)
 
 
-def load_study(storage: optuna.storages.BaseStorage, name: str, *, sampler_seed: int | None = None) -> tuple[optuna.Study, StudyConfig]:
-    """Load an existing study with the sampler and pruner its stored config describes."""
-    if name not in optuna.get_all_study_names(storage=storage):
+def stored_config(storage: optuna.storages.BaseStorage, name: str) -> StudyConfig:
+    """The study's stored config, read without building a sampler and pruner for it."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
         known = ", ".join(optuna.get_all_study_names(storage=storage)) or "none"
-        raise StudyError(f"no study named {name!r} in this storage (studies: {known})")
-    probe = optuna.load_study(study_name=name, storage=storage)
-    config = read_config(probe)
+        raise StudyError(f"no study named {name!r} in this storage (studies: {known})") from None
+    raw = storage.get_study_user_attrs(study_id).get(CONFIG_ATTR)
+    if raw is None:
+        raise StudyError(f"study {name!r} was not created by tuner (it has no stored config)")
+    return StudyConfig.from_attr(raw)
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str, *, sampler_seed: int | None = None,
+               config: StudyConfig | None = None) -> tuple[optuna.Study, StudyConfig]:
+    """Load an existing study with the sampler and pruner its stored config describes
+    (`config`: that config, already read)."""
+    config = config or stored_config(storage, name)
     seed = config.seed if sampler_seed is None else sampler_seed
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=make_sampler(config, seed), pruner=make_pruner(config)

@@ -27,7 +27,9 @@ from tuner.checkpoints import (
 from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
 from tuner.objective import Objective, TrialSettings, derive_seed
 from tuner.storage import StorageSettings, local_folder, mask_url, open_storage, ping
-from tuner.study import StudyConfig, budget_left, finished_count, load_study, within_budget
+from tuner.fingerprint import check_same_data
+from tuner.study import StudyConfig, budget_left, finished_count, load_study, stored_config, within_budget
+from tuner.training import resolve_device
 
 HANDED_BACK_ATTR = "handed_back"
 
@@ -183,14 +185,14 @@ class Worker:
         # Read the study's own heartbeat settings before opening the storage that uses them.
         plain = open_storage(storage, heartbeat=False)
         ping(plain)
-        _, config = load_study(plain, study_name)
+        config = stored_config(plain, study_name)
         self.storage_settings = replace(
             storage, heartbeat_interval=config.heartbeat_interval,
             grace_period=config.grace_period, max_retry=config.max_retry,
         )
         self.storage = open_storage(self.storage_settings)
         seed = config.seed if reproducible else sampler_seed_for_worker(config)
-        self.study, self.config = load_study(self.storage, study_name, sampler_seed=seed)
+        self.study, self.config = load_study(self.storage, study_name, sampler_seed=seed, config=config)
         self.data = data if options.data is None else None
         self.store = open_artifact_store(options.artifacts or config.artifacts)
         self.checkpointer = ArtifactCheckpointer(self.store, study_name)
@@ -203,12 +205,19 @@ class Worker:
 
     def build_objective(self) -> Objective:
         config = self.config
-        data = self.data or load_data(DataConfig(
-            source=self.options.data or config.data, image_size=config.image_size,
-            val_fraction=config.val_fraction, seed=config.seed,
-            memory_limit=gib_to_bytes(self.options.memory_limit_gib),
-            spill_dir=local_folder(self.storage_settings.url, "decoded"),
-        ))
+        # The device first: a bad one fails before seconds of decoding.
+        resolve_device(self.options.device)
+        data = self.data
+        if data is None:
+            source = self.options.data or config.data
+            data = load_data(DataConfig(
+                source=source, image_size=config.image_size,
+                val_fraction=config.val_fraction, seed=config.seed,
+                memory_limit=gib_to_bytes(self.options.memory_limit_gib),
+                spill_dir=local_folder(self.storage_settings.url, "decoded"),
+            ))
+            # Other data (another folder, more classes) would finish the budget on it silently.
+            check_same_data(config.data_fingerprint, data, source)
         settings = TrialSettings(
             model=config.model, weights=config.weights, image_size=config.image_size,
             device=self.options.device, seed=config.seed, max_epochs=config.max_epochs,
@@ -221,12 +230,17 @@ class Worker:
         )
 
     def run(self) -> WorkerSummary:
-        self.recover_stale()
         deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
+        if self.nothing_to_do():
+            self.log.info("budget of %d trials already taken; nothing to do", self.config.n_trials)
+            return self.summary()
+        # Data, device and model are checked before this worker writes anything (the stale
+        # trials it would fail and requeue below are writes).
+        self.objective = self.build_objective()
+        self.recover_stale()
         if budget_left(self.study, self.config.n_trials) <= 0 and not self.await_others(deadline):
             self.log.info("budget of %d trials already taken; nothing to do", self.config.n_trials)
             return self.summary()
-        self.objective = self.build_objective()
         self.log.info(
             "joined study %s on %s (%s, budget %d trials)", self.study_name,
             mask_url(self.storage_settings.url), self.objective.runtime.device, self.config.n_trials,
@@ -238,6 +252,12 @@ class Worker:
         finally:
             restore()
         return self.summary()
+
+    def nothing_to_do(self) -> bool:
+        """The budget is taken by finished trials and none runs or waits: no data to load."""
+        if budget_left(self.study, self.config.n_trials) > 0:
+            return False
+        return not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
 
     def optimize(self, deadline: float | None) -> None:
         """study.optimize until the budget is spent, the deadline passes or the worker is stopped."""
