@@ -375,6 +375,90 @@ def retrain(study: str, storage: str, out: str, epochs: int | None, device: str,
                f"{result['value']:.4f}; wrote {result['weights']} and {result['json']}")
 
 
+# --- manage studies ------------------------------------------------------------------
+
+@cli.command()
+@storage_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def studies(storage: str, fmt: str) -> None:
+    """Every study in the storage: trials by state, best value, metric, creation time."""
+    from tuner.lifecycle import list_studies
+    from tuner.render import studies_text
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    report = list_studies(storage)
+    click.echo(json.dumps(report, indent=2) if fmt == "json" else studies_text(report))
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+@click.option("--n-trials", type=int, required=True, help="The new budget (at least the finished trials).")
+def extend(study: str, storage: str, n_trials: int) -> None:
+    """Raise (or lower) a study's budget; running workers take it up within an epoch."""
+    from tuner.lifecycle import extend as extend_study
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    old, new = extend_study(storage, study, n_trials)
+    click.echo(f"study {study}: budget {old} -> {new} trials")
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+def stop(study: str, storage: str) -> None:
+    """Stop the study's workers: each finishes its epoch, hands its trial back and exits 0."""
+    from tuner.lifecycle import stop as stop_study
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    running = stop_study(storage, study)
+    click.echo(f"asked the workers of study {study} to stop ({running} trial(s) running); "
+               f"`tuner worker --study {study}` resumes them later")
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+@click.option("--params", "params_file", required=True, metavar="FILE.yaml",
+              help="name: value lines, or the output of tuner best --format yaml.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def enqueue(study: str, storage: str, params_file: str, fmt: str) -> None:
+    """Queue a configuration (checked against the study's space) for the next free worker."""
+    from tuner.lifecycle import enqueue as enqueue_params
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    params = enqueue_params(storage, study, params_file)
+    if fmt == "json":
+        click.echo(json.dumps({"study": study, "params": params}, indent=2))
+        return
+    click.echo(f"queued in study {study}:")
+    for name, value in params.items():
+        click.echo(f"  {name}: {value}")
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(study: str, storage: str, yes: bool) -> None:
+    """Delete a study, its trials and its artifacts (checkpoints, best weights)."""
+    from tuner.lifecycle import delete as delete_study
+    from tuner.lifecycle import describe_for_delete
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    trials, artifacts = describe_for_delete(storage, study)
+    if not yes:
+        where = f" and its artifacts in {artifacts}" if artifacts else ""
+        click.confirm(f"Delete study {study} ({trials} trials){where}?", abort=True)
+    removed = delete_study(storage, study)
+    click.echo(f"deleted study {study} ({trials} trials, {removed} artifact file(s))")
+
+
 @cli.command()
 @click.argument("pattern", required=False)
 def models(pattern: str | None) -> None:

@@ -9,7 +9,7 @@ from typing import Callable
 import optuna
 
 from tuner.results import open_readonly
-from tuner.study import load_study
+from tuner.study import read_study
 
 PLOTS: tuple[tuple[str, str, str], ...] = (
     ("optimization_history", "Optimization history", "plot_optimization_history"),
@@ -25,7 +25,7 @@ def write_report(storage_url: str, name: str, out: str) -> Path:
     matplotlib.use("Agg")  # files only; no display needed on a headless node
     from optuna.visualization import matplotlib as vis
 
-    study, config = load_study(open_readonly(storage_url), name)
+    study, config = read_study(open_readonly(storage_url), name)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     sections = [render_plot(study, folder, slug, title, getattr(vis, func), config.metric)

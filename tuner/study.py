@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -14,6 +15,7 @@ from tuner.errors import StudyError, TunerError
 from tuner.space import SearchSpace, parse_space
 
 CONFIG_ATTR = "tuner_config"
+CREATED_ATTR = "tuner_created"  # ISO time, UTC: Optuna keeps no creation time of its own
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("hyperband", "median", "asha", "none")
 # The seed's recommended starting points, tried first unless --no-warm-start.
@@ -111,17 +113,26 @@ def read_config(study: optuna.Study) -> StudyConfig:
     return StudyConfig.from_attr(raw)
 
 
-def stored_config(storage: optuna.storages.BaseStorage, name: str) -> StudyConfig:
-    """The study's stored config, read without building a sampler and pruner for it."""
+def stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any]:
+    """The study's user attrs (its config, its stop counter), in one read."""
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         known = ", ".join(optuna.get_all_study_names(storage=storage)) or "none"
         raise StudyError(f"no study named {name!r} in this storage (studies: {known})") from None
-    raw = storage.get_study_user_attrs(study_id).get(CONFIG_ATTR)
+    return storage.get_study_user_attrs(study_id)
+
+
+def config_from_attrs(name: str, attrs: Mapping[str, Any]) -> StudyConfig:
+    raw = attrs.get(CONFIG_ATTR)
     if raw is None:
         raise StudyError(f"study {name!r} was not created by tuner (it has no stored config)")
     return StudyConfig.from_attr(raw)
+
+
+def stored_config(storage: optuna.storages.BaseStorage, name: str) -> StudyConfig:
+    """The study's stored config, read without building a sampler and pruner for it."""
+    return config_from_attrs(name, stored_attrs(storage, name))
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str, *, sampler_seed: int | None = None,
@@ -136,6 +147,13 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, *, sampler_seed:
     return study, config
 
 
+def read_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, StudyConfig]:
+    """A study to read, not to sample (status, best, export, report, retrain): no sampler or
+    pruner built from its config."""
+    config = stored_config(storage, name)
+    return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()), config
+
+
 def create_study(storage: optuna.storages.BaseStorage, name: str, config: StudyConfig, note: str) -> optuna.Study:
     """Create the study, store its config and note, and enqueue the warm-start trials."""
     try:
@@ -146,6 +164,7 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, config: StudyC
     except optuna.exceptions.DuplicatedStudyError:
         raise StudyError(f"a study named {name!r} already exists in this storage") from None
     study.set_user_attr(CONFIG_ATTR, config.to_attr())
+    study.set_user_attr(CREATED_ATTR, datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     study.set_metric_names([config.metric])
     save_note(study, note)
     if config.warm_start:
@@ -173,8 +192,28 @@ def study_note(config: StudyConfig, space: SearchSpace, data_summary: str) -> st
         f"* **Metric:** `{config.metric}` ({config.direction})\n"
         f"* **Budget:** {config.n_trials} trials, sampler `{config.sampler}`, pruner `{config.pruner}`, "
         f"seed {config.seed}, max epochs {config.max_epochs or 'from the space'}\n\n"
-        "| parameter | type | range | when |\n|---|---|---|---|\n" + rows + "\n"
+        "| parameter | type | range | when |\n|---|---|---|---|\n" + rows + "\n\n" + ATTRS_NOTE
     )
+
+
+# Optuna knows no state for a trial a worker ends on purpose: those show as FAIL here.
+ATTRS_NOTE = """## Reading the trials
+
+Optuna has no state for a trial that a worker ends on purpose, so these show as **FAIL** in
+this dashboard although nothing failed; `tuner status` counts them apart:
+
+* `handed_back: true`: the worker was stopped (Ctrl-C, SIGTERM, `tuner stop`) after a
+  checkpoint; a WAITING copy of the trial resumes from it on the next worker.
+* `over_budget: true`: the trial started after other workers had taken the whole budget;
+  it never trained and does not count.
+* a FAIL trial that a later trial names as its `failed_trial` (system attrs) was retried
+  after its worker went silent for the grace period; the retry resumes its checkpoint.
+
+Other attributes: `lineage` is the number of the first attempt (a retry and a hand-back
+keep it, with its seed and checkpoints); `worker` is host:pid:device; `epoch`/`epochs` and
+`last_metric` are the progress of a running trial; `stop_reason` says why a trial ended
+(completed, early_stopped, pruned, diverged, oom).
+"""
 
 
 def _range(branch) -> str:
