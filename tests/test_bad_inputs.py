@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy
 from pathlib import Path
 
@@ -129,7 +131,12 @@ def test_bad_run_options(overrides, message, storage_url):
         ("notaurl", "Error: malformed storage URL 'notaurl'; expected e.g. sqlite:///tuner.db or "
                     "postgresql+psycopg://user:password@host:5432/db"),
         ("redis://127.0.0.1:6379/0", "Error: unsupported storage URL 'redis://127.0.0.1:6379/0': the scheme must "
-                                     "be sqlite, postgresql+psycopg or mysql"),
+                                     "be sqlite, postgresql or postgres"),
+        ("mysql+pymysql://u:s3cret@db/x", "Error: storage URL 'mysql+pymysql://u:***@db/x': MySQL is not supported; "
+                                          "use PostgreSQL (postgresql://user:password@host/db) for many workers, "
+                                          "or SQLite on one machine"),
+        ("mysql://u@db/x", "Error: storage URL 'mysql://u@db/x': MySQL is not supported; use PostgreSQL "
+                           "(postgresql://user:password@host/db) for many workers, or SQLite on one machine"),
         ("postgresql+psycopg://u:s3cret@db:port/x", "Error: malformed storage URL 'postgresql+psycopg://u:***@db:port/x'; "
                                                     "expected e.g. sqlite:///tuner.db or "
                                                     "postgresql+psycopg://user:password@host:5432/db"),
@@ -140,6 +147,23 @@ def test_malformed_storage_url(url, message):
     result = CliRunner().invoke(cli, run_args(url))
     assert_one_error(result, message)
     assert "s3cret" not in result.output
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "postgresql+psycopg"])
+def test_postgres_urls_of_every_spelling_reach_the_same_database(postgres_url, tmp_path, scheme):
+    """postgres:// (as many hosting services hand it out) and postgresql:// both mean psycopg 3."""
+    from sqlalchemy.engine import make_url
+
+    from tuner.storage import normalize_url
+
+    url = make_url(postgres_url).set(drivername=scheme).render_as_string(hide_password=False)
+    assert normalize_url(url).startswith("postgresql+psycopg://")
+    created = CliRunner().invoke(cli, ["create", "--study", "s", "--storage", url, "--data", "digits",
+                                       "--weights", "none", "--image-size", "16", "--n-trials", "1",
+                                       "--artifacts", str(tmp_path / "art")])
+    assert created.exit_code == 0, created.output
+    listed = CliRunner().invoke(cli, ["studies", "--storage", url, "--format", "json"])
+    assert [row["name"] for row in json.loads(listed.output)["studies"]] == ["s"]
 
 
 def test_worker_for_a_study_that_does_not_exist(storage_url):
