@@ -462,12 +462,18 @@ def delete(study: str, storage: str, yes: bool) -> None:
 @cli.command()
 @click.argument("pattern", required=False)
 def models(pattern: str | None) -> None:
-    """List the torchvision classification models (optionally only names containing PATTERN)."""
+    """List the model names --model takes (optionally only those containing PATTERN).
+
+    torchvision's classifiers, efficientnet_lite0, and timm's models as timm:NAME when timm
+    is installed; --model also takes MODULE:FUNCTION, a function of yours that builds one.
+    """
     from tuner.models import available_models
 
-    for name in available_models():
-        if pattern is None or pattern in name:
-            click.echo(name)
+    names = [name for name in available_models() if pattern is None or pattern in name]
+    for name in names:
+        click.echo(name)
+    if not names:
+        click.echo(f"no model name contains {pattern!r}")
 
 
 # --- search spaces -------------------------------------------------------------------

@@ -1,21 +1,23 @@
-"""Build torchvision classifiers with a new head, load their weights and freeze their backbones."""
+"""Build classifiers with a new head, load their weights and freeze their backbones."""
 
 from __future__ import annotations
 
-import difflib
 import pathlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
 
 from tuner.errors import ModelError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tuner.model_sources import (  # noqa: F401  (IMAGENET_* and available_models are re-exported)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TorchvisionSource,
+    available_models,
+    short_reason,
+    source_for,
+)
 
 FREEZE_STRATEGIES = ("head", "last_blocks", "full")
 
@@ -31,14 +33,9 @@ _NORMS = _BATCH_NORMS + (
 )
 
 
-def available_models() -> list[str]:
-    """Names of torchvision's classification models, sorted."""
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to build: a torchvision classifier, its starting weights and its new head."""
+    """What to build: a model name (see tuner.model_sources), its starting weights and its new head."""
 
     name: str
     weights: str = "imagenet"
@@ -46,7 +43,7 @@ class ModelSpec:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
+        source_for(self.name)
         _check_weights_field(self.weights)
         _check_num_classes(self.num_classes)
         _check_dropout(self.dropout)
@@ -66,12 +63,11 @@ class BuiltModel:
 def build_model(spec: ModelSpec) -> BuiltModel:
     """Build `spec.name` with the requested weights and a fresh (dropout, linear) head."""
     local_path = _local_weights_path(spec.weights)
-    if spec.weights == "imagenet":
-        model, mean, std = _imagenet_model(spec.name)
-    else:
-        model, mean, std = _random_model(spec.name), IMAGENET_MEAN, IMAGENET_STD
+    source = source_for(spec.name)
+    network = source.build(pretrained=spec.weights == "imagenet")
+    model, mean, std = network.model, network.mean, network.std
     _drop_aux_heads(model)
-    head_name = _find_head_name(model, spec.name)
+    head_name = _find_head_name(model, spec.name, conv_ok=source.conv_head_ok)
     if local_path is not None:
         _load_local_weights(model, local_path, head_name, spec.name)
     head = _new_head(model.get_submodule(head_name), spec.num_classes, spec.dropout)
@@ -112,24 +108,10 @@ def count_trainable(model: nn.Module) -> int:
 
 def weights_cache_path(name: str) -> pathlib.Path:
     """Where torchvision's hub cache looks for the DEFAULT weights file of model `name`."""
-    _check_name(name)
-    url = torchvision.models.get_model_weights(name).DEFAULT.url
-    filename = pathlib.PurePosixPath(urlparse(url).path).name
-    return pathlib.Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return TorchvisionSource.checked(name).cache_path()
 
 
 # --- validation -----------------------------------------------------------------------------
-
-
-def _check_name(name: object) -> None:
-    known = available_models()
-    if isinstance(name, str) and name in known:
-        return
-    message = f"unknown model {name!r}; run 'tuner models' to list them"
-    close = difflib.get_close_matches(name, known, n=3) if isinstance(name, str) else []
-    if close:
-        message += f" (did you mean: {', '.join(close)}?)"
-    raise ModelError(message)
 
 
 def _check_weights_field(weights: object) -> None:
@@ -181,28 +163,6 @@ def _local_weights_path(weights: str) -> pathlib.Path | None:
 # --- building -------------------------------------------------------------------------------
 
 
-def _imagenet_model(name: str) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    try:
-        model = torchvision.models.get_model(name, weights=weights)
-    # Download or cache read: URLError/OSError offline, RuntimeError on a hash or key mismatch,
-    # UnpicklingError/struct.error on a damaged file; every one has the same fix.
-    except Exception as exc:
-        raise ModelError(
-            f"cannot load imagenet weights for {name} ({_short_reason(exc)}): "
-            f"put the file {weights.url} at {weights_cache_path(name)}, "
-            "or pass --weights none (random init) or --weights PATH (a local state dict)"
-        ) from exc
-    transform = weights.transforms()
-    return model, tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
-
-
-def _random_model(name: str) -> nn.Module:
-    # googlenet and inception_v3 warn unless init_weights is given; True keeps today's init.
-    extra = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    return torchvision.models.get_model(name, weights=None, **extra)
-
-
 def _drop_aux_heads(model: nn.Module) -> None:
     """Remove googlenet/inception auxiliary classifiers so that model(x) is always a tensor."""
     if not getattr(model, "aux_logits", False):
@@ -213,14 +173,16 @@ def _drop_aux_heads(model: nn.Module) -> None:
             setattr(model, attr, None)
 
 
-def _find_head_name(model: nn.Module, name: str) -> str:
+def _find_head_name(model: nn.Module, name: str, conv_ok: bool) -> str:
     """Dotted name of the last Linear (or, for squeezenet, last 1x1 Conv2d) in registration order."""
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if linears:
         return linears[-1]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
-    if convs:
+    if convs and conv_ok:
         return convs[-1]
+    if not conv_ok:
+        raise ModelError(f"model {name!r} has no final nn.Linear for tuner to replace with its own head")
     raise ModelError(f"cannot find the classification layer of model {name!r}")
 
 
@@ -247,14 +209,6 @@ class UniformMaskDropout(nn.Dropout):
         return inputs * keep * (1.0 / (1.0 - self.p))
 
 
-def _short_reason(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    if len(text) > 160:
-        text = text[:157] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 # --- local weights --------------------------------------------------------------------------
 
 
@@ -271,7 +225,7 @@ def _state_dict_from_file(path: pathlib.Path) -> dict[str, torch.Tensor]:
     # torch.load raises many unrelated types (UnpicklingError, RuntimeError, ValueError,
     # EOFError, ...) on a file that is not a checkpoint; all mean the same to the user.
     except Exception as exc:
-        raise ModelError(f"cannot read {str(path)!r} as a torch file ({_short_reason(exc)})") from exc
+        raise ModelError(f"cannot read {str(path)!r} as a torch file ({short_reason(exc)})") from exc
     for key in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -377,7 +331,24 @@ def _backbone_blocks(model: nn.Module, head: nn.Module) -> list[nn.Module]:
             rank = (1, -len(blocks), _depth(name))
         if best is None or rank < best[0]:
             best = (rank, blocks)
-    return best[1] if best else []
+    return _expand_lone_block_list(best[1], head) if best else []
+
+
+def _expand_lone_block_list(blocks: list[nn.Module], head: nn.Module) -> list[nn.Module]:
+    """(stem, [b1 .. bn], final conv) -> (stem, b1 .. bn, final conv).
+
+    EfficientNet-Lite0 and timm's EfficientNets and MobileNets hold their stem conv, one
+    block list and their final conv side by side at the top, so the top wins as the
+    shallowest container, with three "blocks" of which the middle one is nearly the whole
+    network. When exactly one block is a container, and it is a block list, its blocks take
+    its place: the list torchvision's efficientnets give (their stem, stages and final conv).
+    Several containers side by side (resnet's layer1..4, swin's stages) are kept as they are.
+    """
+    lists = [i for i, b in enumerate(blocks) if isinstance(b, (nn.Sequential, nn.ModuleList))]
+    if len(lists) != 1 or sum(_is_block(c, head) for c in blocks[lists[0]].children()) < _MIN_BLOCKS:
+        return blocks
+    i = lists[0]
+    return blocks[:i] + [c for c in blocks[i].children() if _is_block(c, head)] + blocks[i + 1:]
 
 
 def _is_container(name: str, module: nn.Module, head: nn.Module) -> bool:
