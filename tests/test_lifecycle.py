@@ -219,3 +219,25 @@ def test_an_unknown_study_is_one_clear_error(storage_url, tiny_space, tmp_path, 
     assert result.exit_code == 1
     assert result.output == "Error: no study named 'nope' in this storage (studies: mine)\n"
     assert optuna.get_all_study_names(storage=storage_url) == ["mine"]
+
+
+# --- status of running trials -----------------------------------------------------------------
+
+@pytest.mark.parametrize("silent, stale", [pytest.param(5, False, id="reported 5 s ago"),
+                                           pytest.param(500, True, id="silent for 500 s")])
+def test_status_shows_progress_elapsed_time_and_flags_a_silent_trial(tmp_path, tiny_space, silent, stale):
+    import time
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = library_study(url, "live", tiny_space, n_trials=2, warm_start=False)  # grace period 120 s
+    trial = study.ask()
+    for key, value in {"epoch": 2, "epochs": 3, "epoch_at": time.time() - silent, "last_metric": 0.5}.items():
+        trial.set_user_attr(key, value)
+
+    report = json.loads(invoke("status", "--storage", url, "--format", "json").output)
+    (row,) = report["studies"][0]["running"]
+    assert (row["epoch"], row["epochs"], row["stale"]) == (2, 3, stale)
+    assert silent <= row["silent_s"] < silent + 30 and 0 <= row["elapsed_s"] < 60
+    table = invoke("status", "--storage", url).output
+    line = next(line for line in table.splitlines() if line.split()[:1] == ["0"])
+    assert " 2/3 " in line and line.rstrip().endswith("STALE?") == stale, table

@@ -590,7 +590,8 @@ def test_two_in_process_worker_runs_each_get_their_own_log_lines(tiny_space, tmp
         assert result.exit_code == 0, result.output
         assert result.stdout.splitlines()[0] == "finished 1/1 trials (0 run by this process)"
         assert re.findall(r"^\d\d:\d\d:\d\d \[(.+?)\] (.*)$", result.stderr, re.M) == [
-            (name, "budget of 1 trials already taken; nothing to do")]
+            (name, "budget of 1 trials already taken; nothing to do (raise it with tuner extend --study spent "
+                   "--n-trials N)")]
 
 
 def worker_beside(others: threading.Thread, url: str, study: str):

@@ -34,7 +34,8 @@ def continued_worker(url: str, *args: str) -> tuple[Worker, object]:
     prepared = prepare_study(storage_settings(params), "s", request_from(params), explicit_options(ctx),
                              device="cpu")
     options = worker_settings({**params, "data": None})
-    worker = Worker(storage_settings(params), "s", options, reproducible=True, data=prepared.data)
+    worker = Worker(storage_settings(params), "s", options, reproducible=True, data=prepared.data,
+                    config=prepared.config)
     return worker, worker.build_objective()
 
 
@@ -204,3 +205,12 @@ def test_the_fingerprint_is_stored_at_creation(folder_study):
     assert stored["train_counts"] == {"bright": 16, "dark": 16}
     assert stored["val_counts"] == {"bright": 4, "dark": 4}
     assert len(stored["content"]) == 16
+
+
+def test_one_process_parses_the_space_once(tmp_path, tiny_space):
+    """Sampler, pruner and objective share one parsed space (a `tuner run` parsed it six times)."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    create(url, tiny_space)
+    worker, objective = continued_worker(url)
+    assert objective.space is worker.config.space()
+    assert worker.study.pruner._max_resource == 3  # built from that same space: epochs high 3

@@ -187,12 +187,13 @@ def run(ctx: click.Context, **params: Any) -> None:
     prepared = prepare_study(settings, params["study"], request_from(params), explicit_options(ctx),
                              device=params["device"])
     verb = "created" if prepared.created else "continuing"
-    click.echo(f"{verb} study {prepared.study.study_name} ({prepared.config.n_trials} trials, "
+    click.echo(f"{verb} study {prepared.name} ({prepared.config.n_trials} trials, "
                f"metric {prepared.config.metric})")
     # The data was loaded (and checked) to create the study: hand it over, not its path,
     # so it is not decoded twice.
     options = dataclasses.replace(worker_settings(params), data=None)
-    worker = Worker(settings, prepared.study.study_name, options, reproducible=True, data=prepared.data)
+    worker = Worker(settings, prepared.name, options, reproducible=True, data=prepared.data,
+                    config=prepared.config)
     summary = worker.run()
     print_summary(summary)
     if summary.stopped_by_signal:
@@ -215,9 +216,9 @@ def create(ctx: click.Context, **params: Any) -> None:
     prepared = prepare_study(storage_settings(params), params["study"], request_from(params),
                              explicit_options(ctx), create_only=True)
     config = prepared.config
-    click.echo(f"created study {prepared.study.study_name} in {mask_url(params['storage'])}: "
+    click.echo(f"created study {prepared.name} in {mask_url(params['storage'])}: "
                f"{config.space_name} space, {config.model}, {config.n_trials} trials, metric {config.metric}")
-    click.echo(f"start workers with: tuner worker --study {prepared.study.study_name} --storage URL")
+    click.echo(f"start workers with: tuner worker --study {prepared.name} --storage URL")
 
 
 @cli.command()

@@ -21,7 +21,7 @@ from tuner.storage import (
     sqlite_file,
     storage_is_empty,
 )
-from tuner.study import StudyConfig, create_study, load_study, study_note
+from tuner.study import StudyConfig, create_study, stored_config, study_note
 
 if TYPE_CHECKING:
     from tuner.data import ImageData
@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StudyRequest:
-    """A study's settings as the user gave them; anything None comes from the space file."""
+    """A new study's settings as the user gave them on the command line; anything None comes
+    from the space file. Kept apart from StudyConfig on purpose: build_config resolves a
+    request into the StudyConfig that is stored, and from then on only the stored config
+    counts (a continuation only checks its explicit flags against it)."""
 
     space: str = "default"
     data: str | None = None
@@ -51,7 +54,9 @@ class StudyRequest:
 
 @dataclass(frozen=True)
 class PreparedStudy:
-    study: optuna.Study
+    """A study ready for this process's worker: its config and data, resolved and checked once."""
+
+    name: str
     config: StudyConfig
     created: bool
     data: ImageData | None
@@ -111,6 +116,7 @@ def build_config(request: StudyRequest, storage: StorageSettings,
         warm_start=request.warm_start, cache_views=request.cache_views,
         data_fingerprint=data_fingerprint(data, request.data),
     )
+    config.keep_space(space)  # parsed once per process: create_study and the worker reuse it
     return config, space, data
 
 
@@ -190,7 +196,8 @@ def prepare_study(storage: StorageSettings, name: str | None, request: StudyRequ
     from tuner.data import describe_source  # imports torch: see build_config
 
     note = study_note(config, space, describe_source(request.data))
-    return PreparedStudy(create_study(rdb, study_name, config, note), config, True, data)
+    create_study(rdb, study_name, config, note)
+    return PreparedStudy(study_name, config, True, data)
 
 
 def continue_study(rdb, name: str, request: StudyRequest, explicit: Iterable[str], storage: StorageSettings,
@@ -198,14 +205,14 @@ def continue_study(rdb, name: str, request: StudyRequest, explicit: Iterable[str
     """Join an existing study with its stored settings; only machine-local flags may differ."""
     from tuner.training import resolve_device
 
-    study, stored = load_study(rdb, name)
+    stored = stored_config(rdb, name)
     check_compatible(name, stored, given_settings(request, storage, explicit))
     resolve_device(device)
     source = request.data or stored.data
     data = load_study_data(source, stored.image_size, stored.val_fraction, stored.seed,
                            request.memory_limit_gib, storage)
     check_same_data(stored.data_fingerprint, data, source)
-    return PreparedStudy(study, stored, False, data)
+    return PreparedStudy(name, stored, False, data)
 
 
 # The flags that set a stored setting (StudyConfig field names); every other flag is

@@ -73,7 +73,17 @@ class StudyConfig:
         return cls(**{k: v for k, v in value.items() if k in known})
 
     def space(self) -> SearchSpace:
-        return parse_space(self.space_text, source=f"{self.space_name}.yaml", name=self.space_name)
+        """The parsed space, parsed once per config object (sampler, pruner, warm start and
+        objective all ask for it)."""
+        parsed = self.__dict__.get("_space")
+        if parsed is None:
+            parsed = parse_space(self.space_text, source=f"{self.space_name}.yaml", name=self.space_name)
+            self.keep_space(parsed)
+        return parsed
+
+    def keep_space(self, space: SearchSpace) -> None:
+        """Remember an already parsed `space` of this config's text (not a field: never stored)."""
+        object.__setattr__(self, "_space", space)
 
 
 def epoch_cap(space: SearchSpace, max_epochs: int | None) -> int:

@@ -197,9 +197,12 @@ class Worker:
     # --- joining the study -----------------------------------------------------------
 
     def __init__(self, storage: StorageSettings, study_name: str, options: WorkerOptions,
-                 *, reproducible: bool = False, data: ImageData | None = None) -> None:
+                 *, reproducible: bool = False, data: ImageData | None = None,
+                 config: StudyConfig | None = None) -> None:
         """`reproducible` seeds the sampler with the study seed (a lone `tuner run`);
-        otherwise each worker mixes in its host and pid so workers explore differently."""
+        otherwise each worker mixes in its host and pid so workers explore differently.
+        `config` is the study's stored config when this process has just read or created
+        it (`tuner run`): its parsed space is reused."""
         self.options = options
         self.study_name = study_name
         self.stop = StopFlag()
@@ -209,7 +212,7 @@ class Worker:
         plain = open_storage(storage, heartbeat=False)
         ping(plain)
         attrs = stored_attrs(plain, study_name)
-        config = config_from_attrs(study_name, attrs)
+        config = config or config_from_attrs(study_name, attrs)
         self.storage_settings = replace(
             storage, heartbeat_interval=config.heartbeat_interval,
             grace_period=config.grace_period, max_retry=config.max_retry,
@@ -262,7 +265,8 @@ class Worker:
     def run(self) -> WorkerSummary:
         deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
         if self.nothing_to_do():
-            self.log.info("budget of %d trials already taken; nothing to do", self.control.n_trials)
+            self.log.info("budget of %d trials already taken; nothing to do (raise it with tuner extend "
+                          "--study %s --n-trials N)", self.control.n_trials, self.study_name)
             return self.summary()
         # Data, device and model are checked before this worker writes anything (the stale
         # trials it would fail and requeue below are writes).
