@@ -1,49 +1,291 @@
-"""(e) GPU check: resnet50 at 224 px on synthetic data, tuner's trainer vs a plain fp32 loop.
+"""(e) GPU check: one tiny trial through every CUDA branch, then tuner's trainer vs a plain fp32 loop.
 
-Runs on one CUDA GPU in a few minutes: images/s and peak memory of both loops, the ratio
-(target >= 2x), and the feature cache's speed-up for head-only epochs. `--device cpu` with a
-small `--model` and `--size` is a smoke run of the same code on a machine without a GPU
-(its figures mean nothing for the target).
+On one CUDA GPU (an H100/H200 needs well under 5 minutes) it prints a PASS or FAIL line for
+each branch of the device path (FAIL with the error), then benchmark (e): resnet50 at 224 px,
+tuner's trainer against a plain fp32 loop, target >= 2x images/s, and the same for
+EfficientNet-Lite0 where that model is known.
+
+`--cpu-smoke` runs the same code on a CPU with tiny models at 16-32 px: the branches that need
+CUDA print SKIP, the others run as they would on the GPU (bf16 and fp16 autocast, the
+GradScaler and the out-of-memory path included; the out-of-memory error is then raised by a
+forward hook, as CUDA raises it). Its figures mean nothing; it keeps the script from rotting
+(tests/test_gpu_check.py runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import subprocess
 import sys
 import tempfile
+import textwrap
+import time
+import traceback
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Iterator
 
+import optuna
 import torch
-import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, timed  # noqa: E402
+from _common import machine, make_image_folder, timed  # noqa: E402
 
+import tuner.batches  # noqa: E402
 from tuner.batches import ImageBatches, TensorBatches, place_images, train_transform  # noqa: E402
+from tuner.checkpoints import ArtifactCheckpointer  # noqa: E402
 from tuner.data import AugmentConfig, ImageData  # noqa: E402
+from tuner.errors import ModelError  # noqa: E402
 from tuner.features import FeatureCache, FeatureCacheConfig  # noqa: E402
 from tuner.models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
+from tuner.objective import Objective, TrialSettings  # noqa: E402
+from tuner.space import parse_space  # noqa: E402
 from tuner.training import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
 
-
-def synthetic(n: int, size: int) -> ImageData:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
-    targets = torch.randint(0, 10, (n,), generator=generator)
-    return ImageData(images, targets, images[:256], targets[:256], tuple(map(str, range(10))), False, 0)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+@dataclass(frozen=True)
+class Setup:
+    """What the branches run on: the real GPU, or a CPU smoke run of the same code."""
+
+    device: str  # "cuda" or "cpu"
+    smoke: bool
+    model: str
+    size: int
+    folder: Path
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
 
 
-def peak_gib(device: torch.device) -> float:
-    # No peak figure on CPU: printed as "nan GiB" by a smoke run.
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+class Skip(Exception):
+    """The branch needs what this machine lacks (CUDA in a smoke run, a model not yet in tuner)."""
 
 
-def images_per_second(step, batches: int, batch: int) -> float:
+class Results:
+    def __init__(self) -> None:
+        self.counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
+
+    def run(self, name: str, branch: Callable[[], str | None]) -> None:
+        started = time.perf_counter()
+        try:
+            note = branch()
+        except Skip as skip:
+            self.line("SKIP", name, str(skip))
+            return
+        except Exception as error:  # a FAIL line with the error, then on to the next branch
+            detail = "".join(traceback.format_exception_only(type(error), error)).strip().splitlines()[-1]
+            self.line("FAIL", name, detail)
+            traceback.print_exc(file=sys.stderr)
+            return
+        self.line("PASS", name, f"{time.perf_counter() - started:.1f} s" + (f"; {note}" if note else ""))
+
+    def line(self, status: str, name: str, detail: str) -> None:
+        self.counts[status] += 1
+        print(f"{status} {name}: {detail}", flush=True)
+
+
+# --- one tiny trial -----------------------------------------------------------------------------
+
+def synthetic(n: int, size: int, n_val: int = 32, seed: int = 0) -> ImageData:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n + n_val, 3, size, size), dtype=torch.uint8, generator=generator)
+    targets = torch.randint(0, 4, (n + n_val,), generator=generator)
+    return ImageData(images[:n], targets[:n], images[n:], targets[n:], ("a", "b", "c", "d"), False, 0)
+
+
+def space(**fixed) -> object:
+    params = {"lr": 0.001, "epochs": 1, "batch_size": 16, "backbone_lr": 1e-4, **fixed}
+    body = "".join(f"  {name}: {{type: fixed, value: {value}}}\n" for name, value in params.items())
+    return parse_space("params:\n" + body, source="gpu_check.yaml", name="gpu_check")
+
+
+def settings(setup: Setup, **overrides) -> TrialSettings:
+    values = {"cache_views": 0, "cache_dir": str(setup.folder / "features"), **overrides}
+    return TrialSettings(model=setup.model, weights="none", image_size=setup.size, device=setup.device, **values)
+
+
+@contextlib.contextmanager
+def images_in_host_memory() -> Iterator[None]:
+    """place_images keeps the images on the host (pinned per batch) instead of the GPU."""
+    share = tuner.batches.DEVICE_SHARE
+    tuner.batches.DEVICE_SHARE = 0.0
+    try:
+        yield
+    finally:
+        tuner.batches.DEVICE_SHARE = share
+
+
+def one_trial(objective: Objective, n_trials: int = 1) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=n_trials)
+    return study.trials
+
+
+def completed(trial: optuna.trial.FrozenTrial, **attrs) -> str:
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        raise AssertionError(f"trial ended {trial.state.name} ({trial.user_attrs.get('stop_reason')})")
+    for name, value in attrs.items():
+        if trial.user_attrs.get(name) != value:
+            raise AssertionError(f"user attr {name} is {trial.user_attrs.get(name)!r}, expected {value!r}")
+    return f"value {trial.value:.3f} on {trial.user_attrs['device']}"
+
+
+def trial_branch(setup: Setup, data: ImageData, *, freeze_: str, cache: bool = False, host: bool = False,
+                 amp: torch.dtype | None = None, compile_: bool = False, needs_cuda: bool = False,
+                 loader_workers: int | None = None) -> Callable[[], str]:
+    def branch() -> str:
+        if needs_cuda and not setup.cuda:
+            raise Skip("needs CUDA")
+        aug = {"aug_hflip": 0.5} if cache else {}
+        trial_settings = settings(setup, cache_views=2 if cache else 0, compile=compile_,
+                                  num_workers=loader_workers)
+        with images_in_host_memory() if host else contextlib.nullcontext():
+            objective = Objective(space(freeze=freeze_, **aug), data, trial_settings)
+        where = objective.images.device.type
+        if setup.cuda and where != ("cpu" if host else "cuda"):
+            raise AssertionError(f"images were placed on {where}")
+        if amp is not None:
+            # The precision make_runtime would pick on another GPU (or on none): the same Runtime
+            # the trial reads, with the GradScaler that fp16 brings.
+            objective.runtime = replace(objective.runtime, amp_dtype=amp)
+        (trial,) = one_trial(objective)
+        note = completed(trial, feature_cache=cache, compiled=compile_)
+        precision = objective.runtime.amp_dtype or torch.float32
+        return f"{note}, images on {where}, {str(precision).removeprefix('torch.')}"
+
+    return branch
+
+
+# --- out of memory, two trials per GPU, resume across devices -------------------------------------
+
+class SimulatedOom:
+    """On a CPU: CUDA's out-of-memory error from a forward hook, for batches over `limit` images."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __call__(self, module, args, output):
+        if isinstance(module, torch.nn.Linear) and len(args[0]) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated on CPU)")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        handle = torch.nn.modules.module.register_module_forward_hook(self)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def oom_branch(setup: Setup) -> str:
+    """A huge batch: the trial ends PRUNED/oom, its memory is freed, and the next trial runs."""
+    if setup.cuda:
+        # resnet50 at 448 px, one batch of 1536 images: hundreds of GiB of activations.
+        data, model, size, huge = synthetic(1536, 448, n_val=16), "resnet50", 448, 1536
+        hook = contextlib.nullcontext()
+    else:
+        data, model, size, huge = synthetic(32, setup.size, n_val=16), setup.model, setup.size, 32
+        hook = SimulatedOom(limit=16).installed()
+    trial_settings = replace(settings(setup), model=model, image_size=size)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"batch_size": huge})
+    study.enqueue_trial({"batch_size": 16})
+    huge_space = parse_space(textwrap.dedent(f"""\
+        params:
+          freeze: {{type: fixed, value: full}}
+          lr: {{type: fixed, value: 0.001}}
+          epochs: {{type: fixed, value: 1}}
+          batch_size: {{type: categorical, choices: [16, {huge}]}}
+        """), source="oom.yaml", name="oom")
+    objective = Objective(huge_space, data, trial_settings)
+    before = torch.cuda.memory_allocated() if setup.cuda else 0
+    with hook:
+        study.optimize(objective, n_trials=1)
+        after_oom = torch.cuda.memory_allocated() if setup.cuda else 0
+        study.optimize(objective, n_trials=1)
+    oom, fitting = study.trials
+    if (oom.state, oom.user_attrs.get("stop_reason")) != (optuna.trial.TrialState.PRUNED, "oom"):
+        raise AssertionError(f"huge batch ended {oom.state.name}/{oom.user_attrs.get('stop_reason')}")
+    note = completed(fitting)
+    if setup.cuda:
+        # What may stay: cuBLAS's workspaces (tens of MiB). A kept model would leave its weights,
+        # gradients and optimizer state (about 400 MiB for resnet50), kept activations GiBs.
+        leaked = (after_oom - before) / 2**20
+        if leaked > 96:
+            raise AssertionError(f"{leaked:.0f} MiB still allocated after the OOM trial")
+        note += f"; {leaked:.0f} MiB left allocated after the OOM trial"
+    return note
+
+
+def two_per_device_branch(setup: Setup) -> str:
+    """`tuner worker --trials-per-gpu 2` (CPU smoke: --processes 2): two trials at once on one device."""
+    folder = setup.folder / "two"
+    folder.mkdir()
+    (folder / "space.yaml").write_text(
+        "params:\n  freeze: {type: categorical, choices: [head, full]}\n  lr: {type: float, low: 1.0e-4, "
+        "high: 1.0e-2, log: true}\n  epochs: {type: fixed, value: 1}\n  batch_size: {type: fixed, value: 8}\n")
+    storage = f"sqlite:///{folder / 'study.db'}"
+    images = make_image_folder(folder / "images", classes=2, per_class=12 if setup.smoke else 64, size=setup.size)
+    tuner = [sys.executable, "-m", "tuner"]
+    common = ["--study", "two", "--storage", storage]
+    create = ["create", *common, "--space", str(folder / "space.yaml"), "--data", str(images),
+              "--weights", "none", "--model", setup.model, "--image-size", str(setup.size), "--n-trials", "4",
+              "--no-warm-start", "--cache-views", "0"]
+    placement = ["--trials-per-gpu", "2"] if setup.cuda else ["--processes", "2", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    from tuner.cli import cli
+
+    cli.main(create, standalone_mode=False)  # in this process: one interpreter start less
+    run = subprocess.run([*tuner, "worker", *common, *placement, "--quiet"], capture_output=True, text=True,
+                         env=env, timeout=180)
+    if run.returncode != 0:
+        raise AssertionError(f"worker exited {run.returncode}: {run.stderr.strip().splitlines()[-1:]}")
+    trials = optuna.load_study(study_name="two", storage=storage).trials
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    workers = {t.user_attrs.get("worker") for t in finished}
+    devices = {t.user_attrs.get("device") for t in finished}
+    if len(finished) != 4 or len(workers) != 2:
+        raise AssertionError(f"{len(finished)} of 4 trials finished, by {len(workers)} worker(s)")
+    return f"4 trials by 2 processes on {', '.join(sorted(devices))}"
+
+
+class Interrupted(Exception):
+    """The worker killed right after the epoch-1 checkpoint."""
+
+
+def stop_after_epoch_1(trial, epoch, epochs, metric) -> None:
+    if epoch == 1:
+        raise Interrupted
+
+
+def resume_branch(setup: Setup, data: ImageData) -> str:
+    """A checkpoint written on CUDA (epoch 1 of 2), resumed by a CPU worker."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    checkpointer = ArtifactCheckpointer(FileSystemArtifactStore(str(setup.folder)), "resume")
+    two_epochs = space(freeze="last_blocks", epochs=2)
+    study = optuna.create_study(direction="maximize")
+    written = Objective(two_epochs, data, settings(setup), checkpointer=checkpointer, on_epoch=stop_after_epoch_1)
+    study.optimize(written, n_trials=1, catch=(Interrupted,))
+    (first,) = study.trials
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=first.params,
+                                              distributions=first.distributions, user_attrs=first.user_attrs))
+    study.optimize(Objective(two_epochs, data, replace(settings(setup), device="cpu"), checkpointer=checkpointer),
+                   n_trials=1)
+    resumed = study.trials[1]
+    if resumed.user_attrs.get("resumed_from_epoch") != 1:
+        raise AssertionError(f"not resumed: {resumed.user_attrs.get('resume_problem', 'no checkpoint found')}")
+    return f"written on {first.user_attrs['device']}, resumed on cpu: " + completed(resumed)
+
+
+# --- benchmark (e) --------------------------------------------------------------------------------
+
+def images_per_second(step: Callable[[], None], batches: int, batch: int) -> float:
     for _ in range(3):
         step()  # warm-up (cudnn.benchmark picks kernels, AMP caches)
     seconds: dict = {}
@@ -53,91 +295,144 @@ def images_per_second(step, batches: int, batch: int) -> float:
     return batches * batch / seconds["run"]
 
 
-def plain_fp32(data: ImageData, args) -> tuple[float, float]:
-    device = torch.device(args.device)
+def plain_fp32(model_name: str, data: ImageData, device: torch.device, batch: int, batches: int) -> float:
+    """The baseline: the same network in fp32, NCHW, tensors already on the device, no augmentation."""
     torch.backends.cudnn.benchmark = False
-    model = torchvision.models.get_model(args.model, num_classes=10).to(device)
+    model = build_model(ModelSpec(model_name, weights="none", num_classes=10)).model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
-    images = data.train_images[: args.batch].float().div(255).to(device)
-    targets = data.train_targets[: args.batch].to(device)
-    reset_peak(device)
+    images = data.train_images[:batch].float().div(255).to(device)
+    targets = data.train_targets[:batch].to(device)
 
     def step() -> None:
         optimizer.zero_grad()
         loss_fn(model(images), targets).backward()
         optimizer.step()
 
-    rate = images_per_second(step, args.batches, args.batch)
-    return rate, peak_gib(device)
+    return images_per_second(step, batches, batch)
 
 
-def tuner_trainer(data: ImageData, args) -> tuple[float, float]:
-    runtime = make_runtime(torch.device(args.device))  # on CUDA: AMP (bf16), channels_last, cudnn.benchmark
-    built = build_model(ModelSpec(args.model, weights="none", num_classes=10))
+def tuner_trainer(model_name: str, data: ImageData, device: torch.device, batch: int) -> float:
+    """As a trial trains: AMP, channels_last, cudnn.benchmark, uint8 images augmented on the device."""
+    runtime = make_runtime(device)
+    built = build_model(ModelSpec(model_name, weights="none", num_classes=10))
     backbone, head = freeze(built, "full")
     model = built.model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(Hyperparams(optimizer="sgd", lr=0.01, momentum=0.9), backbone, head)
     transform = train_transform(AugmentConfig(crop_scale=0.5, hflip=0.5), built.mean, built.std)
-    # As a trial does: uint8 images kept on the GPU, augmented there batch by batch.
-    placed = place_images(data, runtime.device)
-    loader = ImageBatches(placed.train, data.train_targets, transform, runtime.device, args.batch,
-                          shuffle=True, drop_last=True)
+    placed = place_images(data, runtime.device).train
+    loader = ImageBatches(placed.images, placed.targets, transform, runtime.device, batch, shuffle=True,
+                          drop_last=True)
     loss_fn = torch.nn.CrossEntropyLoss()
     set_train_mode(model)
     train_one_epoch(model, loader, loss_fn, optimizer, runtime, runtime.grad_scaler())  # warm-up epoch
-    reset_peak(runtime.device)
     seconds: dict = {}
     with timed(seconds, "epoch"):
         train_one_epoch(model, loader, loss_fn, optimizer, runtime, runtime.grad_scaler())
-    return len(loader) * args.batch / seconds["epoch"], peak_gib(runtime.device)
+    return len(loader) * batch / seconds["epoch"]
 
 
-def feature_cache_speedup(data: ImageData, args) -> float:
-    runtime = make_runtime(torch.device(args.device))
-    built = build_model(ModelSpec(args.model, weights="none", num_classes=10))
+def feature_cache_speedup(model_name: str, data: ImageData, device: torch.device, size: int, batch: int) -> float:
+    runtime = make_runtime(device)
+    built = build_model(ModelSpec(model_name, weights="none", num_classes=10))
     freeze(built, "head")
     built.model.to(runtime.device)
     seconds: dict = {}
     with tempfile.TemporaryDirectory() as folder, timed(seconds, "extraction"):
         features = FeatureCache(FeatureCacheConfig(Path(folder), views=1), runtime).get(
-            built, args.model, data, args.size, AugmentConfig())
-    loader = TensorBatches((features.view(0).to(runtime.device), data.train_targets.to(runtime.device)),
-                           args.batch, shuffle=True)
+            built, model_name, data, size, AugmentConfig())
+    loader = TensorBatches((features.view(0), data.train_targets), batch, shuffle=True)
     optimizer = make_optimizer(Hyperparams(lr=1e-3), [], list(built.head.parameters()))
     with timed(seconds, "cached epoch"):
         train_one_epoch(built.head, loader, torch.nn.CrossEntropyLoss(), optimizer, runtime)
-    print(f"  feature cache: extraction {seconds['extraction']:.2f} s (one backbone pass), "
-          f"cached head epoch {seconds['cached epoch']:.4f} s")
     return seconds["extraction"] / seconds["cached epoch"]
 
 
-def main() -> None:
+def benchmark_branch(setup: Setup, model_name: str, size: int, images: int, batch: int,
+                     batches: int) -> Callable[[], str]:
+    def branch() -> str:
+        try:
+            build_model(ModelSpec(model_name, weights="none", num_classes=10))
+        except ModelError as error:
+            raise Skip(f"model {model_name} is not known to this tuner ({str(error).splitlines()[0]})") from None
+        device = torch.device(setup.device)
+        data = synthetic(images, size, n_val=0)
+        data = replace(data, train_targets=data.train_targets % 10)
+        plain = plain_fp32(model_name, data, device, batch, batches)
+        fast = tuner_trainer(model_name, data, device, batch)
+        speedup = feature_cache_speedup(model_name, replace(data, val_images=data.train_images[:batch],
+                                                            val_targets=data.train_targets[:batch]),
+                                        device, size, batch)
+        ratio = fast / plain
+        target = "smoke run: figures mean nothing" if setup.smoke else ("MET" if ratio >= 2 else "NOT MET")
+        print(f"RATIO (e) {model_name} {size} px: tuner {fast:.0f} / plain fp32 {plain:.0f} images/s = {ratio:.2f}; "
+              f"target >= 2 -> {target}; head-only epoch: backbone pass / cached epoch = {speedup:.0f}x", flush=True)
+        return f"ratio {ratio:.2f}"
+
+    return branch
+
+
+# --- all of it ------------------------------------------------------------------------------------
+
+def branches(setup: Setup) -> list[tuple[str, Callable[[], str | None]]]:
+    smoke = setup.smoke
+    data = synthetic(32, setup.size, n_val=16) if smoke else synthetic(256, setup.size)
+    bench_size, bench_images, bench_batch, bench_batches = (32, 32, 16, 1) if smoke else (224, 2048, 128, 20)
+    bench_model = setup.model if smoke else "resnet50"
+    return [
+        ("freeze=head cache=on", trial_branch(setup, data, freeze_="head", cache=True)),
+        ("freeze=head cache=off", trial_branch(setup, data, freeze_="head")),
+        ("freeze=last_blocks images=device", trial_branch(setup, data, freeze_="last_blocks")),
+        ("freeze=full images=device", trial_branch(setup, data, freeze_="full")),
+        ("freeze=full images=pinned-host loader=in-process",
+         trial_branch(setup, data, freeze_="full", host=True, loader_workers=0, needs_cuda=True)),
+        ("freeze=full images=pinned-host loader=2-processes",
+         trial_branch(setup, data, freeze_="full", host=True, loader_workers=2, needs_cuda=True)),
+        ("freeze=head cache=on images=pinned-host",
+         trial_branch(setup, data, freeze_="head", cache=True, host=True, needs_cuda=True)),
+        ("amp=bf16 freeze=last_blocks", trial_branch(setup, data, freeze_="last_blocks", amp=torch.bfloat16)),
+        ("amp=fp16+GradScaler freeze=full", trial_branch(setup, data, freeze_="full", amp=torch.float16)),
+        ("amp=fp16+GradScaler freeze=head cache=on",
+         trial_branch(setup, data, freeze_="head", cache=True, amp=torch.float16)),
+        # torch.compile on CPU is covered by tests/test_compile.py (tens of seconds to compile).
+        ("compile freeze=full", trial_branch(setup, data, freeze_="full", compile_=True, needs_cuda=True)),
+        ("compile freeze=head cache=on", trial_branch(setup, data, freeze_="head", cache=True, compile_=True,
+                                                      needs_cuda=True)),
+        ("oom huge batch -> PRUNED/oom, worker goes on", lambda: oom_branch(setup)),
+        ("two trials per device", lambda: two_per_device_branch(setup)),
+        ("resume across devices (cuda -> cpu)", lambda: resume_branch(setup, data)),
+        (f"benchmark (e) {bench_model}", benchmark_branch(setup, bench_model, bench_size, bench_images, bench_batch,
+                                                          bench_batches)),
+        ("benchmark (e) efficientnet_lite0", benchmark_branch(setup, "efficientnet_lite0", bench_size, bench_images,
+                                                              bench_batch, bench_batches)),
+    ]
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
-    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run of the code")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="run the same code on the CPU with tiny models; CUDA-only branches SKIP")
+    parser.add_argument("--only", help="run only the branches whose name contains this text")
     args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("gpu_check needs a CUDA GPU (or --device cpu for a smoke run)")
-    print(f"(e) GPU check ({args.model} at {args.size} px on {args.device}) on {machine()}")
-    data = synthetic(args.images, args.size)
-    plain_rate, plain_mem = plain_fp32(data, args)
-    print(f"  plain fp32 loop (tensors already on the device): {plain_rate:.0f} images/s, peak {plain_mem:.1f} GiB")
-    tuner_rate, tuner_mem = tuner_trainer(data, args)
-    fast = "AMP, channels_last, " if args.device.startswith("cuda") else ""
-    print(f"  tuner trainer ({fast}batched augmentation on the device): {tuner_rate:.0f} images/s, "
-          f"peak {tuner_mem:.1f} GiB")
-    ratio = tuner_rate / plain_rate
-    print(f"RATIO (e) tuner/plain images/s = {ratio:.2f}; target >= 2 -> {'MET' if ratio >= 2 else 'NOT MET'}")
-    speedup = feature_cache_speedup(data, args)
-    print(f"RATIO (e) head-only epoch: backbone pass / cached epoch = {speedup:.0f}x")
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        print("gpu_check needs a CUDA GPU (or --cpu-smoke for a smoke run of the code)", file=sys.stderr)
+        return 2
+    if args.cpu_smoke:
+        torch.set_num_threads(1)  # tiny models: threads only contend (CI boxes have 2 cores)
+    results = Results()
+    with tempfile.TemporaryDirectory() as folder:
+        setup = Setup("cpu" if args.cpu_smoke else "cuda", args.cpu_smoke, "resnet18", 16 if args.cpu_smoke else 64,
+                      Path(folder))
+        print(f"(e) GPU check on {machine()}{' (CPU smoke run)' if setup.smoke else ''}", flush=True)
+        for name, branch in branches(setup):
+            if args.only is None or args.only in name:
+                results.run(name, branch)
+    counts = results.counts
+    print(f"gpu_check: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
+    return 1 if counts["FAIL"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -190,3 +190,16 @@ def offline_hub(tmp_path, monkeypatch):
     socket.setdefaulttimeout(2)
     yield tmp_path / "torch" / "hub" / "checkpoints"
     socket.setdefaulttimeout(old_timeout)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_worker_count(tmp_path_factory):
+    """Workers count the live workers of this machine in TUNER_WORKERS_DIR (tuner.cores): the
+    tests' workers count among themselves, not with whatever else runs on the machine."""
+    previous = os.environ.get("TUNER_WORKERS_DIR")
+    os.environ["TUNER_WORKERS_DIR"] = str(tmp_path_factory.mktemp("workers"))
+    yield
+    if previous is None:
+        os.environ.pop("TUNER_WORKERS_DIR", None)
+    else:
+        os.environ["TUNER_WORKERS_DIR"] = previous

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuner.batches import ImageBatches, TensorBatches, eval_transform, place_images, train_transform
+from tuner.batches import ImageBatches, PlacedImages, PlacedSplit, TensorBatches, eval_transform, place_images, train_transform
 from tuner.data import AugmentConfig, ImageData
 from tuner.errors import DataError
 
@@ -171,6 +171,9 @@ def test_loader_processes_give_the_same_batches():
     [
         ((torch.zeros(3), torch.zeros(2)), 2, "tensors must have the same length, got [3, 2]"),
         ((torch.zeros(3),), 0, "batch_size must be >= 1, got 0"),
+        # The GPU crash of issue 16: images moved to a GPU, their targets left on the CPU.
+        ((torch.zeros(3, device="meta"), torch.zeros(3)), 2, "tensors batched together must be on one device, "
+                                                            "got meta, cpu"),
     ],
 )
 def test_tensor_batches_errors(tensors, batch_size, message):
@@ -182,7 +185,32 @@ def test_tensor_batches_errors(tensors, batch_size, message):
 def test_images_stay_in_host_memory_on_cpu():
     data = ImageData(random_images(4), torch.arange(4), random_images(2), torch.arange(2), ("a", "b"), False, 0)
     placed = place_images(data, CPU)
-    assert placed.train is data.train_images and placed.val is data.val_images
+    assert placed.train.images is data.train_images and placed.val.images is data.val_images
+    assert placed.train.targets is data.train_targets and placed.val.targets is data.val_targets
+    assert placed.device == CPU
+
+
+@pytest.mark.parametrize("build", [
+    lambda: PlacedSplit(torch.zeros(2, 3, 4, 4, device="meta"), torch.zeros(2)),
+    lambda: PlacedImages(PlacedSplit(torch.zeros(2, 3, 4, 4), torch.zeros(2)),
+                         PlacedSplit(torch.zeros(1, 3, 4, 4, device="meta"), torch.zeros(1, device="meta"))),
+])
+def test_placed_images_refuse_tensors_on_two_devices(build):
+    with pytest.raises(DataError, match="must be on one device, got"):
+        build()
+
+
+def test_a_split_moves_its_images_and_targets_together():
+    moved = PlacedSplit(random_images(2), torch.arange(2)).to(torch.device("meta"))
+    assert moved.images.device.type == moved.targets.device.type == "meta"
+
+
+def test_image_batches_with_images_off_the_host_slice_in_this_process():
+    # Loader processes cannot use tensors on a GPU (nor the meta device standing in for one).
+    images, targets = torch.zeros(4, 3, 2, 2, device="meta"), torch.zeros(4, device="meta")
+    loader = ImageBatches(images, targets, lambda x: x, torch.device("meta"), 2, num_workers=2)
+    assert loader.loader is None
+    assert [tuple(t.shape) for t in next(iter(loader))] == [(2, 3, 2, 2), (2,)]
 
 
 def test_batches_of_images_mapped_from_disk_match_those_in_memory(tmp_path):

@@ -48,7 +48,7 @@ def one_trial(data, tmp_path, *, compile: bool) -> tuple[optuna.trial.FrozenTria
     space = parse_space(HEAD_SPACE, source="head.yaml", name="head")
     study.optimize(Objective(space, data, settings, checkpointer=checkpointer), n_trials=1)
     (trial,) = study.trials
-    return trial, checkpointer.load(trial, trial.number)["model"]
+    return trial, checkpointer.load(trial)["model"]
 
 
 def test_a_compiled_trial_completes_like_the_eager_one_with_plain_checkpoint_keys(data, tmp_path):

@@ -556,3 +556,45 @@ def test_an_unusable_spill_folder_is_a_data_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(DataError, match=rf"^cannot create a file for decoded images in {blocker}: "):
         load_data(DataConfig("digits", SIZE, memory_limit=0, spill_dir=str(blocker)))
+
+
+# --- what counts as an unreadable file ------------------------------------------
+
+class _RaisingFormat:
+    """A real PIL format plugin for files starting with b"RAISE": opening one raises `error`."""
+
+    error: BaseException = MemoryError()
+
+
+def _raising_open(fp, filename=None):
+    raise _RaisingFormat.error
+
+
+@pytest.fixture
+def raising_format():
+    Image.init()
+    Image.register_open("RAISETEST", _raising_open, lambda prefix: prefix[:5] == b"RAISE")
+    yield _RaisingFormat
+    Image.ID.remove("RAISETEST")
+    del Image.OPEN["RAISETEST"]
+
+
+@pytest.mark.parametrize(("error", "skipped"), [
+    (SyntaxError("not a valid header"), True),
+    (Image.DecompressionBombError("too many pixels"), True),
+    (ValueError("bad mode"), True),
+    (MemoryError(), False),  # the machine's trouble, not the file's: never "1 unreadable file"
+    (KeyError("a bug"), False),
+])
+def test_only_decoding_errors_count_as_unreadable_files(tmp_path, raising_format, error, skipped):
+    class_folder(tmp_path / "data", "a", 3)
+    class_folder(tmp_path / "data", "b", 3, start=3)
+    (tmp_path / "data" / "b" / "odd.png").write_bytes(b"RAISE" + bytes(100))
+    raising_format.error = error
+    config = DataConfig(str(tmp_path / "data"), 8)
+    if skipped:
+        with pytest.warns(DataWarning, match=r"skipped 1 unreadable file\(s\) in .*: b/odd\.png$"):
+            assert load_data(config).skipped == 1
+    else:
+        with pytest.raises(type(error)):
+            load_quietly(config)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
+import torchvision
+from torchvision.transforms import v2
 
 from tuner.data import AugmentConfig, DataConfig, ImageData, load_data
-from tuner.features import FeatureCache, FeatureCacheConfig, extract
+from tuner.features import FeatureCache, FeatureCacheConfig
 from tuner.models import ModelSpec, build_model
 from tuner.objective import Objective, TrialSettings
 from tuner.space import parse_space
@@ -59,23 +61,61 @@ def test_cached_training_matches_the_uncached_path(digits, tmp_path):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
 
 
-def test_cached_views_are_the_backbone_on_the_same_augmented_views(digits, tmp_path):
+def test_a_view_is_the_frozen_backbone_on_the_augmented_images(digits, tmp_path):
     runtime = make_runtime(torch.device("cpu"))
-    torch.manual_seed(0)
+    built = build_model(ModelSpec("resnet18", weights="none", num_classes=10))
+    # hflip 1.0 is random augmentation to the cache (several views) but flips every image.
+    features = FeatureCache(FeatureCacheConfig(tmp_path, views=2), runtime).get(
+        built, "resnet18", digits, 16, AugmentConfig(hflip=1.0))
+    # Expected, independently: torchvision's resnet18 with the same weights, its classifier
+    # removed, in eval mode, on flipped and normalized images.
+    backbone = torchvision.models.resnet18()
+    backbone.fc = torch.nn.Identity()
+    backbone.load_state_dict({k: v for k, v in built.model.state_dict().items() if not k.startswith("fc.")})
+    backbone.eval()
+    normalize = v2.Normalize(built.mean, built.std)
+    with torch.no_grad():
+        flipped = backbone(normalize(digits.train_images.flip(-1).float() / 255))
+        plain = backbone(normalize(digits.val_images.float() / 255))
+    assert len(features.train_views) == 2
+    for view in features.train_views:
+        assert torch.allclose(view, flipped, atol=1e-5)
+    assert torch.allclose(features.val, plain, atol=1e-5)  # validation images are never augmented
+
+
+def test_views_are_the_same_whichever_worker_computes_them(digits, tmp_path):
+    runtime = make_runtime(torch.device("cpu"))
     built = build_model(ModelSpec("resnet18", weights="none", num_classes=10))
     aug = AugmentConfig(crop_scale=0.7, hflip=0.5)
-    cache = FeatureCache(FeatureCacheConfig(tmp_path, views=2), runtime)
-    features = cache.get(built, "resnet18", digits, 16, aug)
-    assert len(features.train_views) == 2
-    assert not torch.equal(features.train_views[0], features.train_views[1])  # two different views
-    # Recompute view 1 the way the cache seeds it: identical tensors.
-    from tuner.batches import train_transform
+    computed = []
+    for worker, global_seed in enumerate((0, 12345)):  # two workers, in different RNG states
+        torch.manual_seed(global_seed)
+        cache = FeatureCache(FeatureCacheConfig(tmp_path / f"worker{worker}", views=2), runtime)
+        computed.append(cache.get(built, "resnet18", digits, 16, aug))
+    first, second = computed
+    assert not torch.equal(first.train_views[0], first.train_views[1])  # two different views
+    for a, b in zip(first.train_views, second.train_views):
+        assert torch.equal(a, b)
 
-    key = next(iter(cache.memory))
-    torch.manual_seed(int(key[:8], 16) + 1)
-    again = extract(built, digits.train_images, train_transform(aug, built.mean, built.std), runtime)
-    assert torch.allclose(again, features.train_views[1], atol=1e-6)
-    assert features.val.shape == (len(digits.val_images), 512)
+
+def test_new_data_where_old_data_was_freed_gets_its_own_features(tmp_path):
+    """CPython reuses a freed object's id for the next one: the digest must follow the pixels."""
+    cache = FeatureCache(FeatureCacheConfig(tmp_path), make_runtime(torch.device("cpu")))
+
+    def data(seed: int) -> ImageData:
+        images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+        return ImageData(images, torch.zeros(4, dtype=torch.long), images, torch.zeros(4, dtype=torch.long),
+                         ("a",), False, 0)
+
+    old = data(0)
+    old_digest, old_id = cache.data_digest(old), id(old)
+    del old
+    for seed in range(1, 20):
+        new = data(seed)
+        if id(new) == old_id:
+            break  # the case that went wrong: same id, other pixels
+    fresh = FeatureCache(FeatureCacheConfig(tmp_path), make_runtime(torch.device("cpu")))
+    assert cache.data_digest(new) == fresh.data_digest(new) != old_digest
 
 
 def test_a_second_process_loads_the_cache_from_disk(digits, tmp_path):

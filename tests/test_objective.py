@@ -21,12 +21,12 @@ from torch import nn
 
 from tuner.checkpoints import ArtifactCheckpointer
 from tuner.batches import eval_transform
-from tuner.data import DataConfig, DataWarning, load_data
+from tuner.data import DataConfig, DataWarning, ImageData, load_data
 from tuner.errors import SpaceError
 from tuner.models import ModelSpec, build_model, count_trainable, weights_cache_path
 from tuner.objective import Objective, TrialRun, TrialSettings, check_space
 from tuner.space import SearchSpace, load_space, parse_space
-from tuner.training import Hyperparams, class_weights
+from tuner.training import Hyperparams
 
 SETTINGS = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu")
 HEAD_PARAMS = 512 * 2 + 2  # the new Linear(512, 2) of resnet18
@@ -346,19 +346,21 @@ def test_sampled_hyperparameters_reach_the_run(presplit):
     # Balanced weights come from the training targets only (classes: bright 2, dark 6 of 8).
     assert presplit.classes == ("bright", "dark")
     assert run.loss_fn.weight.tolist() == pytest.approx([8 / (2 * 2), 8 / (2 * 6)])
-    assert run.loss_fn.weight.tolist() == pytest.approx(class_weights(presplit.train_targets, 2, False).tolist())
     assert (run.train_loader.batches.batch_size, run.train_loader.batches.drop_last) == (4, True)
     assert run.val_loader.batches.batch_size == 4 and len(run.val_loader.batches.tensors[0]) == 4
     assert run.stopper.patience == 2
 
 
-def test_multi_label_balanced_weighting_sets_bce_pos_weight(multi_data):
+def test_multi_label_balanced_weighting_sets_bce_pos_weight():
+    images = torch.zeros(6, 3, 16, 16, dtype=torch.uint8)
+    # Train rows: label a on 3 of 4 (1 negative), label b on 1 of 4 (3 negatives).
+    train = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    data = ImageData(images[:4], train, images[4:], torch.tensor([[1.0, 1.0], [0.0, 1.0]]), ("a", "b"), True, 0)
     hp = Hyperparams.from_params({"loss": "bce_with_logits", "class_weighting": "balanced"})
-    run = TrialRun(Objective(make_space(FROZEN_SPACE), multi_data, SETTINGS), hp, seed=0, origin=0)
+    run = TrialRun(Objective(make_space(FROZEN_SPACE), data, SETTINGS), hp, seed=0, origin=0)
     assert type(run.loss_fn) is nn.BCEWithLogitsLoss
-    positives = multi_data.train_targets.sum(0)
-    expected = (len(multi_data.train_targets) - positives) / positives
-    assert run.loss_fn.pos_weight.tolist() == pytest.approx(expected.tolist())
+    # negatives / positives per label, from the training rows only
+    assert run.loss_fn.pos_weight.tolist() == pytest.approx([1 / 3, 3 / 1])
 
 
 @pytest.mark.parametrize(
@@ -438,7 +440,16 @@ def test_space_values_the_trainer_cannot_use_fail_before_any_trial(data, body, m
 
 @pytest.mark.parametrize("name", ["default", "feature_extraction", "fine_tuning"])
 def test_shipped_spaces_pass_the_trainer_checks(name):
-    check_space(load_space(name))
+    space = load_space(name)
+    check_space(space)  # raises SpaceError on a parameter the trainer cannot use
+    # And what they sample, for either task, is a run the trainer accepts as it stands.
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for index in range(20):
+        context = {"task": ("single_label", "multi_label")[index % 2]}
+        params = space.sample(study.ask(), context)
+        hp = Hyperparams.from_params(params)
+        assert {k: getattr(hp, k) for k in params} == params
+        assert hp.loss in (None, "bce_with_logits" if context["task"] == "multi_label" else "cross_entropy")
 
 
 class Interrupted(Exception):

@@ -55,13 +55,14 @@ def small_images(tmp_path) -> Path:
     return root
 
 
-def create_study(url: str, tmp_path: Path, data: Path, *, n_trials: int, freeze: str, epochs: str) -> None:
+def create_study(url: str, tmp_path: Path, data: Path, *, n_trials: int, freeze: str, epochs: str,
+                 max_retry: int = 10) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(freeze=freeze, epochs=epochs))
     result = CliRunner().invoke(cli, [
         "create", "--study", "s", "--storage", url, "--space", str(space), "--data", str(data),
         "--weights", "none", "--n-trials", str(n_trials), "--pruner", "none", "--no-warm-start",
-        "--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", "10",
+        "--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", str(max_retry),
         "--artifacts", str(tmp_path / "artifacts"),
     ])
     assert result.exit_code == 0, result.output
@@ -74,10 +75,10 @@ class Workers:
         self.url, self.logs, self.procs = url, logs, []
         logs.mkdir(exist_ok=True)
 
-    def start(self) -> subprocess.Popen:
+    def start(self, url: str | None = None) -> subprocess.Popen:
         log = open(self.logs / f"worker{len(self.procs)}.log", "w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner", "worker", "--study", "s", "--storage", self.url,
+            [sys.executable, "-m", "tuner", "worker", "--study", "s", "--storage", url or self.url,
              "--device", "cpu", "--timeout", "600"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
@@ -255,6 +256,112 @@ def in_transaction(url: str) -> bool:
                 "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')").scalar() > 0
     finally:
         engine.dispose()
+
+
+def test_after_a_hand_back_and_a_dead_worker_the_store_keeps_only_the_best_weights(tmp_path, small_images):
+    """A SIGTERM hands one trial back (its lineage resumes elsewhere); a kill -9 with --max-retry 0
+    ends another lineage in FAIL, never retried. When the study is over, no lineage can resume:
+    the store holds the best trial's weights and nothing else. It used to keep the dead
+    lineage's checkpoint and every weights file uploaded by a new best."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    create_study(url, tmp_path, small_images, n_trials=4, freeze="{type: fixed, value: last_blocks}",
+                 epochs="{type: fixed, value: 6}", max_retry=0)
+    pool = Workers(url, tmp_path / "logs")
+    try:
+        first, second = pool.start(), pool.start()
+        wait_for_checkpointed_trial(url, {first.pid})
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+        pid, _, _ = wait_for_checkpointed_trial(url, {second.pid})
+        os.kill(pid, signal.SIGKILL)
+        second.wait(timeout=30)
+        pool.start()
+        pool.wait(timeout=300)
+        assert pool.procs[2].returncode == 0, pool.output()
+    finally:
+        pool.kill_all()
+
+    all_trials = trials(url)
+    assert len(finished(all_trials)) == 4
+    assert any(t.user_attrs.get("handed_back") for t in all_trials), "no trial was handed back"
+    dead = [t for t in all_trials if t.state == TrialState.FAIL and not t.user_attrs.get("handed_back")
+            and not t.user_attrs.get("over_budget")]
+    assert dead and all(t.user_attrs.get("checkpoint") for t in dead)  # each had a checkpoint to leak
+    best = optuna.load_study(study_name="s", storage=url).best_trial
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == [best.user_attrs["best_weights_artifact"]]
+    print(f"\n[artifacts] after a hand-back and a dead lineage: 1 file left in the store (trial {best.number}'s "
+          f"best weights); {len(dead)} dead lineage(s) freed")
+
+
+# Drops the connection of the worker named racer_a inside its first RUNNING -> FAIL update,
+# once the other worker waits on that trial's row lock. The update never commits; the other
+# worker fails the trial; racer_a reconnects, retries and finds the trial already failed.
+DROP_ONCE = [
+    "CREATE SEQUENCE drop_once",
+    """CREATE FUNCTION drop_once() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF OLD.state = 'RUNNING' AND NEW.state = 'FAIL' AND current_setting('application_name') = 'racer_a'
+         AND nextval('drop_once') = 1 THEN
+        FOR i IN 1..1200 LOOP
+          PERFORM pg_stat_clear_snapshot();
+          EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity
+                            WHERE datname = current_database() AND wait_event_type = 'Lock');
+          PERFORM pg_sleep(0.1);
+        END LOOP;
+        PERFORM pg_terminate_backend(pg_backend_pid());
+        PERFORM pg_sleep(10);
+      END IF;
+      RETURN NEW;
+    END $$""",
+    "CREATE TRIGGER drop_once BEFORE UPDATE ON trials FOR EACH ROW EXECUTE FUNCTION drop_once()",
+]
+
+
+def test_two_workers_failing_one_stale_trial_across_a_reconnect_retry_it_once(postgres_url, tmp_path, small_images):
+    """Two workers find the same dead worker's trial stale. The first one's update to FAIL is cut
+    off by a dropped connection before it commits; the second fails the trial and queues its
+    retry; the first reconnects and finds the trial already failed. `retrying` took that for its
+    own success, so both queued a retry, and the trial trained twice, over the budget."""
+    pool = Workers(postgres_url, tmp_path / "logs")
+    try:
+        create_study(postgres_url, tmp_path, small_images, n_trials=2, freeze="{type: fixed, value: last_blocks}",
+                     epochs="{type: fixed, value: 4}")
+        engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.begin() as connection:
+            for statement in DROP_ONCE:
+                connection.exec_driver_sql(statement)
+        pool.start()
+        pid, number, _ = wait_for_checkpointed_trial(postgres_url, {pool.procs[0].pid})
+        os.kill(pid, signal.SIGKILL)
+        pool.procs[0].wait(timeout=30)
+        time.sleep(3.5)  # past the grace period: the trial is stale for whoever looks first
+        racer = pool.start(f"{postgres_url}?application_name=racer_a")
+        deadline = time.monotonic() + 120
+        while not held_in_trigger(engine):
+            assert racer.poll() is None and time.monotonic() < deadline, pool.output()
+            time.sleep(0.2)
+        pool.start()
+        pool.wait(timeout=300)
+
+        assert [p.returncode for p in pool.procs[1:]] == [0, 0], pool.output()
+        assert "storage unreachable during set_trial_state_values" in (tmp_path / "logs" / "worker1.log").read_text()
+        all_trials = trials(postgres_url)
+        assert next(t for t in all_trials if t.number == number).state == TrialState.FAIL
+        retries = [t.number for t in all_trials if t.user_attrs.get("lineage") == number and t.number != number
+                   and not t.user_attrs.get("duplicate_of")]
+        assert len(retries) == 1, [(t.number, t.state.name, t.user_attrs) for t in all_trials]
+        assert_budget_held(all_trials, 2)
+        print(f"\n[reconnect race] trial {number} failed by two workers across a dropped connection; "
+              f"retried once (trial {retries[0]}); 2/2 finished")
+    finally:
+        pool.kill_all()
+
+
+def held_in_trigger(engine) -> bool:
+    with engine.connect() as connection:
+        return connection.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'racer_a' "
+            "AND wait_event = 'PgSleep'").scalar() > 0
 
 
 def test_postgresql_restart_mid_study(postgres_url, tmp_path, small_images):

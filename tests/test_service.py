@@ -287,7 +287,7 @@ def test_status_lists_running_trials_with_host_device_epoch_and_metric(storage_u
     assert report == {"storage": mask_url(storage_url), "studies": [{
         "name": "live", "tuner": True, "metric": "val_accuracy", "direction": "maximize", "n_trials": 4,
         "finished": 2, "states": {"RUNNING": 1, "COMPLETE": 1, "PRUNED": 1, "FAIL": 0, "WAITING": 0},
-        "failed": 0, "handed_back": 0, "over_budget": 0, "retried": 0,
+        "failed": 0, "handed_back": 0, "over_budget": 0, "retried": 0, "duplicate": 0,
         "best": {"value": 0.75, "number": 0},
         "running": [{"number": 2, "worker": "node7:4242:cuda", "host": "node7", "device": "cuda:0", "epoch": 3,
                      "epochs": None, "last_metric": 0.5, "started": started, "stale": False}],
@@ -700,10 +700,13 @@ GPU_SPECS = ["all", "0", "0,1"]
 @ONE_BACKEND
 @pytest.mark.parametrize("spec", GPU_SPECS)
 def test_worker_gpus_without_a_gpu_is_one_clear_error(finished, spec):
-    assert not torch.cuda.is_available()
-    result = invoke(["worker", "--study", "out", "--storage", finished.url, "--gpus", spec])
-    assert result.exit_code == 1
-    assert result.output == f"Error: --gpus {spec}: no CUDA GPU is visible on this node (use --device cpu)\n"
+    # A worker process that sees no GPU, on any machine: CUDA_VISIBLE_DEVICES hides them all
+    # (in this process CUDA may already be initialized, and would ignore it).
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-m", "tuner", "worker", "--study", "out", "--storage", finished.url,
+                             "--gpus", spec], env=env, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"Error: --gpus {spec}: no CUDA GPU is visible on this node (use --device cpu)\n"
 
 
 def test_a_sqlite_study_file_is_in_write_ahead_log_mode(tmp_path):

@@ -63,7 +63,7 @@ STORED_SETTINGS = [
     pytest.param(["--grace-period", "50"], lambda w, o: (
         w.storage_settings.grace_period, w.storage.grace_period) == (50, 50), id="grace period"),
     pytest.param(["--max-retry", "1"], lambda w, o: (
-        w.storage_settings.max_retry, w.storage.failed_trial_callback._max_retry) == (1, 1), id="max retry"),
+        w.storage_settings.max_retry, w.storage.failed_trial_callback.max_retry) == (1, 1), id="max retry"),
     pytest.param(["--sampler", "random"], lambda w, o: isinstance(w.study.sampler, optuna.samplers.RandomSampler),
                  id="sampler"),
     pytest.param(["--pruner", "median"], lambda w, o: isinstance(w.study.pruner, optuna.pruners.MedianPruner),

@@ -125,6 +125,18 @@ def test_worker_help_explains_trials_per_gpu():
     assert "--trials-per-gpu N" in result.output and "per GPU" in result.output
 
 
+@pytest.mark.parametrize(("parent", "index", "child"), [
+    (None, 1, "1"),
+    ("2,3", 0, "2"),
+    ("2, 3", 1, "3"),
+    ("GPU-8f2a,GPU-11c0", 1, "GPU-11c0"),  # UUIDs as nvidia-smi -L lists them
+])
+def test_a_child_gets_the_gpu_the_parent_means(parent, index, child):
+    environ = {} if parent is None else {"CUDA_VISIBLE_DEVICES": parent}
+    env = child_env(ChildSpec(f"gpu{index}", "cuda", gpu(index)), 1, environ, 4)
+    assert env["CUDA_VISIBLE_DEVICES"] == child
+
+
 @pytest.mark.parametrize(
     ("children", "cpus", "environ", "threads"),
     [(2, 16, {}, "8"), (4, 2, {}, "1"), (3, 16, {}, "5"), (1, 2, {}, "2"), (4, 16, {"OMP_NUM_THREADS": "3"}, "3")],

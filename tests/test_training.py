@@ -306,6 +306,25 @@ def test_balanced_class_weights_are_inverse_frequencies(train_targets, classes, 
     assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize(("loss", "multilabel", "expected"), [
+    (None, False, nn.CrossEntropyLoss), (None, True, nn.BCEWithLogitsLoss),
+    ("cross_entropy", False, nn.CrossEntropyLoss), ("bce_with_logits", True, nn.BCEWithLogitsLoss),
+])
+def test_the_loss_is_the_one_the_data_trains_with(loss, multilabel, expected):
+    targets = torch.ones(4, 3) if multilabel else TARGETS
+    assert type(make_loss(Hyperparams(loss=loss), targets, 3, multilabel, "cpu")) is expected
+
+
+@pytest.mark.parametrize(("loss", "multilabel", "message"), [
+    ("bce_with_logits", False, "loss 'bce_with_logits' does not fit single-label data, which trains with cross_entropy"),
+    ("cross_entropy", True, "loss 'cross_entropy' does not fit multi-label data, which trains with bce_with_logits"),
+])
+def test_a_loss_that_contradicts_the_data_is_refused(loss, multilabel, message):
+    with pytest.raises(TunerError) as excinfo:
+        make_loss(Hyperparams(loss=loss), torch.ones(4, 3) if multilabel else TARGETS, 3, multilabel, "cpu")
+    assert str(excinfo.value) == message
+
+
 def test_no_class_weighting_means_no_weights():
     assert make_loss(Hyperparams(class_weighting="none"), TARGETS, 3, False, "cpu").weight is None
     assert make_loss(Hyperparams(class_weighting="none"), torch.ones(4, 2), 2, True, "cpu").pos_weight is None

@@ -23,22 +23,65 @@ DEVICE_SHARE = 0.2
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
+def same_device(tensors: Sequence[torch.Tensor], what: str) -> torch.device:
+    """The one device all `tensors` are on; a DataError naming each device when they differ.
+
+    An index on one device cannot select from a tensor on another (PyTorch refuses a CUDA
+    index into a CPU tensor), so tensors sliced together must live together.
+    """
+    devices = [tensor.device for tensor in tensors]
+    if len(set(devices)) > 1:
+        raise DataError(f"{what} must be on one device, got {', '.join(map(str, devices))}")
+    return devices[0]
+
+
+@dataclass(frozen=True, eq=False)
+class PlacedSplit:
+    """One split's uint8 images and their targets, always on the same device."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+
+    def __post_init__(self) -> None:
+        same_device((self.images, self.targets), "a split's images and targets")
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device) -> "PlacedSplit":
+        return PlacedSplit(self.images.to(device), self.targets.to(device))
+
+
 @dataclass(frozen=True, eq=False)
 class PlacedImages:
-    """A dataset's uint8 train and val images where the batches are sliced from."""
+    """A dataset's train and val splits where the batches are sliced from, on one device."""
 
-    train: torch.Tensor
-    val: torch.Tensor
+    train: PlacedSplit
+    val: PlacedSplit
+
+    def __post_init__(self) -> None:
+        same_device((self.train.images, self.val.images), "the train and val splits")
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.device
 
 
 def place_images(data: ImageData, device: torch.device) -> PlacedImages:
-    """On a GPU with room for them, the images live there for the whole study: no copies per batch."""
+    """On a GPU with room for them, the images live there for the whole study: no copies per batch.
+
+    Images and targets move together, as one object, so a batch's index always finds both
+    on its own device.
+    """
+    host = PlacedImages(PlacedSplit(data.train_images, data.train_targets),
+                        PlacedSplit(data.val_images, data.val_targets))
     if device.type == "cuda":
-        size = data.train_images.nbytes + data.val_images.nbytes
+        size = sum(t.nbytes for t in (data.train_images, data.val_images, data.train_targets, data.val_targets))
         free, _ = torch.cuda.mem_get_info(device)
         if size <= DEVICE_SHARE * free:
-            return PlacedImages(data.train_images.to(device), data.val_images.to(device))
-    return PlacedImages(data.train_images, data.val_images)
+            return PlacedImages(host.train.to(device), host.val.to(device))
+    return host
 
 
 def eval_transform(mean: Sequence[float], std: Sequence[float]) -> Transform:
@@ -147,6 +190,7 @@ class TensorBatches:
             raise DataError(f"tensors must have the same length, got {[len(t) for t in tensors]}")
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = same_device(tensors, "tensors batched together")
         self.tensors = tuple(tensors)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -171,7 +215,7 @@ class TensorBatches:
             yield self.take(chunk)
 
     def take(self, chunk: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        index = chunk.to(self.tensors[0].device)
+        index = chunk.to(self.device)
         return tuple(tensor[index] for tensor in self.tensors)
 
 
@@ -215,7 +259,9 @@ class ImageBatches:
         self.transform = transform
         self.device = device
         self.loader = None
-        if num_workers > 0:
+        # Loader processes slice host memory only: a CUDA tensor cannot be used in a forked
+        # process, and images already on the GPU gain nothing from them.
+        if num_workers > 0 and self.batches.device.type == "cpu":
             cuda = device.type == "cuda"
             # Persistent workers keep their processes (not their RNG: batches are slices and
             # all randomness is drawn in this process) from epoch to epoch.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -20,6 +22,8 @@ from tuner.storage import local_folder
 
 CHECKPOINT_ATTR = "checkpoint"
 BEST_WEIGHTS_ATTR = "best_weights_artifact"
+RESUME_PROBLEM_ATTR = "resume_problem"
+LOG = logging.getLogger(__name__)
 
 
 def default_artifacts_dir(storage_url: str) -> str:
@@ -33,16 +37,44 @@ def open_artifact_store(location: str):
     if location.startswith("s3://"):
         from optuna.artifacts import Boto3ArtifactStore
 
-        bucket = location[len("s3://"):].split("/", 1)[0]
-        if not bucket:
-            raise StorageError(f"--artifacts {location!r} names no bucket (s3://bucket)")
-        return Boto3ArtifactStore(bucket)
+        bucket, prefix = parse_s3(location)
+        store = Boto3ArtifactStore(bucket)
+        return PrefixedStore(store, prefix) if prefix else store
     path = Path(location)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"--artifacts {location}: cannot create the folder: {exc.strerror}") from None
     return FileSystemArtifactStore(path)
+
+
+def parse_s3(location: str) -> tuple[str, str]:
+    """s3://bucket/some/prefix/ -> ("bucket", "some/prefix"): where the objects go, inside the bucket."""
+    bucket, _, prefix = location[len("s3://"):].partition("/")
+    if not bucket:
+        raise StorageError(f"--artifacts {location!r} names no bucket (s3://bucket or s3://bucket/prefix)")
+    return bucket, prefix.strip("/")
+
+
+class PrefixedStore:
+    """An artifact store whose objects all live under `prefix/` of another store (Optuna's
+    Boto3ArtifactStore knows only a bucket: s3://bucket/prefix used to write to the bucket's root)."""
+
+    def __init__(self, store, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    def key(self, artifact_id: str) -> str:
+        return f"{self.prefix}/{artifact_id}"
+
+    def open_reader(self, artifact_id: str):
+        return self.store.open_reader(self.key(artifact_id))
+
+    def write(self, artifact_id: str, content_body) -> None:
+        self.store.write(self.key(artifact_id), content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.store.remove(self.key(artifact_id))
 
 
 def safe_name(name: str) -> str:
@@ -76,7 +108,13 @@ class ArtifactCheckpointer:
         if previous and previous != key:
             self.discard(previous)
 
-    def load(self, trial: optuna.Trial, lineage: int) -> dict[str, Any] | None:
+    def load(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        """The state of the trial's last checkpoint, with every tensor on the CPU; None to start afresh.
+
+        The key travels in the trial's user attrs (a retry inherits them), so it is already
+        the lineage's. A key whose checkpoint cannot be read is not a fresh start: the retry
+        trains from scratch, and says so in the log and in its `resume_problem` attr.
+        """
         key = trial.user_attrs.get(CHECKPOINT_ATTR)
         if not key:
             return None
@@ -84,9 +122,23 @@ class ArtifactCheckpointer:
             with self.store.open_reader(key) as reader:
                 data = io.BytesIO(reader.read())
         except ArtifactNotFound:
-            return None
-        # weights_only: a checkpoint is data, never code, even from a shared folder.
-        return torch.load(data, map_location="cpu", weights_only=True)
+            return self.restart(trial, f"checkpoint {key} is missing from the artifact store")
+        try:
+            # map_location: a checkpoint written on a GPU resumes on a CPU-only worker (and
+            # the RNG state must be a CPU tensor anyway); load_state_dict then copies each
+            # tensor to wherever this worker's model and optimizer live.
+            # weights_only: a checkpoint is data, never code, even from a shared folder.
+            return torch.load(data, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
+            return self.restart(trial, f"checkpoint {key} is unreadable ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else ''})")
+
+    @staticmethod
+    def restart(trial: optuna.Trial, reason: str) -> None:
+        message = f"trial {trial.number} restarts from epoch 1: {reason}"
+        LOG.warning(message)
+        trial.set_user_attr(RESUME_PROBLEM_ATTR, message)
+        return None
 
     def discard(self, key: str) -> None:
         try:
@@ -95,10 +147,41 @@ class ArtifactCheckpointer:
             pass
 
     def finish(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
-        """A finished trial needs no resume point: free the space."""
+        """A finished lineage needs no resume point: free the space.
+
+        Besides the checkpoint the trial points to, a worker killed while writing the next
+        one may have left that object unreferenced (it writes before it moves the pointer).
+        """
         key = trial.user_attrs.get(CHECKPOINT_ATTR)
         if key:
             self.discard(key)
+        origin, epoch = trial.user_attrs.get("lineage"), trial.user_attrs.get("epoch")
+        if origin is not None and epoch is not None:
+            self.discard(self.key(int(origin), int(epoch) + 1))
+
+    def sweep(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Once the study is over, free the checkpoints of the lineages that ended in FAIL
+        (a dead worker's trial past --max-retry): none of them can resume any more."""
+        for trial in trials:
+            self.finish(trial)
+
+
+def prune_weights(store, trials: list[optuna.trial.FrozenTrial], best_number: int) -> None:
+    """Remove the best weights of every finished trial but the study's best.
+
+    A worker uploads weights when its trial beats the best trial it can see, so racing
+    workers (and a worker killed after the upload) leave weights that are no longer the
+    best: each new best and the end of the study remove them. A RUNNING trial's weights
+    are left alone: it may be about to become the best. (The artifact's entry stays in the
+    finished trial's system attrs, which Optuna does not let anyone change.)
+    """
+    for trial in trials:
+        artifact_id = trial.user_attrs.get(BEST_WEIGHTS_ATTR)
+        if artifact_id and trial.state.is_finished() and trial.number != best_number:
+            try:
+                store.remove(artifact_id)
+            except ArtifactNotFound:
+                pass
 
 
 def upload_weights(store, trial: optuna.Trial, state_dict: dict[str, Any], meta: dict[str, Any]) -> str:

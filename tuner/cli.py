@@ -233,7 +233,12 @@ def create(ctx: click.Context, **params: Any) -> None:
               help="Run N supervised worker processes per GPU (of --gpus, or of --device cuda[:K]), so N "
                    "trials of small models train at once on each GPU.")
 def worker(**params: Any) -> None:
-    """Join a study with nothing but its name and storage, and run trials until the budget is spent."""
+    """Join a study with nothing but its name and storage, and run trials until the budget is spent.
+
+    Workers started one by one on a machine share its cores: each trial runs max(1, cores //
+    live tuner workers of this machine) torch threads (counted through pid files in
+    $TUNER_WORKERS_DIR, default a folder in the temp dir). Set OMP_NUM_THREADS to choose instead.
+    """
     from tuner.service import require_existing_sqlite
     from tuner.storage import StorageSettings
     from tuner.supervisor import plan_processes, supervise, visible_gpu_count

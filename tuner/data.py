@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import struct
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -380,6 +381,11 @@ def _decode_files(paths: Sequence[Path], config: DataConfig) -> tuple[torch.Tens
     return buffer, ok
 
 
+# UnidentifiedImageError and truncated files are OSErrors; SyntaxError, struct.error and
+# EOFError come from the plugins' header parsers; DecompressionBombError is its own class.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+
 def _read_image(path: Path, image_size: int) -> torch.Tensor | None:
     """One file as a uint8 3 x S x S RGB tensor, or None when PIL cannot decode it."""
     try:
@@ -388,9 +394,9 @@ def _read_image(path: Path, image_size: int) -> torch.Tensor | None:
             image.draft(None, (image_size, image_size))
             rgb = _to_rgb(ImageOps.exif_transpose(image))
             resized = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    # PIL's format plugins raise OSError, ValueError, SyntaxError, struct.error, EOFError,
-    # DecompressionBombError ... on malformed input; any of them means "skip this file".
-    except Exception:
+    # Only what PIL's format plugins raise on malformed input means "skip this file": a
+    # MemoryError or a bug is no unreadable file, and must not be counted as one.
+    except DECODE_ERRORS:
         return None
     return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
 

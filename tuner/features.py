@@ -80,7 +80,7 @@ class FeatureCache:
         self.config = config
         self.runtime = runtime
         self.memory: dict[str, CachedFeatures] = {}
-        self.data_digests: dict[int, str] = {}
+        self.digested: tuple[object, str] | None = None  # (data, digest of its pixels)
 
     def views(self, aug: AugmentConfig) -> int:
         """Without random augmentation every view would be the same tensor: cache one."""
@@ -89,7 +89,10 @@ class FeatureCache:
     def key(self, model_name: str, backbone: str, data_digest: str, image_size: int, aug: AugmentConfig,
             mean: Sequence[float], std: Sequence[float]) -> str:
         views = self.views(aug)
-        parts = (model_name, backbone, data_digest, image_size, aug, tuple(mean), tuple(std), views)
+        # Features extracted under bf16/fp16 autocast (a GPU worker) differ from fp32 ones (a CPU
+        # worker on the same machine): each precision gets its own entry.
+        precision = str(self.runtime.amp_dtype or torch.float32)
+        parts = (model_name, backbone, data_digest, image_size, aug, tuple(mean), tuple(std), views, precision)
         return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
     def get(self, built, model_name: str, data, image_size: int, aug: AugmentConfig) -> CachedFeatures:
@@ -102,10 +105,15 @@ class FeatureCache:
         return self.memory[key]
 
     def data_digest(self, data) -> str:
-        # ImageData is immutable: hash its pixels once per object, not once per trial.
-        if id(data) not in self.data_digests:
-            self.data_digests = {id(data): tensor_digest(data.train_images, data.val_images)}
-        return self.data_digests[id(data)]
+        """The digest of the data's pixels, which the features depend on.
+
+        Hashing them takes seconds for a large data set, so it is done once per data object.
+        The memo holds the object itself and checks it with `is`: keyed on id(data), a new
+        data set allocated where a freed one was would have been given the old one's features.
+        """
+        if self.digested is None or self.digested[0] is not data:
+            self.digested = (data, tensor_digest(data.train_images, data.val_images))
+        return self.digested[1]
 
     def load_or_compute(self, key: str, built, data, image_size: int, aug: AugmentConfig) -> CachedFeatures:
         path = self.config.directory / f"{key}.pt"

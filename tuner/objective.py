@@ -26,6 +26,7 @@ from tuner.training import (
     OutOfMemory,
     Runtime,
     evaluate,
+    free_device_memory,
     make_loss,
     make_optimizer,
     make_runtime,
@@ -34,10 +35,8 @@ from tuner.training import (
     resolve_device,
     step_scheduler,
     train_one_epoch,
+    without_oom,
 )
-
-STOP_REASONS = ("completed", "early_stopped", "pruned", "diverged", "oom")
-
 
 @dataclass(frozen=True)
 class TrialSettings:
@@ -62,7 +61,7 @@ class TrialSettings:
 class Checkpointer(Protocol):
     """Saves and restores a trial's training state, keyed by the trial's lineage."""
 
-    def load(self, trial: optuna.Trial, lineage: int) -> dict[str, Any] | None: ...
+    def load(self, trial: optuna.Trial) -> dict[str, Any] | None: ...
 
     def save(self, trial: optuna.Trial, lineage: int, state: dict[str, Any]) -> None: ...
 
@@ -165,8 +164,8 @@ class Objective:
         if fixed:
             trial.set_user_attr("fixed_params", fixed)
         hp = Hyperparams.from_params(params, max_epochs=self.settings.max_epochs)
-        # make_loss picks the loss from the data (BCE-with-logits for multi-label data), so a
-        # sampled `loss` that contradicts the data would be recorded but silently not used.
+        # make_loss refuses a loss that contradicts the data too; checked here first so that
+        # the message names the space file and how to fix it.
         expected_loss = "bce_with_logits" if self.data.multilabel else "cross_entropy"
         if "loss" in params and params["loss"] != expected_loss:
             raise SpaceError(
@@ -174,8 +173,17 @@ class Objective:
                 f"which trains with {expected_loss} (choose loss with `when: {{task: ...}}`)"
             )
         origin = lineage(trial)
-        run = TrialRun(self, hp, derive_seed(self.settings.seed, origin), origin)
-        return run.execute(trial)
+        try:
+            # Building the run moves the model to the device and may extract features there.
+            run = without_oom(lambda: TrialRun(self, hp, derive_seed(self.settings.seed, origin), origin))
+        except OutOfMemory as exc:
+            message = str(exc)
+        else:
+            return run.execute(trial)
+        # Outside the except block: nothing of the half-built run is referenced any more.
+        free_device_memory(self.runtime)
+        trial.set_user_attr("stop_reason", "oom")
+        raise optuna.TrialPruned(f"oom: {message}")
 
 
 class TrialRun:
@@ -261,16 +269,14 @@ class TrialRun:
                 return self.epoch_loader(1)
             return self.feature_loader(self.features.val, self.data.val_targets, train=False)
         mean, std = self.built.mean, self.built.std
-        images = self.objective.images
-        if train:
-            pixels, targets, transform = images.train, self.data.train_targets, train_transform(self.aug, mean, std)
-        else:
-            pixels, targets, transform = images.val, self.data.val_targets, eval_transform(mean, std)
+        # Images and targets come from one placed split: always on the same device.
+        split = self.objective.images.train if train else self.objective.images.val
+        transform = train_transform(self.aug, mean, std) if train else eval_transform(mean, std)
         return ImageBatches(
-            pixels, targets, transform, self.runtime.device, self.hp.batch_size,
+            split.images, split.targets, transform, self.runtime.device, self.hp.batch_size,
             shuffle=train, generator=self.generator if train else None,
             # A last batch of one sample breaks BatchNorm in train mode.
-            drop_last=train and len(pixels) > self.hp.batch_size,
+            drop_last=train and len(split.images) > self.hp.batch_size,
             num_workers=self.num_workers(),
         )
 
@@ -280,7 +286,7 @@ class TrialRun:
             return configured
         # Loader processes only pay off when batches come from host memory to a GPU;
         # images kept on the GPU, or a CPU run, slice batches faster in this process.
-        return 4 if self.runtime.is_cuda and self.objective.images.train.device.type == "cpu" else 0
+        return 4 if self.runtime.is_cuda and self.objective.images.device.type == "cpu" else 0
 
     def seed_epoch(self, epoch: int) -> None:
         # Reseeding from (seed, epoch) makes an epoch's augmentation, shuffling and dropout
@@ -296,19 +302,22 @@ class TrialRun:
         trial.set_user_attr("feature_cache", self.features is not None)
         trial.set_user_attr("compiled", self.objective.settings.compile)
         self.restore(trial)
-        reason = "interrupted"  # kept if anything else (a hand-back, an error) ends the run
+        reason, detail = "interrupted", ""  # kept if anything else (a hand-back, an error) ends the run
         try:
             reason = self.run_epochs(trial)
         except Diverged:
             reason = "diverged"
-        except OutOfMemory:
-            reason = "oom"
-            self.release_memory()
+        except OutOfMemory as exc:
+            reason, detail = "oom", f": {exc}"
         finally:
             self.record(trial, reason, time.monotonic() - started)
+        if reason == "oom":
+            # After the except block, which held the failed step's traceback: now the run's
+            # model, optimizer and gradients can really be freed, and the worker goes on.
+            self.release_memory()
         if reason in ("pruned", "diverged", "oom"):
             # Pruned, not failed: the budget counts it and the sampler learns to avoid it.
-            raise optuna.TrialPruned(reason)
+            raise optuna.TrialPruned(reason + detail)
         self.keep_best_weights(trial)
         return self.stopper.best
 
@@ -392,7 +401,7 @@ class TrialRun:
     def restore(self, trial: optuna.Trial) -> None:
         if self.objective.checkpointer is None:
             return
-        state = self.objective.checkpointer.load(trial, self.origin)
+        state = self.objective.checkpointer.load(trial)
         if state is None:
             return
         self.load_state_dict(state)
@@ -403,9 +412,16 @@ class TrialRun:
             trial.report(row["metric"], int(row["epoch"]))
 
     def release_memory(self) -> None:
+        """Drop every reference this run holds to device memory, then free it.
+
+        empty_cache() can only return blocks no tensor uses: the model, its gradients, the
+        optimizer's state and the loaders (persistent loader processes too) go first.
+        """
         self.optimizer.zero_grad(set_to_none=True)
-        if self.runtime.is_cuda:
-            torch.cuda.empty_cache()
+        for name in ("net", "model", "built", "optimizer", "scheduler", "scaler", "loss_fn", "features",
+                     "train_loader", "val_loader", "best_state"):
+            setattr(self, name, None)
+        free_device_memory(self.runtime)
 
     def record(self, trial: optuna.Trial, reason: str, seconds: float) -> None:
         trial.set_user_attr("stop_reason", reason)

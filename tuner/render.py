@@ -88,7 +88,7 @@ def study_line(study: dict[str, Any]) -> str:
             counts[state.lower()] = count
             continue
         counts["fail"] = study["failed"]
-        counts.update({k.replace("_", " "): study[k] for k in ("handed_back", "over_budget", "retried")})
+        counts.update({k.replace("_", " "): study[k] for k in ("handed_back", "over_budget", "retried", "duplicate")})
     states = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
     best = study["best"]
     best_text = "none yet" if best is None else f"{best['value']:.4f} (trial {best['number']})"

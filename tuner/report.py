@@ -43,8 +43,9 @@ def render_plot(study: optuna.Study, folder: Path, slug: str, title: str, plot: 
         kwargs = {"target_name": metric} if slug in ("optimization_history", "param_importances",
                                                      "parallel_coordinate") else {}
         axes = plot(study, **kwargs)
-    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-        # Too few trials for this plot (importances need two completed): say so on the page.
+    except (ValueError, ZeroDivisionError, RuntimeError) as exc:
+        if not too_few_trials(exc):
+            raise  # a real error (a broken study, matplotlib, a bug) must not read as "come back later"
         return f"{heading}<p>Not available yet: {html.escape(str(exc))}</p>"
     figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
     figure.set_size_inches(10, 6)
@@ -53,6 +54,17 @@ def render_plot(study: optuna.Study, folder: Path, slug: str, title: str, plot: 
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return f'{heading}<img src="{path.name}" alt="{html.escape(title)}" width="800">'
+
+
+def too_few_trials(exc: Exception) -> bool:
+    """Whether a plot's error means the study has too few (or too uniform) trials for it yet.
+
+    Optuna's importance evaluators raise ValueError for too few completed trials, and fANOVA
+    a RuntimeError when every trial has the same value; any other RuntimeError is real.
+    """
+    if isinstance(exc, RuntimeError):
+        return "zero total variance" in str(exc)
+    return True
 
 
 def page(name: str, metric: str, study: optuna.Study, sections: list[str]) -> str:

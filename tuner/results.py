@@ -47,7 +47,7 @@ def study_status(storage_url: str, name: str | None) -> dict[str, Any]:
 
 
 # Trials Optuna can only end as FAIL although nothing failed: counted apart (the note explains).
-BOOKKEEPING = ("handed_back", "over_budget", "retried")
+BOOKKEEPING = ("handed_back", "over_budget", "retried", "duplicate")
 
 
 def one_status(storage, name: str) -> dict[str, Any]:
@@ -90,6 +90,8 @@ def fail_kinds(trials) -> dict[str, Any]:
             kinds["handed_back"] += 1
         elif trial.user_attrs.get("over_budget"):
             kinds["over_budget"] += 1
+        elif "duplicate_of" in trial.user_attrs:
+            kinds["duplicate"] += 1  # a second retry of one dead trial, dropped before training
         elif trial.number in retried:
             kinds["retried"] += 1
         else:
@@ -205,30 +207,71 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def artifact_location(storage, explicit: str | None) -> str | None:
+def artifact_locations(storage, explicit: str | None) -> list[str]:
+    """--artifacts if given, else every study's own store (each once, in study order)."""
     if explicit:
-        return explicit
+        return [explicit]
+    locations: list[str] = []
     for name in optuna.get_all_study_names(storage=storage):
         try:
             config = read_config(optuna.load_study(study_name=name, storage=storage))
         except StudyError:
             continue
-        if config.artifacts:
-            return config.artifacts
-    return None
+        if config.artifacts and config.artifacts not in locations:
+            locations.append(config.artifacts)
+    return locations
+
+
+class StudyArtifactStores:
+    """Several studies' artifact stores as the one store optuna-dashboard takes.
+
+    Each study keeps its artifacts in the store its config names, and the dashboard served
+    only the first study's: every other study's weights were listed but could not be opened.
+    Artifact ids are UUIDs, so looking an id up in each store in turn finds the one store
+    that holds it. An upload from the dashboard (which does not say for which study it
+    writes) goes to the first store.
+    """
+
+    def __init__(self, stores: list) -> None:
+        self.stores = stores
+
+    def open_reader(self, artifact_id: str):
+        return self._first(lambda store: store.open_reader(artifact_id), artifact_id)
+
+    def write(self, artifact_id: str, content_body) -> None:
+        self.stores[0].write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self._first(lambda store: store.remove(artifact_id), artifact_id)
+
+    def _first(self, action, artifact_id: str):
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        for store in self.stores:
+            try:
+                return action(store)
+            except ArtifactNotFound:
+                continue
+        raise ArtifactNotFound(f"artifact {artifact_id} is in none of the studies' artifact stores")
+
+
+def dashboard_store(storage, explicit: str | None):
+    """The artifact store the dashboard serves: None when no study has one."""
+    # Imported here, not at the top: tuner.checkpoints imports torch, which status, best
+    # and export (the rest of this module) do without.
+    from tuner.checkpoints import open_artifact_store
+
+    stores = [open_artifact_store(location) for location in artifact_locations(storage, explicit)]
+    if len(stores) <= 1:
+        return stores[0] if stores else None
+    return StudyArtifactStores(stores)
 
 
 def serve_dashboard(storage_url: str, host: str, port: int, artifacts: str | None) -> None:
     import optuna_dashboard
 
-    # Imported here, not at the top: tuner.checkpoints imports torch, which status, best
-    # and export (the rest of this module) do without.
-    from tuner.checkpoints import open_artifact_store
-
     storage = open_readonly(storage_url)
-    location = artifact_location(storage, artifacts)
-    store = open_artifact_store(location) if location else None
-    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
+    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=dashboard_store(storage, artifacts))
 
 
 def retrain_best(storage_url: str, name: str, out: str, *, epochs: int | None, device: str,

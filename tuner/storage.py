@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
@@ -26,6 +26,8 @@ DEFAULT_STORAGE = "sqlite:///tuner.db"
 SUPPORTED_SCHEMES = ("sqlite", "postgresql")
 # postgres:// (Heroku, many PaaS) and postgresql:// name no driver: both get psycopg 3.
 POSTGRES_ALIASES = ("postgres", "postgresql")
+# User attr of a queued retry: the number of the trial it retries (stale or handed back).
+RETRY_OF_ATTR = "retry_of"
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,10 @@ def retrying(method: Callable, name: str) -> Callable:
             try:
                 return method(self, *args, **kwargs)
             except optuna.exceptions.UpdateFinishedTrialError:
-                # The attempt before the connection dropped did commit: the update is done.
-                if failed and name == "set_trial_state_values":
+                # After a dropped connection the trial may be finished by our own attempt
+                # (it committed, the reply was lost) or by another worker (ours never
+                # committed). Only the first is a success: read which one it was.
+                if failed and name == "set_trial_state_values" and wrote(self, *args, **kwargs):
                     return True
                 raise
             except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
@@ -154,11 +158,67 @@ def retrying(method: Callable, name: str) -> Callable:
                     raise
                 failed = True
                 logging.getLogger("tuner.storage").warning(
-                    "storage unreachable during %s (%s); retrying in %.1fs", name, short_reason(exc), delay)
+                    "storage unreachable during %s (%s); retrying in %.1fs", name,
+                    short_reason(exc.__cause__ or exc), delay)  # the driver's error, not Optuna's wrapper
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
     return wrapper
+
+
+def wrote(storage: RDBStorage, trial_id: int, state: TrialState, values: Any = None) -> bool:
+    """Whether the trial holds the state (and values) a state change meant to write.
+
+    A FAIL written by another worker's stale-trial check cannot be told apart from our
+    own, so a FAIL always reads as ours: then two workers may both queue a retry of the
+    trial, and RetryStaleTrial and duplicate_retry() make that retry happen once.
+    """
+    trial = storage.get_trial(trial_id)
+    if trial.state != state:
+        return False
+    return values is None or list(trial.values or []) == list(values)
+
+
+class RetryStaleTrial:
+    """Queues the retry of a trial whose worker died, at most once per failed trial.
+
+    Optuna's RetryHeartbeatStaleTrialCallback runs in whichever worker failed the stale
+    trial. After a reconnect two workers can both believe they did (see wrote()), and each
+    queued a retry: the trial trained twice, taking two slots of the budget. This callback
+    marks every retry with the trial it retries (`retry_of`), queues none if one exists,
+    and duplicate_retry() catches the one left by two callbacks that ran at the same time.
+    It keeps Optuna's retry attrs (failed_trial, retry_history) and its max_retry count.
+    """
+
+    def __init__(self, max_retry: int | None) -> None:
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        if self.max_retry is not None and len(history) > self.max_retry:
+            return
+        if any(t.user_attrs.get(RETRY_OF_ATTR) == trial.number for t in study.get_trials(deepcopy=False)):
+            return  # another worker failed this trial too and queued its retry already
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={**trial.user_attrs, RETRY_OF_ATTR: trial.number},
+            system_attrs={"failed_trial": trial.number, **trial.system_attrs, "retry_history": history},
+        ))
+
+
+def duplicate_retry(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The number of an earlier retry of the same trial when `trial` is a second one, else None.
+
+    Two workers that queued a retry of one failed trial at the same moment leave two; the
+    earlier (lower number) is the retry, and whichever worker pops the later one drops it,
+    whatever the order the two are popped in.
+    """
+    parent = trial.user_attrs.get(RETRY_OF_ATTR)
+    if parent is None:
+        return None
+    earlier = [t.number for t in study.get_trials(deepcopy=False)
+               if t.user_attrs.get(RETRY_OF_ATTR) == parent and t.number < trial.number]
+    return min(earlier) if earlier else None
 
 
 class ResilientRDBStorage(RDBStorage):
@@ -196,7 +256,7 @@ def open_storage(settings: StorageSettings, *, heartbeat: bool = True) -> RDBSto
         options = {
             "heartbeat_interval": settings.heartbeat_interval,
             "grace_period": settings.grace_period,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry),
+            "heartbeat_stale_trial_callback": RetryStaleTrial(max_retry=settings.max_retry),
         }
     try:
         use_write_ahead_log(url)
@@ -247,10 +307,6 @@ def short_reason(exc: BaseException) -> str:
     original = getattr(exc, "orig", None) or exc
     text = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
     return text
-
-
-def study_names(storage: RDBStorage) -> list[str]:
-    return [s.study_name for s in optuna.get_all_study_summaries(storage=storage, include_best_trial=False)]
 
 
 def storage_is_empty(settings: StorageSettings) -> bool:

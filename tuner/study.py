@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -218,6 +217,8 @@ this dashboard although nothing failed; `tuner status` counts them apart:
   it never trained and does not count.
 * a FAIL trial that a later trial names as its `failed_trial` (system attrs) was retried
   after its worker went silent for the grace period; the retry resumes its checkpoint.
+* `duplicate_of: N`: a second retry of trial N that two workers queued at once; it was
+  dropped before training.
 
 Other attributes: `lineage` is the number of the first attempt (a retry and a hand-back
 keep it, with its seed and checkpoints); `worker` is host:pid:device; `epoch`/`epochs` and
@@ -329,7 +330,3 @@ def within_budget(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bo
 
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-
-def config_json(config: StudyConfig) -> str:
-    return json.dumps(config.to_attr(), indent=2, sort_keys=True)

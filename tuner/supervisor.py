@@ -96,8 +96,23 @@ def child_env(spec: ChildSpec, children: int, environ: Mapping[str, str], cpus: 
     user set is kept.
     """
     env = {**environ, **dict(spec.env)}
+    if "CUDA_VISIBLE_DEVICES" in dict(spec.env):
+        env["CUDA_VISIBLE_DEVICES"] = visible_entry(env["CUDA_VISIBLE_DEVICES"], environ.get("CUDA_VISIBLE_DEVICES"))
     env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // children)))
     return env
+
+
+def visible_entry(index: str, parent: str | None) -> str:
+    """What a child's CUDA_VISIBLE_DEVICES must say for the parent's GPU `index`.
+
+    --gpus counts the GPUs this process sees. When the user already narrowed them
+    (CUDA_VISIBLE_DEVICES=2,3), GPU 0 here is physical GPU 2: the child must get "2" (or
+    the UUID listed there), not "0", which would put it on a GPU the user excluded.
+    """
+    if parent is None or not parent.strip():
+        return index
+    entries = [entry.strip() for entry in parent.split(",") if entry.strip()]
+    return entries[int(index)] if int(index) < len(entries) else index
 
 
 class Supervisor:

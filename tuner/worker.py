@@ -22,11 +22,15 @@ from tuner.checkpoints import (
     BEST_WEIGHTS_ATTR,
     ArtifactCheckpointer,
     open_artifact_store,
+    prune_weights,
     upload_weights,
 )
+from tuner.cores import CoreShare
 from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
 from tuner.objective import Objective, TrialSettings, derive_seed
-from tuner.storage import StorageSettings, local_folder, mask_url, open_storage, ping
+from tuner.storage import (
+    RETRY_OF_ATTR, StorageSettings, duplicate_retry, local_folder, mask_url, open_storage, ping,
+)
 from tuner.budget import StudyControl
 from tuner.fingerprint import check_same_data
 from tuner.study import StudyConfig, config_from_attrs, finished_count, load_study, stored_attrs, within_budget
@@ -46,6 +50,10 @@ class HandBack(Exception):
 
 class TakenOver(Exception):
     """Another worker ended this worker's running trial as dead and queued its retry."""
+
+
+class DuplicateRetry(Exception):
+    """The trial is a second retry of one failed trial (two workers queued it): dropped."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,7 @@ class ExpectedStops(logging.Filter):
             return True
         number = int(found.group(1))
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, (OverBudget, HandBack, TakenOver)):
+        if isinstance(error, (OverBudget, HandBack, TakenOver, DuplicateRetry)):
             self.numbers.add(number)  # its value line follows: drop that one too
             return False
         if record.getMessage() == f"Trial {number} failed with value None." and number in self.numbers:
@@ -213,6 +221,7 @@ class Worker:
         ping(plain)
         attrs = stored_attrs(plain, study_name)
         config = config or config_from_attrs(study_name, attrs)
+        plain.engine.dispose()  # its pooled connection would stay open beside the worker's own
         self.storage_settings = replace(
             storage, heartbeat_interval=config.heartbeat_interval,
             grace_period=config.grace_period, max_retry=config.max_retry,
@@ -233,6 +242,9 @@ class Worker:
         self.current: int | None = None  # number of the trial running here, until Optuna tells it
         self.epoch = (0, 0)  # (epochs done, epochs in all) of the current trial
         self.objective_error: BaseException | None = None  # what the objective itself raised last
+        # An OMP_NUM_THREADS of the user's (or of --processes) wins over counting the workers.
+        self.cores = None if "OMP_NUM_THREADS" in os.environ else CoreShare()
+        self.max_threads = torch.get_num_threads()
 
     def build_objective(self) -> Objective:
         config = self.config
@@ -268,13 +280,25 @@ class Worker:
             self.log.info("budget of %d trials already taken; nothing to do (raise it with tuner extend "
                           "--study %s --n-trials N)", self.control.n_trials, self.study_name)
             return self.summary()
+        if self.cores is not None:
+            self.cores.join()  # before the data loads: a worker starting meanwhile counts this one
+        try:
+            if self.work(deadline):
+                self.tidy()
+        finally:
+            if self.cores is not None:
+                self.cores.leave()
+        return self.summary()
+
+    def work(self, deadline: float | None) -> bool:
+        """Check the inputs, then run trials; False if the budget turned out to be taken."""
         # Data, device and model are checked before this worker writes anything (the stale
         # trials it would fail and requeue below are writes).
         self.objective = self.build_objective()
         self.recover_stale()
         if self.control.left() <= 0 and not self.await_others(deadline):
             self.log.info("budget of %d trials already taken; nothing to do", self.control.n_trials)
-            return self.summary()
+            return False
         self.log.info(
             "joined study %s on %s (%s, budget %d trials)", self.study_name,
             mask_url(self.storage_settings.url), self.objective.runtime.device, self.control.n_trials,
@@ -285,7 +309,22 @@ class Worker:
                 self.optimize(deadline)
         finally:
             restore()
-        return self.summary()
+        return True
+
+    def tidy(self) -> None:
+        """Once the study is over (every slot finished, nothing running or queued), remove
+        what nothing can resume from: checkpoints of dead lineages, superseded weights."""
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            return
+        if self.control.left() > 0:
+            return  # a stale trial just failed frees a slot: its retry may be on its way
+        self.checkpointer.sweep(trials)
+        try:
+            best = self.study.best_trial.number
+        except ValueError:
+            return  # no completed trial: no weights were uploaded
+        prune_weights(self.store, trials, best)
 
     def nothing_to_do(self) -> bool:
         """The budget is taken by finished trials and none runs or waits: no data to load."""
@@ -299,7 +338,7 @@ class Worker:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
                 self.study.optimize(
-                    self.run_trial, timeout=remaining, catch=(OverBudget, HandBack, TakenOver),
+                    self.run_trial, timeout=remaining, catch=(OverBudget, HandBack, TakenOver, DuplicateRetry),
                     # A full collection costs 0.1-0.5 s with torch loaded. On a GPU it is worth
                     # it: a finished trial's tensors must be gone before the next model is
                     # built, and their cached blocks go back to other processes on that GPU
@@ -321,6 +360,11 @@ class Worker:
             # A queued retry or warm-start trial was just taken: give it back, not lose it.
             trial.set_user_attr(HANDED_BACK_ATTR, True)
             raise HandBack("stopping before the trial started")
+        earlier = duplicate_retry(self.study, trial)
+        if earlier is not None:
+            # Ended before any training, never counted, like a trial over the budget.
+            trial.set_user_attr("duplicate_of", earlier)
+            raise DuplicateRetry(f"trial {trial.number} repeats the retry of trial {earlier}")
         if not within_budget(self.study, trial, self.control.n_trials):
             # Ended before any training, never counted: FAIL with a marker, then stop.
             trial.set_user_attr(OVER_BUDGET_ATTR, True)
@@ -329,6 +373,7 @@ class Worker:
         self.trials_run += 1
         self.current, self.objective_error = trial.number, None
         self.epoch = (trial.user_attrs.get("epoch", 0), trial.user_attrs.get("epochs", 0))
+        self.share_cores()
         trial.set_user_attr("worker", self.name)
         self.report.started(trial)
         try:
@@ -340,7 +385,20 @@ class Worker:
             self.objective_error = error
             raise
 
+    def share_cores(self) -> None:
+        """Share this machine's cores among its live workers, at each trial and epoch (a few
+        microseconds: a directory listing)."""
+        if self.cores is None:
+            return
+        workers = self.cores.workers()
+        threads = max(1, min(self.max_threads, self.cores.cores // workers))
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+            self.log.info("%d torch thread(s): %d cores shared by %d tuner workers on this machine "
+                          "(set OMP_NUM_THREADS to choose)", threads, self.cores.cores, workers)
+
     def on_epoch(self, trial: optuna.Trial, epoch: int, epochs: int, metric: float) -> None:
+        self.share_cores()  # a worker started during this trial takes its share from the next epoch
         self.epoch = (epoch, epochs)
         trial.set_user_attr("epoch", epoch)
         trial.set_user_attr("epochs", epochs)
@@ -364,7 +422,7 @@ class Worker:
             best = self.study.best_value
         except ValueError:
             best = None
-        better = best is None or (value > best if self.config.direction == "maximize" else value < best)
+        better = best is None or value > best  # every study maximizes its metric
         if better:
             artifact_id = upload_weights(self.store, trial, state_dict, meta)
             trial.set_user_attr(BEST_WEIGHTS_ATTR, artifact_id)
@@ -377,8 +435,14 @@ class Worker:
             return
         if frozen.user_attrs.get(OVER_BUDGET_ATTR):
             return
-        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        if "duplicate_of" in frozen.user_attrs:
+            if self.control.looks_spent():
+                study.stop()  # else the next trial would start only to find itself over budget
+            return
+        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED) or self.lineage_ended(frozen):
             self.checkpointer.finish(frozen)
+        if frozen.state == TrialState.COMPLETE and BEST_WEIGHTS_ATTR in frozen.user_attrs:
+            prune_weights(self.store, study.get_trials(deepcopy=False), study.best_trial.number)
         if self.objective.runtime.is_cuda:
             torch.cuda.empty_cache()
         self.report.finished(frozen)
@@ -394,6 +458,16 @@ class Worker:
             self.recover_stale()
             if self.control.looks_spent():
                 study.stop()
+
+    def lineage_ended(self, frozen: FrozenTrial) -> bool:
+        """Whether a FAIL ended its lineage: the objective raised, and Optuna retries only
+        dead workers' trials. Unless another worker failed it as stale and queued the retry
+        that resumes from this very checkpoint (a frozen worker's trial)."""
+        if frozen.state != TrialState.FAIL:
+            return False
+        origin = frozen.user_attrs.get("lineage", frozen.number)
+        return not any(t.user_attrs.get("lineage") == origin and t.number != frozen.number
+                       for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
 
     def await_others(self, deadline: float | None) -> bool:
         """With the budget taken, stay while other workers' trials run: True if one of them
@@ -478,6 +552,7 @@ class TrialHandover:
     def requeue(self, frozen: FrozenTrial) -> None:
         """Put a handed-back trial straight back in the queue (no grace period to wait out)."""
         attrs = {k: v for k, v in frozen.user_attrs.items() if k != HANDED_BACK_ATTR}
+        attrs[RETRY_OF_ATTR] = frozen.number  # see duplicate_retry()
         self.study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
             user_attrs=attrs, system_attrs=frozen.system_attrs,  # keeps Optuna's retry history
