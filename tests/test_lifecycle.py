@@ -11,15 +11,32 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from optuna.trial import TrialState
-
 from test_service import add_finished_trial, library_study
-from test_workers import RESUME_EPOCHS, RESUME_SPACE, create, finished_line, load, procs, wait_for  # noqa: F401
+from test_workers import (
+    RESUME_EPOCHS,
+    RESUME_SPACE,
+    Procs,
+    create,
+    finished_line,
+    load,
+    wait_for,
+)
+
 from tuner.cli import cli
 from tuner.storage import mask_url
 
 
 def invoke(*args: str, input: str | None = None):
     return CliRunner().invoke(cli, list(args), input=input)
+
+
+@pytest.fixture
+def procs(tmp_path):
+    started = Procs(tmp_path)
+    try:
+        yield started
+    finally:
+        started.kill_all()
 
 
 def running_after(url: str, name: str, count: int, epoch: int = 1):
@@ -44,7 +61,7 @@ def test_stop_makes_every_worker_hand_back_and_exit_0_and_a_later_worker_resumes
     assert [procs.wait(w, timeout=120) for w in workers] == [0, 0], procs.logs()
     for worker in workers:
         text = worker.log.read_text()
-        assert re.search(r"finishing epoch \d+ of \d+ of trial \d, then handing it back$", text, re.M), text
+        assert re.search(r"finishing epoch \d+ of \d+ of trial \d, then handing it back$", text, re.MULTILINE), text
         assert "Ctrl-C again" not in text and "Traceback" not in text
     trials = load(storage_url, "st").get_trials()
     assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]

@@ -240,7 +240,9 @@ class Worker:
         self.objective: Objective | None = None
         self.trials_run = 0
         self.current: int | None = None  # number of the trial running here, until Optuna tells it
-        self.epoch = (0, 0)  # (epochs done, epochs in all) of the current trial
+        # (the epoch being trained or finished now, epochs in all) of the current trial: what a
+        # first Ctrl-C says it will finish before the hand-back.
+        self.epoch = (1, 0)
         self.objective_error: BaseException | None = None  # what the objective itself raised last
         # An OMP_NUM_THREADS of the user's (or of --processes) wins over counting the workers.
         self.cores = None if "OMP_NUM_THREADS" in os.environ else CoreShare()
@@ -372,7 +374,7 @@ class Worker:
             raise OverBudget(f"trial {trial.number} started after the budget was taken")
         self.trials_run += 1
         self.current, self.objective_error = trial.number, None
-        self.epoch = (trial.user_attrs.get("epoch", 0), trial.user_attrs.get("epochs", 0))
+        self.epoch = (trial.user_attrs.get("epoch", 0) + 1, trial.user_attrs.get("epochs", 0))
         self.share_cores()
         trial.set_user_attr("worker", self.name)
         self.report.started(trial)
@@ -399,6 +401,7 @@ class Worker:
 
     def on_epoch(self, trial: optuna.Trial, epoch: int, epochs: int, metric: float) -> None:
         self.share_cores()  # a worker started during this trial takes its share from the next epoch
+        # A signal from here on is seen below: the hand-back comes after this very epoch.
         self.epoch = (epoch, epochs)
         trial.set_user_attr("epoch", epoch)
         trial.set_user_attr("epochs", epochs)
@@ -409,6 +412,7 @@ class Worker:
         if self.stop.set:
             trial.set_user_attr(HANDED_BACK_ATTR, True)
             raise HandBack(f"handed back after epoch {epoch}")
+        self.epoch = (epoch + 1, epochs)
 
     def poll(self) -> None:
         """Read the budget and the stop request: `tuner extend` and `tuner stop` act through them."""
@@ -504,8 +508,8 @@ class Worker:
         if self.current is None:
             self.log.warning("stopping: no trial is running here%s", again)
             return
-        done, total = self.epoch
-        epoch = f"epoch {done + 1} of {total}" if total else "the current epoch"
+        running, total = self.epoch
+        epoch = f"epoch {running} of {total}" if total else "the current epoch"
         self.log.warning("finishing %s of trial %d, then handing it back%s", epoch, self.current, again)
 
     def summary(self) -> WorkerSummary:
