@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import optuna
 import yaml
@@ -14,7 +15,14 @@ from tuner.budget import request_stop
 from tuner.errors import SpaceError, StudyError
 from tuner.space import SearchSpace
 from tuner.storage import StorageSettings, mask_url, open_storage, ping
-from tuner.study import CONFIG_ATTR, CREATED_ATTR, StudyConfig, budget_left, finished_count, read_study
+from tuner.study import (
+    CONFIG_ATTR,
+    CREATED_ATTR,
+    StudyConfig,
+    budget_left,
+    finished_count,
+    read_study,
+)
 
 ENQUEUED_ATTR = "enqueued"
 
@@ -185,7 +193,11 @@ def remove_artifacts(study: optuna.Study, storage, config: StudyConfig) -> int:
     from optuna.artifacts import get_all_artifact_meta
     from optuna.artifacts.exceptions import ArtifactNotFound
 
-    from tuner.checkpoints import CHECKPOINT_ATTR, ArtifactCheckpointer, open_artifact_store
+    from tuner.checkpoints import (
+        CHECKPOINT_ATTR,
+        ArtifactCheckpointer,
+        open_artifact_store,
+    )
 
     if not config.artifacts:
         return 0
