@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy
 from pathlib import Path
 
@@ -131,7 +133,12 @@ def test_bad_run_options(overrides, message, code, storage_url):
         ("notaurl", "Error: malformed storage URL 'notaurl'; expected e.g. sqlite:///tuner.db or "
                     "postgresql+psycopg://user:password@host:5432/db"),
         ("redis://127.0.0.1:6379/0", "Error: unsupported storage URL 'redis://127.0.0.1:6379/0': the scheme must "
-                                     "be sqlite, postgresql+psycopg or mysql"),
+                                     "be sqlite, postgresql or postgres"),
+        ("mysql+pymysql://u:s3cret@db/x", "Error: storage URL 'mysql+pymysql://u:***@db/x': MySQL is not supported; "
+                                          "use PostgreSQL (postgresql://user:password@host/db) for many workers, "
+                                          "or SQLite on one machine"),
+        ("mysql://u@db/x", "Error: storage URL 'mysql://u@db/x': MySQL is not supported; use PostgreSQL "
+                           "(postgresql://user:password@host/db) for many workers, or SQLite on one machine"),
         ("postgresql+psycopg://u:s3cret@db:port/x", "Error: malformed storage URL 'postgresql+psycopg://u:***@db:port/x'; "
                                                     "expected e.g. sqlite:///tuner.db or "
                                                     "postgresql+psycopg://user:password@host:5432/db"),
@@ -142,6 +149,23 @@ def test_malformed_storage_url(url, message):
     result = CliRunner().invoke(cli, run_args(url))
     assert_one_error(result, message)
     assert "s3cret" not in result.output
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "postgresql+psycopg"])
+def test_postgres_urls_of_every_spelling_reach_the_same_database(postgres_url, tmp_path, scheme):
+    """postgres:// (as many hosting services hand it out) and postgresql:// both mean psycopg 3."""
+    from sqlalchemy.engine import make_url
+
+    from tuner.storage import normalize_url
+
+    url = make_url(postgres_url).set(drivername=scheme).render_as_string(hide_password=False)
+    assert normalize_url(url).startswith("postgresql+psycopg://")
+    created = CliRunner().invoke(cli, ["create", "--study", "s", "--storage", url, "--data", "digits",
+                                       "--weights", "none", "--image-size", "16", "--n-trials", "1",
+                                       "--artifacts", str(tmp_path / "art")])
+    assert created.exit_code == 0, created.output
+    listed = CliRunner().invoke(cli, ["studies", "--storage", url, "--format", "json"])
+    assert [row["name"] for row in json.loads(listed.output)["studies"]] == ["s"]
 
 
 def test_worker_for_a_study_that_does_not_exist(storage_url):
@@ -173,9 +197,9 @@ def test_config_mismatch_changes_nothing(tmp_path):
     result = runner.invoke(cli, run_args(url, **{"--n-trials": "5", "--model": "mobilenet_v3_small"}))
     assert_one_error(
         result,
-        "Error: study 's' already exists with a different config: model (study has 'resnet18', given "
-        "'mobilenet_v3_small'); n-trials (study has 3, given 5). Use another --study name, or leave those "
-        "options out to continue it",
+        "Error: study 's' already exists with a different config: --model (study has 'resnet18', given "
+        "'mobilenet_v3_small'); --n-trials (study has 3, given 5; raise the budget with `tuner extend`). "
+        "Use another --study name, or leave those options out to continue it",
     )
     study = optuna.load_study(study_name="s", storage=url)
     assert study.user_attrs == before and all(t.state.name == "WAITING" for t in study.trials)
@@ -200,17 +224,35 @@ def test_gpus_naming_absent_gpus(gpus, tmp_path):
     "args,message",
     [
         (["--device", "tpu"], "Error: --device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+        (["--device", "gpu"], "Error: --device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
         (["--device", "cuda:0"], "Error: --device cuda:0: no CUDA GPU is available here (use --device cpu)"),
+        (["--device", "cuda"], "Error: --device cuda: no CUDA GPU is available here (use --device cpu)"),
     ],
 )
-def test_bad_device(args, message, tmp_path):
+def test_bad_device_writes_nothing(args, message, storage_url):
+    """`--device gpu` used to create the study and its warm-start trials, then fail."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and "gpu" not in args and "tpu" not in args:
         pytest.skip("this check is for a machine without GPUs")
-    url = f"sqlite:///{tmp_path / 'x.db'}"
-    result = CliRunner().invoke(cli, run_args(url, **dict(zip(args[::2], args[1::2]))))
+    result = CliRunner().invoke(cli, run_args(storage_url, **dict(zip(args[::2], args[1::2]))))
     assert_one_error(result, message)
+    assert storage_untouched(storage_url)
+
+
+@pytest.mark.parametrize(
+    "model,size,message",
+    [
+        ("vit_b_16", "32", "Error: vit_b_16 needs 224 px input, got 32 (--image-size 224)"),
+        ("inception_v3", "32", "Error: inception_v3 needs at least 75 px input, got 32 (--image-size 75)"),
+    ],
+)
+def test_a_model_that_cannot_take_the_image_size_writes_nothing(model, size, message, storage_url):
+    """A dry forward pass at the real size: this used to create the study, print two
+    tracebacks and leave a FAIL trial behind."""
+    result = CliRunner().invoke(cli, run_args(storage_url, **{"--model": model, "--image-size": size}))
+    assert_one_error(result, message)
+    assert storage_untouched(storage_url)
 
 
 def test_worker_exits_within_seconds_when_the_database_is_unreachable():

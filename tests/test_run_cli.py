@@ -142,8 +142,8 @@ def test_run_with_imagenet_weights_and_an_empty_cache_fails_with_the_fix(runner,
 @pytest.mark.parametrize(
     ("options", "difference"),
     [
-        pytest.param({"n_trials": "5"}, "(study has 1, given 5)", id="n-trials"),
-        pytest.param({"model": "mobilenet_v3_small"}, "(study has 'resnet18', given 'mobilenet_v3_small')", id="model"),
+        pytest.param({"n_trials": "5"}, "--n-trials (study has 1, given 5; raise the budget with `tuner extend`)", id="n-trials"),
+        pytest.param({"model": "mobilenet_v3_small"}, "--model (study has 'resnet18', given 'mobilenet_v3_small')", id="model"),
         pytest.param({}, None, id="same-options-continue"),
         pytest.param({"memory_limit": "0.5", "device": "cpu"}, None, id="machine-local-options-continue"),
     ],

@@ -236,6 +236,10 @@ def test_racing_workers_finish_the_budget_exactly(storage_url, tiny_space, tmp_p
     assert {k: finished[0].params[k] for k in ("freeze", "lr")} == {"freeze": "head", "lr": 1e-3}
     assert {k: finished[1].params[k] for k in ("freeze", "lr", "backbone_lr")} == {
         "freeze": "last_blocks", "lr": 1e-3, "backbone_lr": 1e-5}
+    # A normal run shows no failure: a trial marked over budget (racing workers can still
+    # start one) is counted apart, and the budget is counted before each next trial.
+    status = CliRunner().invoke(cli, ["status", "--storage", storage_url]).output
+    assert "fail " not in status.splitlines()[1], status
 
 
 # --- interrupted trials resume from their checkpoint -------------------------------------
@@ -348,6 +352,9 @@ def test_sigterm_hands_the_trial_back_at_once_and_another_worker_resumes_it(stor
     assert queued.user_attrs["lineage"] == original.number and "handed_back" not in queued.user_attrs
     assert (artifacts / original.user_attrs["checkpoint"]).is_file()
     assert f"trial {original.number} handed back at epoch {epoch}; another worker resumes it" in first.log.read_text()
+    # Said at the signal, before the epoch ends: what happens next.
+    assert (f"finishing epoch {epoch} of {RESUME_EPOCHS} of trial {original.number}, then handing it back; "
+            "Ctrl-C again to quit now") in first.log.read_text()
     assert "Traceback" not in first.log.read_text() and "failed with" not in first.log.read_text()
 
     second = procs.start("worker", "--study", "term", "--storage", storage_url)
@@ -356,6 +363,7 @@ def test_sigterm_hands_the_trial_back_at_once_and_another_worker_resumes_it(stor
     trials = load(storage_url, "term").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert_resumed(original, trials[1], epoch)
+    assert f"trial 1 resumes trial {original.number} from epoch {epoch + 1}" in second.log.read_text()
 
 
 # --- the dashboard ----------------------------------------------------------------------

@@ -204,14 +204,16 @@ def run(ctx: click.Context, **params: Any) -> None:
     from tuner.worker import Worker
 
     settings = storage_settings(params)
-    prepared = prepare_study(settings, params["study"], request_from(params), explicit_options(ctx))
+    prepared = prepare_study(settings, params["study"], request_from(params), explicit_options(ctx),
+                             device=params["device"])
     verb = "created" if prepared.created else "continuing"
-    click.echo(f"{verb} study {prepared.study.study_name} ({plural(prepared.config.n_trials, 'trial')}, "
+    click.echo(f"{verb} study {prepared.name} ({plural(prepared.config.n_trials, 'trial')}, "
                f"metric {prepared.config.metric})")
     # The data was loaded (and checked) to create the study: hand it over, not its path,
     # so it is not decoded twice.
     options = dataclasses.replace(worker_settings(params), data=None)
-    worker = Worker(settings, prepared.study.study_name, options, reproducible=True, data=prepared.data)
+    worker = Worker(settings, prepared.name, options, reproducible=True, data=prepared.data,
+                    config=prepared.config)
     summary = worker.run()
     print_summary(summary)
     if summary.stopped_by_signal:
@@ -240,9 +242,9 @@ def create(ctx: click.Context, **params: Any) -> None:
     prepared = prepare_study(storage_settings(params), params["study"], request_from(params),
                              explicit_options(ctx), create_only=True)
     config = prepared.config
-    click.echo(f"created study {prepared.study.study_name} in {mask_url(params['storage'])}: "
+    click.echo(f"created study {prepared.name} in {mask_url(params['storage'])}: "
                f"{config.space_name} space, {config.model}, {plural(config.n_trials, 'trial')}, metric {config.metric}")
-    click.echo(f"start workers with: tuner worker --study {prepared.study.study_name} --storage URL")
+    click.echo(f"start workers with: tuner worker --study {prepared.name} --storage URL")
 
 
 @cli.command()
@@ -481,6 +483,90 @@ def retrain(**params: Any) -> None:
     click.echo(f"trained {doc['model']} for {doc['epochs_run']} epoch{'s' if doc['epochs_run'] != 1 else ''} "
                f"on {doc['train_images']} images: {doc['metric']} = {doc['value']:.4f} ({doc['value_on']}); "
                f"wrote {result.folder} ({files})")
+
+
+# --- manage studies ------------------------------------------------------------------
+
+@cli.command()
+@storage_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def studies(storage: str, fmt: str) -> None:
+    """Every study in the storage: trials by state, best value, metric, creation time."""
+    from tuner.lifecycle import list_studies
+    from tuner.render import studies_text
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    report = list_studies(storage)
+    click.echo(json.dumps(report, indent=2) if fmt == "json" else studies_text(report))
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+@click.option("--n-trials", type=int, required=True, help="The new budget (at least the finished trials).")
+def extend(study: str, storage: str, n_trials: int) -> None:
+    """Raise (or lower) a study's budget; running workers take it up within an epoch."""
+    from tuner.lifecycle import extend as extend_study
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    old, new = extend_study(storage, study, n_trials)
+    click.echo(f"study {study}: budget {old} -> {new} trials")
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+def stop(study: str, storage: str) -> None:
+    """Stop the study's workers: each finishes its epoch, hands its trial back and exits 0."""
+    from tuner.lifecycle import stop as stop_study
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    running = stop_study(storage, study)
+    click.echo(f"asked the workers of study {study} to stop ({running} trial(s) running); "
+               f"`tuner worker --study {study}` resumes them later")
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+@click.option("--params", "params_file", required=True, metavar="FILE.yaml",
+              help="name: value lines, or the output of tuner best --format yaml.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def enqueue(study: str, storage: str, params_file: str, fmt: str) -> None:
+    """Queue a configuration (checked against the study's space) for the next free worker."""
+    from tuner.lifecycle import enqueue as enqueue_params
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    params = enqueue_params(storage, study, params_file)
+    if fmt == "json":
+        click.echo(json.dumps({"study": study, "params": params}, indent=2))
+        return
+    click.echo(f"queued in study {study}:")
+    for name, value in params.items():
+        click.echo(f"  {name}: {value}")
+
+
+@cli.command()
+@click.option("--study", required=True)
+@storage_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(study: str, storage: str, yes: bool) -> None:
+    """Delete a study, its trials and its artifacts (checkpoints, best weights)."""
+    from tuner.lifecycle import delete as delete_study
+    from tuner.lifecycle import describe_for_delete
+    from tuner.service import require_existing_sqlite
+
+    require_existing_sqlite(storage)
+    trials, artifacts = describe_for_delete(storage, study)
+    if not yes:
+        where = f" and its artifacts in {artifacts}" if artifacts else ""
+        click.confirm(f"Delete study {study} ({plural(trials, 'trial')}){where}?", abort=True)
+    removed = delete_study(storage, study)
+    click.echo(f"deleted study {study} ({plural(trials, 'trial')}, {plural(removed, 'artifact file')})")
 
 
 @cli.command()

@@ -75,20 +75,16 @@ def status_text(report: dict[str, Any]) -> str:
     if not report["studies"]:
         blocks.append("no studies")
     for study in report["studies"]:
-        states = ", ".join(f"{k.lower()} {v}" for k, v in study["states"].items() if v)
-        best = study["best"]
-        best_text = "none yet" if best is None else f"{best['value']:.4f} (trial {best['number']})"
-        blocks.append(
-            f"study {study['name']}: {study['finished']}/{study['n_trials']} finished "
-            f"[{states or 'no trials'}]; best {study['metric']} {best_text}"
-        )
+        blocks.append(study_line(study))
         if study["running"]:
             rows = [
-                (r["number"], r["host"] or "-", r["device"] or "-", r["epoch"] or "-",
-                 "-" if r["last_metric"] is None else f"{r['last_metric']:.4f}", r["started"] or "-")
+                (r["number"], r["host"] or "-", r["device"] or "-", epoch_text(r),
+                 "-" if r["last_metric"] is None else f"{r['last_metric']:.4f}", r["started"] or "-",
+                 duration(r["elapsed_s"]), duration(r["silent_s"]) + (" STALE?" if r["stale"] else ""))
                 for r in study["running"]
             ]
-            blocks.append(simple_table(None, ("trial", "host", "device", "epoch", study["metric"], "started"), rows))
+            blocks.append(simple_table(None, ("trial", "host", "device", "epoch", study["metric"], "started",
+                                              "elapsed", "last report"), rows))
     return "\n".join(blocks)
 
 
@@ -125,3 +121,49 @@ def evaluation_text(report: dict[str, Any]) -> str:
     rows = [(r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"])
             for r in report["classes"]]
     return head + "\n" + simple_table(None, ("class", "precision", "recall", "f1", "support"), rows)
+
+
+def study_line(study: dict[str, Any]) -> str:
+    if not study["tuner"]:
+        states = ", ".join(f"{k.lower()} {v}" for k, v in study["states"].items() if v)
+        return f"study {study['name']}: not created by tuner [{states or 'no trials'}]"
+    # FAIL as Optuna has it, less the trials that only Optuna calls failed (counted apart).
+    counts: dict[str, int] = {}
+    for state, count in study["states"].items():
+        if state != "FAIL":
+            counts[state.lower()] = count
+            continue
+        counts["fail"] = study["failed"]
+        counts.update({k.replace("_", " "): study[k] for k in ("handed_back", "over_budget", "retried", "duplicate")})
+    states = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+    best = study["best"]
+    best_text = "none yet" if best is None else f"{best['value']:.4f} (trial {best['number']})"
+    return (f"study {study['name']}: {study['finished']}/{study['n_trials']} finished "
+            f"[{states or 'no trials'}]; best {study['metric']} {best_text}")
+
+
+def epoch_text(row: dict[str, Any]) -> str:
+    if row["epoch"] is None:
+        return "-"
+    return f"{row['epoch']}/{row['epochs']}" if row.get("epochs") else str(row["epoch"])
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def studies_text(report: dict[str, Any]) -> str:
+    rows = []
+    for study in report["studies"]:
+        states = ", ".join(f"{k.lower()} {v}" for k, v in study["states"].items() if v) or "no trials"
+        best = "-" if study["best"] is None else f"{study['best']:.4f}"
+        budget = f"/{study['n_trials']}" if study["tuner"] else ""
+        rows.append((study["name"], f"{study['trials']}{budget}", states, study["metric"] or "(not tuner's)",
+                     best, study["created"] or "-"))
+    if not rows:
+        return f"storage: {report['storage']}\nno studies"
+    table = simple_table(None, ("study", "trials", "states", "metric", "best", "created"), rows)
+    return f"storage: {report['storage']}\n{table}"

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StudyError
 from tuner.results import all_params, open_readonly
-from tuner.study import load_study
+from tuner.study import read_study
 
 # Below this many completed trials, parameter importances are mostly noise: the page says so.
 FEW_TRIALS = 10
@@ -65,7 +65,7 @@ def write_report(storage_url: str, name: str, out: str) -> "ReportResult":
     matplotlib.use("Agg")  # files only; no display needed on a headless node
 
     storage = open_readonly(storage_url)
-    study, config = load_study(storage, name)
+    study, config = read_study(storage, name)
     trials = finished_trials(study)
     if not trials:
         raise StudyError(f"study {name!r} has no finished trial yet")

@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import socket
+import time
 from typing import Any
 
 import optuna
@@ -15,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import OptionError, StudyError
 from tuner.storage import StorageSettings, mask_url, open_storage, ping
-from tuner.study import load_study, read_config
+from tuner.study import CONFIG_ATTR, StudyConfig, read_config, read_study, stored_config
 
 
 def open_readonly(storage_url: str):
@@ -38,44 +39,96 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
 
 def study_status(storage_url: str, name: str | None) -> dict[str, Any]:
     storage = open_readonly(storage_url)
+    if name is not None:
+        stored_config(storage, name)  # an unknown study: one clear error, listing the known ones
     names = [name] if name else optuna.get_all_study_names(storage=storage)
     return {"storage": mask_url(storage_url), "studies": [one_status(storage, n) for n in names]}
 
 
+# Trials Optuna can only end as FAIL although nothing failed: counted apart (the note explains).
+BOOKKEEPING = ("handed_back", "over_budget", "retried", "duplicate")
+
+
 def one_status(storage, name: str) -> dict[str, Any]:
-    study, config = load_study(storage, name)
+    # No sampler or pruner: status only reads (and a foreign study has no config to build them).
+    study = optuna.load_study(study_name=name, storage=storage)
     trials = study.get_trials(deepcopy=False)
     states = {state.name: 0 for state in TrialState}
     for trial in trials:
         states[trial.state.name] += 1
-    try:
-        best = study.best_trial
-        best_info = {"value": best.value, "number": best.number}
-    except ValueError:
-        best_info = None
-    return {
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    report: dict[str, Any] = {
         "name": name,
-        "metric": config.metric,
-        "direction": config.direction,
-        "n_trials": config.n_trials,
+        "tuner": raw is not None,
+        "metric": raw["metric"] if raw else None,
+        "direction": raw["direction"] if raw else None,
+        "n_trials": raw["n_trials"] if raw else None,
         "finished": states["COMPLETE"] + states["PRUNED"],
         "states": states,
-        "best": best_info,
-        "running": [running_info(t) for t in trials if t.state == TrialState.RUNNING],
+        **fail_kinds(trials),
+        "best": best_info(study),
+        "running": [],
     }
+    if raw is not None:
+        config = StudyConfig.from_attr(raw)
+        now = time.time()
+        report["running"] = [running_info(t, config.grace_period, now) for t in trials
+                             if t.state == TrialState.RUNNING]
+    return report
 
 
-def running_info(trial: FrozenTrial) -> dict[str, Any]:
+def fail_kinds(trials) -> dict[str, Any]:
+    """FAIL trials by why: handed back, over budget, retried after a dead worker, or really failed."""
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    kinds = dict.fromkeys(BOOKKEEPING, 0)
+    failed = 0
+    for trial in trials:
+        if trial.state != TrialState.FAIL:
+            continue
+        if trial.user_attrs.get("handed_back"):
+            kinds["handed_back"] += 1
+        elif trial.user_attrs.get("over_budget"):
+            kinds["over_budget"] += 1
+        elif "duplicate_of" in trial.user_attrs:
+            kinds["duplicate"] += 1  # a second retry of one dead trial, dropped before training
+        elif trial.number in retried:
+            kinds["retried"] += 1
+        else:
+            failed += 1
+    return {"failed": failed, **kinds}
+
+
+def best_info(study: optuna.Study) -> dict[str, Any] | None:
+    try:
+        best = study.best_trial
+    except (ValueError, RuntimeError):  # nothing finished; or a (foreign) multi-objective study
+        return None
+    return {"value": best.value, "number": best.number}
+
+
+def running_info(trial: FrozenTrial, grace_period: int, now: float) -> dict[str, Any]:
     worker = trial.user_attrs.get("worker", "")
     host = worker.split(":")[0] if worker else None
+    started = trial.datetime_start.timestamp() if trial.datetime_start else None
+    # The last sign of life status can read: the trial's last epoch report, else its start.
+    # (Optuna's own heartbeat has no public read.) A trial silent for longer than the grace
+    # period and than twice its average epoch is flagged: its worker is probably gone.
+    seen = trial.user_attrs.get("epoch_at", started)
+    silent = None if seen is None else max(now - seen, 0.0)
+    done = trial.user_attrs.get("epoch") or 0
+    per_epoch = (seen - started) / done if done and started is not None else 0.0
     return {
         "number": trial.number,
         "worker": worker or None,
         "host": host,
         "device": trial.user_attrs.get("device"),
         "epoch": trial.user_attrs.get("epoch"),
+        "epochs": trial.user_attrs.get("epochs"),
         "last_metric": trial.user_attrs.get("last_metric"),
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
+        "elapsed_s": None if started is None else round(max(now - started, 0.0), 1),
+        "silent_s": None if silent is None else round(silent, 1),
+        "stale": silent is not None and silent > max(grace_period, 2 * per_epoch),
     }
 
 
@@ -105,7 +158,7 @@ def epochs_note(epochs: dict[str, Any]) -> str:
 
 def best_summary(storage_url: str, name: str) -> dict[str, Any]:
     """The best trial as it ran: `params.epochs` is the count trained (`epochs` has the rest)."""
-    study, config = load_study(open_readonly(storage_url), name)
+    study, config = read_study(open_readonly(storage_url), name)
     best = best_trial(study)
     params = dict(sorted(all_params(best).items()))
     epochs = epochs_that_ran(best, config.max_epochs)
@@ -129,7 +182,7 @@ def best_as_space_yaml(storage_url: str, name: str) -> str:
     where it ended before, and a schedule like cosine spans the same epochs), and the
     settings carry the study's model, weights, image size and cap.
     """
-    study, config = load_study(open_readonly(storage_url), name)
+    study, config = read_study(open_readonly(storage_url), name)
     best = best_trial(study)
     params = all_params(best)
     epochs = epochs_that_ran(best, config.max_epochs)
@@ -160,7 +213,7 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def export_trials(storage_url: str, name: str, fmt: str) -> str:
-    study, _ = load_study(open_readonly(storage_url), name)
+    study, _ = read_study(open_readonly(storage_url), name)
     records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
     if fmt == "json":
         return json.dumps({"study": name, "trials": records}, indent=2, default=str) + "\n"

@@ -11,6 +11,7 @@ import optuna
 import torch
 
 from tuner.data import DataConfig, ImageData, load_data
+from tuner.fingerprint import check_same_data
 from tuner.errors import OptionError, TunerError
 from tuner.model_folder import FORMAT, THRESHOLD, model_kind, write_folder
 from tuner.objective import Objective, TrialSettings, task_of
@@ -18,7 +19,7 @@ from tuner.progress import Progress
 from tuner.training import OutOfMemory
 from tuner.results import all_params, best_trial, open_readonly
 from tuner.space import Branch, SearchSpace
-from tuner.study import StudyConfig, load_study
+from tuner.study import StudyConfig, read_study
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,13 @@ def retrain(request: RetrainRequest, *, progress: Progress | None = None,
             say: Callable[[str], None] = lambda line: None) -> RetrainResult:
     """Train the best trial's configuration once more and write the model folder."""
     folder = check_out(request.out)
-    study, config = load_study(open_readonly(request.storage), request.study)
+    study, config = read_study(open_readonly(request.storage), request.study)
     best = best_trial(study)
     epochs = request.epochs or best.user_attrs.get("best_epoch") or all_params(best).get("epochs") or 10
-    data = load_data(DataConfig(request.data or config.data, config.image_size, config.val_fraction, config.seed))
+    source = request.data or config.data
+    data = load_data(DataConfig(source, config.image_size, config.val_fraction, config.seed))
+    # Other data than the study's would give a model the search never saw: refused, as for workers.
+    check_same_data(config.data_fingerprint, data, source)
     if request.include_val:
         data = with_val_in_train(data)
     compiled = bool(best.user_attrs.get("compiled", False)) if request.compile is None else request.compile

@@ -9,10 +9,19 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import optuna
 
-from tuner.errors import DataError, StorageError, StudyError
+from tuner.errors import DataError, ModelError, StorageError, StudyError
+from tuner.fingerprint import check_same_data, data_fingerprint
 from tuner.space import SearchSpace, load_space
-from tuner.storage import StorageSettings, local_folder, normalize_url, open_storage, ping, sqlite_file
-from tuner.study import MACHINE_LOCAL, StudyConfig, create_study, load_study, study_note
+from tuner.storage import (
+    StorageSettings,
+    local_folder,
+    normalize_url,
+    open_storage,
+    ping,
+    sqlite_file,
+    storage_is_empty,
+)
+from tuner.study import StudyConfig, create_study, stored_config, study_note
 
 if TYPE_CHECKING:
     from tuner.data import ImageData
@@ -20,7 +29,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StudyRequest:
-    """A study's settings as the user gave them; anything None comes from the space file."""
+    """A new study's settings as the user gave them on the command line; anything None comes
+    from the space file. Kept apart from StudyConfig on purpose: build_config resolves a
+    request into the StudyConfig that is stored, and from then on only the stored config
+    counts (a continuation only checks its explicit flags against it)."""
 
     space: str = "default"
     data: str | None = None
@@ -43,7 +55,9 @@ class StudyRequest:
 
 @dataclass(frozen=True)
 class PreparedStudy:
-    study: optuna.Study
+    """A study ready for this process's worker: its config and data, resolved and checked once."""
+
+    name: str
     config: StudyConfig
     created: bool
     data: ImageData | None
@@ -62,15 +76,18 @@ def require_existing_sqlite(url: str) -> None:
         raise StorageError(f"storage file {database} does not exist (create a study first)")
 
 
-def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[StudyConfig, SearchSpace, ImageData]:
-    """Validate the space, model and data before anything is written to the storage."""
+def build_config(request: StudyRequest, storage: StorageSettings,
+                 device: str = "auto") -> tuple[StudyConfig, SearchSpace, ImageData]:
+    """Validate the device, space, model, weights, data and input size of a new study,
+    before anything is written to the storage."""
     # Imported here, not at the top: these import torch, and the read-only commands
     # (status, best, export, ...) import this module yet must start without torch's seconds.
     from tuner.checkpoints import default_artifacts_dir
-    from tuner.data import DataConfig, gib_to_bytes, load_data
     from tuner.models import ModelSpec, build_model
     from tuner.objective import check_space, metric_name
+    from tuner.training import resolve_device
 
+    resolve_device(device)  # `--device gpu`, or cuda without CUDA, fails before the study exists
     space = load_space(request.space)
     check_space(space)
     model = request.model or space.settings.get("model") or "resnet18"
@@ -80,12 +97,12 @@ def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[Study
     ModelSpec(name=model, weights=weights)  # an unknown model name fails before data loads
     if request.data is None:
         raise DataError("--data is required to create a study (a folder, a CSV manifest, or 'digits')")
-    data = load_data(DataConfig(request.data, image_size, request.val_fraction, request.seed,
-                                memory_limit=gib_to_bytes(request.memory_limit_gib),
-                                spill_dir=local_folder(storage.url, "decoded")))
+    data = load_study_data(request.data, image_size, request.val_fraction, request.seed,
+                           request.memory_limit_gib, storage)
     # Build the model once: weights that cannot be had (no cache offline, a bad file) fail
     # here with their fix, not in every worker's first trial.
-    build_model(ModelSpec(name=model, weights=weights, num_classes=data.num_classes))
+    built = build_model(ModelSpec(name=model, weights=weights, num_classes=data.num_classes))
+    check_input_size(built.model, model, image_size)
     config = StudyConfig(
         space_name=space.name, space_text=space.text, data=_absolute(request.data), model=model,
         weights=_absolute(weights) if weights not in ("imagenet", "none") else weights,
@@ -100,8 +117,51 @@ def build_config(request: StudyRequest, storage: StorageSettings) -> tuple[Study
         artifacts=_absolute(request.artifacts) if request.artifacts else default_artifacts_dir(
             normalize_url(storage.url)),
         warm_start=request.warm_start, cache_views=request.cache_views, prior_weight=request.prior_weight,
+        data_fingerprint=data_fingerprint(data, request.data),
     )
+    config.keep_space(space)  # parsed once per process: create_study and the worker reuse it
     return config, space, data
+
+
+def load_study_data(source: str, image_size: int, val_fraction: float, seed: int,
+                    memory_limit_gib: float | None, storage: StorageSettings) -> ImageData:
+    from tuner.data import DataConfig, gib_to_bytes, load_data
+
+    return load_data(DataConfig(source, image_size, val_fraction, seed,
+                                memory_limit=gib_to_bytes(memory_limit_gib),
+                                spill_dir=local_folder(storage.url, "decoded")))
+
+
+# Input sizes tried, smallest first, to tell the user what a model needs when theirs fails.
+PROBE_SIZES = (16, 24, 32, 48, 64, 75, 96, 112, 128, 160, 192, 224, 256, 299, 384, 512)
+
+
+def check_input_size(network, name: str, image_size: int) -> None:
+    """A dry forward pass of one image at the study's size: a model that cannot take it
+    (ViT's fixed 224 px, Inception's 75 px minimum) fails here, not in every trial."""
+    network.eval()
+    try:
+        forward(network, image_size)
+        return
+    except Exception as error:  # noqa: BLE001 - any failure means this size does not fit
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    fixed = getattr(network, "image_size", None)  # torchvision's ViTs take exactly one size
+    if isinstance(fixed, int):
+        raise ModelError(f"{name} needs {fixed} px input, got {image_size} (--image-size {fixed})")
+    for size in (s for s in PROBE_SIZES if s > image_size):
+        try:
+            forward(network, size)
+        except Exception:  # noqa: BLE001
+            continue
+        raise ModelError(f"{name} needs at least {size} px input, got {image_size} (--image-size {size})")
+    raise ModelError(f"{name} cannot take {image_size} px input: {reason}")
+
+
+def forward(network, size: int) -> None:
+    import torch
+
+    with torch.no_grad():
+        network(torch.zeros(1, 3, size, size))
 
 
 def _absolute(source: str) -> str:
@@ -112,54 +172,91 @@ def _absolute(source: str) -> str:
 
 
 def prepare_study(storage: StorageSettings, name: str | None, request: StudyRequest,
-                  explicit: Iterable[str], *, create_only: bool = False) -> PreparedStudy:
+                  explicit: Iterable[str], *, create_only: bool = False, device: str = "auto") -> PreparedStudy:
     """Create the study (or, for `run`, join a compatible existing one).
 
-    Every input is validated before the storage is opened, so a bad space, model or
-    data folder leaves the storage untouched.
+    Every input is validated before anything is written: a bad device, space, model or
+    data folder leaves the storage as it was (no SQLite file, no tables, no study).
     """
     normalize_url(storage.url)
     study_name = name or default_study_name(request.space, request.data or "data")
-    built = build_config(request, storage) if request.data is not None or create_only else None
-    if built is None:
-        require_existing_sqlite(storage.url)
-    rdb = open_storage(storage, heartbeat=False)
-    ping(rdb)
-    if study_name in optuna.get_all_study_names(storage=rdb):
-        if create_only:
-            raise StudyError(f"a study named {study_name!r} already exists in this storage")
-        study, stored = load_study(rdb, study_name)
-        check_compatible(study_name, stored, request, explicit)
-        return PreparedStudy(study, stored, False, built[2] if built else None)
-    if built is None:
+    rdb = None
+    if not storage_is_empty(storage):
+        rdb = open_storage(storage, heartbeat=False)
+        ping(rdb)
+        if study_name in optuna.get_all_study_names(storage=rdb):
+            if create_only:
+                raise StudyError(f"a study named {study_name!r} already exists in this storage")
+            return continue_study(rdb, study_name, request, explicit, storage, device)
+    if request.data is None:
+        if rdb is None:
+            require_existing_sqlite(storage.url)
         raise DataError(f"study {study_name!r} does not exist yet: --data is required to create it")
-    config, space, data = built
+    config, space, data = build_config(request, storage, device)
+    if rdb is None:
+        rdb = open_storage(storage, heartbeat=False)
+        ping(rdb)
     from tuner.data import describe_source  # imports torch: see build_config
 
     note = study_note(config, space, describe_source(request.data))
-    return PreparedStudy(create_study(rdb, study_name, config, note), config, True, data)
+    create_study(rdb, study_name, config, note)
+    return PreparedStudy(study_name, config, True, data)
 
 
-def check_compatible(name: str, stored: StudyConfig, request: StudyRequest, explicit: Iterable[str]) -> None:
-    """Options given explicitly must match the stored config; machine-local ones may differ."""
+def continue_study(rdb, name: str, request: StudyRequest, explicit: Iterable[str], storage: StorageSettings,
+                   device: str) -> PreparedStudy:
+    """Join an existing study with its stored settings; only machine-local flags may differ."""
+    from tuner.training import resolve_device
+
+    stored = stored_config(rdb, name)
+    check_compatible(name, stored, given_settings(request, storage, explicit))
+    resolve_device(device)
+    source = request.data or stored.data
+    data = load_study_data(source, stored.image_size, stored.val_fraction, stored.seed,
+                           request.memory_limit_gib, storage)
+    check_same_data(stored.data_fingerprint, data, source)
+    return PreparedStudy(name, stored, False, data)
+
+
+# The flags that set a stored setting (StudyConfig field names); every other flag is
+# machine-local (device, data, artifacts, num workers, cache dir, memory limit, compile).
+STORED_OPTIONS = ("space", "model", "image_size", "weights", "val_fraction", "sampler", "pruner", "n_trials",
+                  "seed", "max_epochs", "warm_start", "cache_views", "heartbeat_interval", "grace_period",
+                  "max_retry", "prior_weight")
+
+
+def given_settings(request: StudyRequest, storage: StorageSettings, explicit: Iterable[str]) -> dict[str, Any]:
+    """The stored settings the user gave explicitly on the command line, by field name."""
+    values = {**{f: getattr(request, f) for f in StudyRequest.__dataclass_fields__},
+              "heartbeat_interval": storage.heartbeat_interval, "grace_period": storage.grace_period,
+              "max_retry": storage.max_retry}
+    return {option: values[option] for option in STORED_OPTIONS if option in set(explicit)}
+
+
+def check_compatible(name: str, stored: StudyConfig, given: Mapping[str, Any]) -> None:
+    """Stored settings given explicitly must match the stored config: it is the study's one truth."""
     differences = []
-    for option in sorted(set(explicit)):
-        if option in MACHINE_LOCAL or option not in StudyRequest.__dataclass_fields__:
-            continue
-        given = getattr(request, option)
+    for option, value in given.items():
+        flag = flag_name(option)
         if option == "space":
-            if load_space(given).text != stored.space_text:
-                differences.append(f"space (the content of {given} differs from the study's)")
+            if load_space(value).text != stored.space_text:
+                differences.append(f"{flag} (the content of {value} differs from the study's "
+                                   f"{stored.space_name!r} space)")
             continue
-        if option == "weights" and given not in ("imagenet", "none"):
-            given = _absolute(given)
-        if given != getattr(stored, option):
-            differences.append(f"{option.replace('_', '-')} (study has {getattr(stored, option)!r}, given {given!r})")
+        if option == "weights" and value not in ("imagenet", "none"):
+            value = _absolute(value)
+        if value != getattr(stored, option):
+            hint = "; raise the budget with `tuner extend`" if option == "n_trials" else ""
+            differences.append(f"{flag} (study has {getattr(stored, option)!r}, given {value!r}{hint})")
     if differences:
         raise StudyError(
             f"study {name!r} already exists with a different config: {'; '.join(differences)}. "
             "Use another --study name, or leave those options out to continue it"
         )
+
+
+def flag_name(option: str) -> str:
+    return "--no-warm-start" if option == "warm_start" else "--" + option.replace("_", "-")
 
 
 def request_from(values: Mapping[str, Any]) -> StudyRequest:

@@ -23,7 +23,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, Operationa
 from tuner.errors import StorageError
 
 DEFAULT_STORAGE = "sqlite:///tuner.db"
-SUPPORTED_SCHEMES = ("sqlite", "postgresql", "mysql")
+SUPPORTED_SCHEMES = ("sqlite", "postgresql")
+# postgres:// (Heroku, many PaaS) and postgresql:// name no driver: both get psycopg 3.
+POSTGRES_ALIASES = ("postgres", "postgresql")
 # User attr of a queued retry: the number of the trial it retries (stale or handed back).
 RETRY_OF_ATTR = "retry_of"
 
@@ -90,13 +92,17 @@ def normalize_url(url: str) -> str:
             f"malformed storage URL {mask_url(url)!r}; expected e.g. sqlite:///tuner.db or "
             "postgresql+psycopg://user:password@host:5432/db"
         ) from None
+    if parsed.drivername in POSTGRES_ALIASES:
+        parsed = parsed.set(drivername="postgresql+psycopg")
     backend = parsed.get_backend_name()
+    if backend == "mysql":
+        # Not tested here, and Optuna's MySQL schema needs its own care (row locks, utf8mb4).
+        raise StorageError(f"storage URL {mask_url(url)!r}: MySQL is not supported; use PostgreSQL "
+                           "(postgresql://user:password@host/db) for many workers, or SQLite on one machine")
     if backend not in SUPPORTED_SCHEMES:
         raise StorageError(
-            f"unsupported storage URL {mask_url(url)!r}: the scheme must be sqlite, postgresql+psycopg or mysql"
+            f"unsupported storage URL {mask_url(url)!r}: the scheme must be sqlite, postgresql or postgres"
         )
-    if backend == "postgresql" and parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
     if backend == "sqlite" and not parsed.database:
         raise StorageError(f"storage URL {mask_url(url)!r} names no database file (sqlite:///path/to/file.db)")
     return parsed.render_as_string(hide_password=False)
@@ -108,10 +114,8 @@ def engine_kwargs(url: str, connect_timeout: int) -> dict:
         # Several worker processes share one SQLite file: wait for the write lock rather
         # than failing at once with "database is locked".
         return {"connect_args": {"timeout": 60}}
-    kwargs: dict = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
-    if backend in ("postgresql", "mysql"):
-        kwargs["connect_args"] = {"connect_timeout": connect_timeout}
-    return kwargs
+    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800,
+            "connect_args": {"connect_timeout": connect_timeout}}
 
 
 # Storage calls a worker makes while training; each is safe to repeat after a dropped connection.
@@ -303,6 +307,24 @@ def short_reason(exc: BaseException) -> str:
     original = getattr(exc, "orig", None) or exc
     text = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
     return text
+
+
+def storage_is_empty(settings: StorageSettings) -> bool:
+    """True when the storage cannot hold a study yet (no SQLite file, or a server database
+    without tables), so that a new study is validated before opening it creates anything."""
+    url = normalize_url(settings.url)
+    database = sqlite_file(url)
+    if database is not None:
+        return not database.exists()
+    if make_url(url).get_backend_name() == "sqlite":
+        return False  # in memory
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(url, settings.connect_timeout))
+    try:
+        return sqlalchemy.inspect(engine).get_table_names() == []
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot open storage {mask_url(url)}: {short_reason(exc)}") from None
+    finally:
+        engine.dispose()
 
 
 def ping(storage: RDBStorage) -> None:

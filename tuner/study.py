@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -13,6 +14,7 @@ from tuner.errors import StudyError, TunerError
 from tuner.space import SearchSpace, parse_space
 
 CONFIG_ATTR = "tuner_config"
+CREATED_ATTR = "tuner_created"  # ISO time, UTC: Optuna keeps no creation time of its own
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("hyperband", "median", "asha", "none")
 # The seed's recommended starting points, tried first unless --no-warm-start.
@@ -23,9 +25,6 @@ WARM_START = (
 )
 # What tuner adds to the seed's fine-tuning recipes, as far as a space can express it.
 PROBED_HEAD = {"head_init": "probe"}
-# Settings a worker may set for its own machine without changing the study.
-# (device, num_workers, compile and the like are worker options, never study options: nothing to list.)
-MACHINE_LOCAL = ("data", "artifacts", "memory_limit_gib")
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,9 @@ class StudyConfig:
     startup_trials: int = 10
     min_resource: int = 1
     reduction_factor: int = 3
+    # Classes, images per class of train and val, content hash (tuner.fingerprint); None
+    # for studies created before fingerprints, which are then not checked.
+    data_fingerprint: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -91,7 +93,17 @@ class StudyConfig:
         return cls(**{k: v for k, v in value.items() if k in known})
 
     def space(self) -> SearchSpace:
-        return parse_space(self.space_text, source=f"{self.space_name}.yaml", name=self.space_name)
+        """The parsed space, parsed once per config object (sampler, pruner, warm start and
+        objective all ask for it)."""
+        parsed = self.__dict__.get("_space")
+        if parsed is None:
+            parsed = parse_space(self.space_text, source=f"{self.space_name}.yaml", name=self.space_name)
+            self.keep_space(parsed)
+        return parsed
+
+    def keep_space(self, space: SearchSpace) -> None:
+        """Remember an already parsed `space` of this config's text (not a field: never stored)."""
+        object.__setattr__(self, "_space", space)
 
 
 def epoch_cap(space: SearchSpace, max_epochs: int | None) -> int:
@@ -146,18 +158,45 @@ def read_config(study: optuna.Study) -> StudyConfig:
     return StudyConfig.from_attr(raw)
 
 
-def load_study(storage: optuna.storages.BaseStorage, name: str, *, sampler_seed: int | None = None) -> tuple[optuna.Study, StudyConfig]:
-    """Load an existing study with the sampler and pruner its stored config describes."""
-    if name not in optuna.get_all_study_names(storage=storage):
+def stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any]:
+    """The study's user attrs (its config, its stop counter), in one read."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
         known = ", ".join(optuna.get_all_study_names(storage=storage)) or "none"
-        raise StudyError(f"no study named {name!r} in this storage (studies: {known})")
-    probe = optuna.load_study(study_name=name, storage=storage)
-    config = read_config(probe)
+        raise StudyError(f"no study named {name!r} in this storage (studies: {known})") from None
+    return storage.get_study_user_attrs(study_id)
+
+
+def config_from_attrs(name: str, attrs: Mapping[str, Any]) -> StudyConfig:
+    raw = attrs.get(CONFIG_ATTR)
+    if raw is None:
+        raise StudyError(f"study {name!r} was not created by tuner (it has no stored config)")
+    return StudyConfig.from_attr(raw)
+
+
+def stored_config(storage: optuna.storages.BaseStorage, name: str) -> StudyConfig:
+    """The study's stored config, read without building a sampler and pruner for it."""
+    return config_from_attrs(name, stored_attrs(storage, name))
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str, *, sampler_seed: int | None = None,
+               config: StudyConfig | None = None) -> tuple[optuna.Study, StudyConfig]:
+    """Load an existing study with the sampler and pruner its stored config describes
+    (`config`: that config, already read)."""
+    config = config or stored_config(storage, name)
     seed = config.seed if sampler_seed is None else sampler_seed
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=make_sampler(config, seed), pruner=make_pruner(config)
     )
     return study, config
+
+
+def read_study(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, StudyConfig]:
+    """A study to read, not to sample (status, best, export, report, retrain): no sampler or
+    pruner built from its config."""
+    config = stored_config(storage, name)
+    return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()), config
 
 
 def create_study(storage: optuna.storages.BaseStorage, name: str, config: StudyConfig, note: str) -> optuna.Study:
@@ -170,6 +209,7 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, config: StudyC
     except optuna.exceptions.DuplicatedStudyError:
         raise StudyError(f"a study named {name!r} already exists in this storage") from None
     study.set_user_attr(CONFIG_ATTR, config.to_attr())
+    study.set_user_attr(CREATED_ATTR, datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     study.set_metric_names([config.metric])
     save_note(study, note)
     if config.warm_start:
@@ -199,8 +239,30 @@ def study_note(config: StudyConfig, space: SearchSpace, data_summary: str) -> st
         f"* **Budget:** {config.n_trials} trials, sampler `{config.sampler}`, pruner `{config.pruner}`, "
         f"seed {config.seed}, max epochs {config.max_epochs or 'from the space'}\n\n"
         f"* **Priors:** {_prior_line(config, space)}\n\n"
-        "| parameter | type | range | when | prior |\n|---|---|---|---|---|\n" + rows + "\n"
+        "| parameter | type | range | when | prior |\n|---|---|---|---|---|\n" + rows + "\n\n" + ATTRS_NOTE
     )
+
+
+# Optuna knows no state for a trial a worker ends on purpose: those show as FAIL here.
+ATTRS_NOTE = """## Reading the trials
+
+Optuna has no state for a trial that a worker ends on purpose, so these show as **FAIL** in
+this dashboard although nothing failed; `tuner status` counts them apart:
+
+* `handed_back: true`: the worker was stopped (Ctrl-C, SIGTERM, `tuner stop`) after a
+  checkpoint; a WAITING copy of the trial resumes from it on the next worker.
+* `over_budget: true`: the trial started after other workers had taken the whole budget;
+  it never trained and does not count.
+* a FAIL trial that a later trial names as its `failed_trial` (system attrs) was retried
+  after its worker went silent for the grace period; the retry resumes its checkpoint.
+* `duplicate_of: N`: a second retry of trial N that two workers queued at once; it was
+  dropped before training.
+
+Other attributes: `lineage` is the number of the first attempt (a retry and a hand-back
+keep it, with its seed and checkpoints); `worker` is host:pid:device; `epoch`/`epochs` and
+`last_metric` are the progress of a running trial; `stop_reason` says why a trial ended
+(completed, early_stopped, pruned, diverged, oom).
+"""
 
 
 def _range(branch) -> str:

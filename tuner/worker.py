@@ -33,11 +33,15 @@ from tuner.progress import progress_for
 from tuner.storage import (
     RETRY_OF_ATTR, StorageSettings, duplicate_retry, local_folder, mask_url, open_storage, ping,
 )
-from tuner.study import StudyConfig, budget_left, finished_count, load_study, within_budget
+from tuner.budget import StudyControl
+from tuner.fingerprint import check_same_data
+from tuner.study import StudyConfig, config_from_attrs, finished_count, load_study, stored_attrs, within_budget
 from tuner.study_artifacts import publish_best_model
 from tuner.text import plural
+from tuner.training import resolve_device
 
 HANDED_BACK_ATTR = "handed_back"
+OVER_BUDGET_ATTR = "over_budget"
 
 
 class OverBudget(Exception):
@@ -83,10 +87,13 @@ class WorkerSummary:
 
 
 class StopFlag:
-    """Set by the first SIGINT/SIGTERM; a second one exits at once."""
+    """Set by the first SIGINT/SIGTERM or by `tuner stop`; a second signal exits at once."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.by_signal = False
+        # Says at once what the stop will do (the worker sets it: it knows the trial and epoch).
+        self.announce: Callable[[], None] = lambda: None
 
     def install(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -102,11 +109,19 @@ class StopFlag:
         return restore
 
     def handle(self, signum: int, frame: Any) -> None:
-        if self.event.is_set():
+        if self.event.is_set() and self.by_signal:
             # Second signal: leave now. The running trial goes stale and is retried from
             # its last checkpoint after the grace period.
             os._exit(128 + signum)
+        self.by_signal = True
         self.event.set()
+        self.announce()
+
+    def request(self) -> None:
+        """`tuner stop`: stop like a first signal, but as asked (the worker exits 0)."""
+        if not self.event.is_set():
+            self.event.set()
+            self.announce()
 
     @property
     def set(self) -> bool:
@@ -183,19 +198,33 @@ class ExpectedStops(logging.Filter):
 
 
 class Worker:
-    """Runs trials of one study in this process, sharing the budget with every other worker."""
+    """Runs trials of one study in this process, sharing the budget with every other worker.
+
+    Its jobs, each in its own part below: joining the study (the constructor and
+    build_objective), running trials within the budget (run, optimize, run_trial,
+    after_trial, await_others), handing trials back and taking over dead workers' trials
+    (TrialHandover), and reporting (Reporter).
+    """
+
+    # --- joining the study -----------------------------------------------------------
 
     def __init__(self, storage: StorageSettings, study_name: str, options: WorkerOptions,
-                 *, reproducible: bool = False, data: ImageData | None = None) -> None:
+                 *, reproducible: bool = False, data: ImageData | None = None,
+                 config: StudyConfig | None = None) -> None:
         """`reproducible` seeds the sampler with the study seed (a lone `tuner run`);
-        otherwise each worker mixes in its host and pid so workers explore differently."""
+        otherwise each worker mixes in its host and pid so workers explore differently.
+        `config` is the study's stored config when this process has just read or created
+        it (`tuner run`): its parsed space is reused."""
         self.options = options
         self.study_name = study_name
         self.stop = StopFlag()
-        # Read the study's own heartbeat settings before opening the storage that uses them.
+        self.stop.announce = self.announce_stop
+        # Read the study's own heartbeat settings before opening the storage that uses them:
+        # one read of the study's attrs, and the study loaded once.
         plain = open_storage(storage, heartbeat=False)
         ping(plain)
-        _, config = load_study(plain, study_name)
+        attrs = stored_attrs(plain, study_name)
+        config = config or config_from_attrs(study_name, attrs)
         plain.engine.dispose()  # its pooled connection would stay open beside the worker's own
         self.storage_settings = replace(
             storage, heartbeat_interval=config.heartbeat_interval,
@@ -203,7 +232,8 @@ class Worker:
         )
         self.storage = open_storage(self.storage_settings)
         seed = config.seed if reproducible else sampler_seed_for_worker(config)
-        self.study, self.config = load_study(self.storage, study_name, sampler_seed=seed)
+        self.study, self.config = load_study(self.storage, study_name, sampler_seed=seed, config=config)
+        self.control = StudyControl(self.study, self.storage, config.n_trials, attrs)
         self.data = data if options.data is None else None
         self.store = open_artifact_store(options.artifacts or config.artifacts)
         self.checkpointer = ArtifactCheckpointer(self.store, study_name)
@@ -211,9 +241,14 @@ class Worker:
         self.log = make_logger(self.name, options.quiet)
         # A live display on a terminal; plain log lines (as before) in a pipe or with --quiet.
         self.progress = progress_for(options.quiet)
+        self.handover = TrialHandover(self.study, self.log, self.storage_settings.grace_period)
+        self.report = Reporter(self.study, self.control, self.log, config.metric, self.progress, study_name)
         self.objective: Objective | None = None
         self.trials_run = 0
         self.current: int | None = None  # number of the trial running here, until Optuna tells it
+        # (the epoch being trained or finished now, epochs in all) of the current trial: what a
+        # first Ctrl-C says it will finish before the hand-back.
+        self.epoch = (1, 0)
         self.objective_error: BaseException | None = None  # what the objective itself raised last
         # An OMP_NUM_THREADS of the user's (or of --processes) wins over counting the workers.
         self.cores = None if "OMP_NUM_THREADS" in os.environ else CoreShare()
@@ -222,15 +257,22 @@ class Worker:
 
     def build_objective(self) -> Objective:
         config = self.config
+        # The device first: a bad one fails before seconds of decoding.
+        resolve_device(self.options.device)
         # The study stores the model's name only: a worker whose machine cannot import it
         # (a MODULE:FUNCTION that is not here, timm not installed) stops before any trial.
         ModelSpec(config.model, weights=config.weights)
-        data = self.data or load_data(DataConfig(
-            source=self.options.data or config.data, image_size=config.image_size,
-            val_fraction=config.val_fraction, seed=config.seed,
-            memory_limit=gib_to_bytes(self.options.memory_limit_gib),
-            spill_dir=local_folder(self.storage_settings.url, "decoded"),
-        ))
+        data = self.data
+        if data is None:
+            source = self.options.data or config.data
+            data = load_data(DataConfig(
+                source=source, image_size=config.image_size,
+                val_fraction=config.val_fraction, seed=config.seed,
+                memory_limit=gib_to_bytes(self.options.memory_limit_gib),
+                spill_dir=local_folder(self.storage_settings.url, "decoded"),
+            ))
+            # Other data (another folder, more classes) would finish the budget on it silently.
+            check_same_data(config.data_fingerprint, data, source)
         settings = TrialSettings(
             model=config.model, weights=config.weights, image_size=config.image_size,
             device=self.options.device, seed=config.seed, max_epochs=config.max_epochs,
@@ -242,38 +284,48 @@ class Worker:
             on_epoch=self.on_epoch, keep_best=self.keep_best, progress=self.progress,
         )
 
+    # --- running trials within the budget --------------------------------------------
+
     def run(self) -> WorkerSummary:
-        self.recover_stale()
         deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
-        if budget_left(self.study, self.config.n_trials) <= 0 and not self.await_others(deadline):
-            self.log.info("budget of %s already taken; nothing to do", plural(self.config.n_trials, "trial"))
+        if self.nothing_to_do():
+            self.log.info("budget of %s already taken; nothing to do (raise it with tuner extend "
+                          "--study %s --n-trials N)", plural(self.control.n_trials, "trial"), self.study_name)
             return self.summary()
         if self.cores is not None and not self.cores.join():  # before the data loads: a worker
             self.cores = None  # starting meanwhile counts this one (join warned why it could not)
         try:
-            self.work(deadline)
+            if self.work(deadline):
+                self.tidy()
         finally:
             if self.cores is not None:
                 self.cores.leave()
                 # The count is process-wide: a long-lived process (CliRunner in pytest, a
                 # notebook) must not keep this worker's share after it has gone.
                 torch.set_num_threads(self.max_threads)
-        self.tidy()
         return self.summary()
 
-    def work(self, deadline: float | None) -> None:
+    def work(self, deadline: float | None) -> bool:
+        """Check the inputs, then run trials; False if the budget turned out to be taken."""
+        # Data, device and model are checked before this worker writes anything (the stale
+        # trials it would fail and requeue below are writes).
         self.objective = self.build_objective()
+        self.recover_stale()
+        if self.control.left() <= 0 and not self.await_others(deadline):
+            self.log.info("budget of %d trials already taken; nothing to do", self.control.n_trials)
+            return False
         self.log.info(
             "joined study %s on %s (%s, budget %s)", self.study_name,
-            mask_url(self.storage_settings.url), self.objective.runtime.device, plural(self.config.n_trials, "trial"),
+            mask_url(self.storage_settings.url), self.objective.runtime.device, plural(self.control.n_trials, "trial"),
         )
         restore = self.stop.install()
-        self.show_study()
+        self.report.show_study()
         try:
             with ExpectedStops().installed(), self.progress.running():
                 self.optimize(deadline)
         finally:
             restore()
+        return True
 
     def tidy(self) -> None:
         """Once the study is over (every slot finished, nothing running or queued), remove
@@ -281,7 +333,7 @@ class Worker:
         trials = self.study.get_trials(deepcopy=False)
         if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
             return
-        if budget_left(self.study, self.config.n_trials) > 0:
+        if self.control.left() > 0:
             return  # a stale trial just failed frees a slot: its retry may be on its way
         self.checkpointer.sweep(trials)
         try:
@@ -289,6 +341,12 @@ class Worker:
         except ValueError:
             return  # no completed trial: no weights were uploaded
         prune_weights(self.store, trials, best)
+
+    def nothing_to_do(self) -> bool:
+        """The budget is taken by finished trials and none runs or waits: no data to load."""
+        if self.control.left() > 0:
+            return False
+        return not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
 
     def optimize(self, deadline: float | None) -> None:
         """study.optimize until the budget is spent, the deadline passes or the worker is stopped."""
@@ -304,35 +362,14 @@ class Worker:
                     callbacks=[self.after_trial], gc_after_trial=self.objective.runtime.is_cuda,
                 )
             except Exception as error:
-                if not self.taken_over(error):
+                if self.current is None or error is self.objective_error or not self.handover.taken_over(
+                        self.current):
                     raise
+                self.current = None
                 if not self.stop.set:
                     continue  # back to work at once: the budget has room for the retry at least
             if self.stop.set or not self.await_others(deadline):
                 break
-
-    def taken_over(self, error: Exception) -> bool:
-        """Whether `error` means another worker ended this worker's trial as dead.
-
-        A worker that went without a heartbeat for the grace period (frozen by the OS, a
-        swap storm, a database outage longer than the grace period) finds on waking that
-        another worker failed its trial and queued the retry. Its next write to the trial
-        raises, and Optuna's own tell of the finished trial then raises out of optimize:
-        that used to end the worker with a traceback. The retry resumes from the last
-        checkpoint, so this worker only drops the trial and goes on. An error the objective
-        raised itself (a bug) is never taken for this: Optuna re-raises that same object.
-        """
-        if self.current is None or error is self.objective_error:
-            return False
-        failed = self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if not any(t.number == self.current for t in failed):
-            return False
-        self.log.warning(
-            "trial %d was ended by another worker: no heartbeat from this one for %d s; its retry "
-            "resumes from the last checkpoint, and this worker goes on", self.current,
-            self.storage_settings.grace_period)
-        self.current = None
-        return True
 
     def run_trial(self, trial: optuna.Trial) -> float:
         if self.stop.set:
@@ -344,16 +381,17 @@ class Worker:
             # Ended before any training, never counted, like a trial over the budget.
             trial.set_user_attr("duplicate_of", earlier)
             raise DuplicateRetry(f"trial {trial.number} repeats the retry of trial {earlier}")
-        if not within_budget(self.study, trial, self.config.n_trials):
+        if not within_budget(self.study, trial, self.control.n_trials):
             # Ended before any training, never counted: FAIL with a marker, then stop.
-            trial.set_user_attr("over_budget", True)
+            trial.set_user_attr(OVER_BUDGET_ATTR, True)
             self.study.stop()
             raise OverBudget(f"trial {trial.number} started after the budget was taken")
         self.trials_run += 1
         self.current, self.objective_error = trial.number, None
+        self.epoch = (trial.user_attrs.get("epoch", 0) + 1, trial.user_attrs.get("epochs", 0))
         self.share_cores()
         trial.set_user_attr("worker", self.name)
-        self.log.info("trial %d started", trial.number)
+        self.report.started(trial)
         try:
             return self.objective(trial)
         except optuna.exceptions.UpdateFinishedTrialError as error:
@@ -379,14 +417,26 @@ class Worker:
 
     def on_epoch(self, trial: optuna.Trial, epoch: int, epochs: int, metric: float) -> None:
         self.share_cores()  # a worker started during this trial takes its share from the next epoch
+        # A signal from here on is seen below: the hand-back comes after this very epoch.
+        self.epoch = (epoch, epochs)
         trial.set_user_attr("epoch", epoch)
+        trial.set_user_attr("epochs", epochs)
+        trial.set_user_attr("epoch_at", time.time())  # what `tuner status` shows as the last sign of life
         trial.set_user_attr("last_metric", metric)
         self.log.info("trial %d epoch %d/%d %s=%.4f", trial.number, epoch, epochs, self.config.metric, metric)
         self.progress.show("metric", f"last epoch: trial {trial.number} epoch {epoch}/{epochs} "
                                      f"{self.config.metric}={metric:.4f}")
+        self.poll()
         if self.stop.set:
             trial.set_user_attr(HANDED_BACK_ATTR, True)
             raise HandBack(f"handed back after epoch {epoch}")
+        self.epoch = (epoch + 1, epochs)
+
+    def poll(self) -> None:
+        """Read the budget and the stop request: `tuner extend` and `tuner stop` act through them."""
+        self.control.refresh()
+        if self.control.stop_requested:
+            self.stop.request()
 
     def keep_best(self, trial: optuna.Trial, value: float, state_dict: dict, meta: dict) -> None:
         """Upload the weights when this trial beats every finished trial so far."""
@@ -402,13 +452,13 @@ class Worker:
     def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         self.current = None  # Optuna told its state: the trial ended in this worker's hands
         if frozen.user_attrs.get(HANDED_BACK_ATTR):
-            self.requeue(frozen)
+            self.handover.requeue(frozen)
             study.stop()
             return
-        if frozen.user_attrs.get("over_budget"):
+        if frozen.user_attrs.get(OVER_BUDGET_ATTR):
             return
         if "duplicate_of" in frozen.user_attrs:
-            if budget_left(study, self.config.n_trials) <= 0:
+            if self.control.looks_spent():
                 study.stop()  # else the next trial would start only to find itself over budget
             return
         if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED) or self.lineage_ended(frozen):
@@ -418,25 +468,20 @@ class Worker:
         self.publish_best(study, frozen)
         if self.objective.runtime.is_cuda:
             torch.cuda.empty_cache()
-        if self.log.isEnabledFor(logging.INFO):
-            self.log_finished(frozen)
+        self.report.finished(frozen)
         if self.progress.live:
-            self.show_study()
+            self.report.show_study()
+        self.poll()
         if self.stop.set:
             study.stop()
             return
-        if frozen.number + 1 < self.config.n_trials:
-            # Counting the budget reads the whole study (six queries on PostgreSQL). Skip it
-            # while the next trial can still be numbered inside the budget: if it is not,
-            # the budget is taken and within_budget() catches that exactly when it starts.
-            # At worst a worker racing others to the end starts one trial it marks over
-            # budget, as racing workers do anyway; every trial before that saves a read.
-            return
-        # Only when the budget looks spent is it worth asking whether a RUNNING trial is
-        # really a dead worker's (one query per trial saved on the hot path).
-        if budget_left(study, self.config.n_trials) <= 0:
+        # Optuna creates the next trial as soon as this returns: with the budget spent, it
+        # would be one more trial marked over budget (a FAIL in every dashboard). A count
+        # query answers it; only when the budget looks spent is it worth reading the study
+        # to ask whether a RUNNING trial is really a dead worker's.
+        if self.control.looks_spent():
             self.recover_stale()
-            if budget_left(study, self.config.n_trials) <= 0:
+            if self.control.looks_spent():
                 study.stop()
 
     def publish_best(self, study: optuna.Study, frozen: FrozenTrial) -> None:
@@ -459,18 +504,20 @@ class Worker:
 
     def await_others(self, deadline: float | None) -> bool:
         """With the budget taken, stay while other workers' trials run: True if one of them
-        died and its retry is queued for this worker to take, False once all have finished.
+        died and its retry is queued for this worker to take (or `tuner extend` raised the
+        budget), False once all have finished.
 
         Without this, the last worker could leave while a dead worker's trial is still
         within its grace period, and that trial would wait for a worker that never comes.
         """
         pause = 0.02
         while deadline is None or time.monotonic() < deadline:
+            self.poll()
             if self.stop.set:
                 return False
             self.recover_stale()
             waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            if waiting or budget_left(self.study, self.config.n_trials) > 0:
+            if waiting or self.control.left() > 0:
                 return True
             if not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 return False
@@ -480,6 +527,50 @@ class Worker:
             # requeued trial should not wait a whole heartbeat either.
             pause = min(pause * 2, self.storage_settings.heartbeat_interval, 5)
         return False
+
+    def recover_stale(self) -> None:
+        self.handover.recover_stale()
+
+    def announce_stop(self) -> None:
+        """Said at the first Ctrl-C (or `tuner stop`), before the epoch ends: what happens next."""
+        again = "; Ctrl-C again to quit now" if self.stop.by_signal else ""
+        if self.current is None:
+            self.log.warning("stopping: no trial is running here%s", again)
+            return
+        running, total = self.epoch
+        epoch = f"epoch {running} of {total}" if total else "the current epoch"
+        self.log.warning("finishing %s of trial %d, then handing it back%s", epoch, self.current, again)
+
+    def summary(self) -> WorkerSummary:
+        return self.report.summary(self.trials_run, self.stop.set and self.stop.by_signal)
+
+
+class TrialHandover:
+    """Hand-back and takeover: trials that move between workers of a study."""
+
+    def __init__(self, study: optuna.Study, log: logging.LoggerAdapter, grace_period: int) -> None:
+        self.study = study
+        self.log = log
+        self.grace_period = grace_period
+
+    def taken_over(self, number: int) -> bool:
+        """Whether another worker ended this worker's trial `number` as dead.
+
+        A worker that went without a heartbeat for the grace period (frozen by the OS, a
+        swap storm, a database outage longer than the grace period) finds on waking that
+        another worker failed its trial and queued the retry. Its next write to the trial
+        raises, and Optuna's own tell of the finished trial then raises out of optimize:
+        that used to end the worker with a traceback. The retry resumes from the last
+        checkpoint, so this worker only drops the trial and goes on. An error the objective
+        raised itself (a bug) is never taken for this (the caller checks).
+        """
+        failed = self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if not any(t.number == number for t in failed):
+            return False
+        self.log.warning(
+            "trial %d was ended by another worker: no heartbeat from this one for %d s; its retry "
+            "resumes from the last checkpoint, and this worker goes on", number, self.grace_period)
+        return True
 
     def recover_stale(self) -> None:
         """Fail (and queue the retry of) trials whose worker died, before counting the budget.
@@ -502,17 +593,40 @@ class Worker:
         self.log.warning("trial %d handed back at epoch %s; another worker resumes it",
                          frozen.number, frozen.user_attrs.get("epoch"))
 
-    def log_finished(self, frozen: FrozenTrial) -> None:
+
+class Reporter:
+    """The worker's log lines about trials, and its final summary."""
+
+    def __init__(self, study: optuna.Study, control: StudyControl, log: logging.LoggerAdapter,
+                 metric: str, progress: Any, study_name: str) -> None:
+        self.study = study
+        self.control = control
+        self.log = log
+        self.metric = metric
+        self.progress = progress
+        self.study_name = study_name
+
+    def started(self, trial: optuna.Trial) -> None:
+        origin = trial.user_attrs.get("lineage")
+        if origin is not None and origin != trial.number:
+            done = trial.user_attrs.get("epoch", 0)
+            self.log.info("trial %d resumes trial %d from epoch %d", trial.number, origin, done + 1)
+        else:
+            self.log.info("trial %d started", trial.number)
+
+    def finished(self, frozen: FrozenTrial) -> None:
+        if not self.log.isEnabledFor(logging.INFO):
+            return
         reason = frozen.user_attrs.get("stop_reason", frozen.state.name.lower())
         value = frozen.value if frozen.value is not None else frozen.user_attrs.get("last_metric")
         shown = "-" if value is None else f"{value:.4f}"
-        best = self.best_text()
         self.log.info("trial %d %s (%s) value=%s; %d/%d finished; best %s", frozen.number,
-                      frozen.state.name, reason, shown, finished_count(self.study), self.config.n_trials, best)
+                      frozen.state.name, reason, shown, finished_count(self.study), self.control.n_trials,
+                      self.best_text())
 
     def show_study(self) -> None:
-        done = f"{finished_count(self.study)}/{plural(self.config.n_trials, 'trial')}"
-        self.progress.show("study", f"study {self.study_name}: {done} finished; best {self.config.metric} "
+        done = f"{finished_count(self.study)}/{plural(self.control.n_trials, 'trial')}"
+        self.progress.show("study", f"study {self.study_name}: {done} finished; best {self.metric} "
                                     f"{self.best_text()}")
 
     def best_text(self) -> str:
@@ -522,7 +636,7 @@ class Worker:
             return "none yet"
         return f"{best.value:.4f} (trial {best.number})"
 
-    def summary(self) -> WorkerSummary:
+    def summary(self, trials_run: int, stopped_by_signal: bool) -> WorkerSummary:
         try:
             best = self.study.best_trial
             value, params, number = best.value, dict(best.params), best.number
@@ -530,8 +644,8 @@ class Worker:
         except ValueError:
             value, params, number = None, {}, None
         return WorkerSummary(
-            trials_run=self.trials_run, finished=finished_count(self.study), n_trials=self.config.n_trials,
-            best_value=value, best_params=params, best_number=number, stopped_by_signal=self.stop.set,
+            trials_run=trials_run, finished=finished_count(self.study), n_trials=self.control.n_trials,
+            best_value=value, best_params=params, best_number=number, stopped_by_signal=stopped_by_signal,
         )
 
 

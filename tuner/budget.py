@@ -1,0 +1,57 @@
+"""A running study's budget and stop request, as the storage has them now (`tuner extend`, `tuner stop`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner.study import CONFIG_ATTR, budget_left
+
+# A counter in the study's user attrs: `tuner stop` raises it, and every worker that joined
+# before stops. A counter, not a flag: workers started later run, with nothing to reset.
+STOP_ATTR = "tuner_stop"
+TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+class StudyControl:
+    """The budget a worker keeps to, and whether `tuner stop` asked it to stop.
+
+    Read from the study's user attrs (one small query) once per epoch and once per trial,
+    so a budget raised by `tuner extend` or a `tuner stop` reaches running workers within
+    an epoch.
+    """
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, n_trials: int,
+                 attrs: Mapping[str, Any]) -> None:
+        self.study = study
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.n_trials = n_trials
+        self.generation = int(attrs.get(STOP_ATTR, 0))
+        self.stop_requested = False
+
+    def refresh(self) -> None:
+        attrs = self.storage.get_study_user_attrs(self.study_id)
+        self.n_trials = int(attrs.get(CONFIG_ATTR, {}).get("n_trials", self.n_trials))
+        self.stop_requested = int(attrs.get(STOP_ATTR, 0)) > self.generation
+
+    def left(self) -> int:
+        """Trials still to start, exactly (reads every trial; excludes over-budget markers)."""
+        return budget_left(self.study, self.n_trials)
+
+    def looks_spent(self) -> bool:
+        """A cheap count (no trial is read): checked before Optuna creates the next trial,
+        so a worker does not create one the budget has no room for.
+
+        A trial being marked over budget counts for a moment too: at worst the worker
+        believes the budget spent and waits in await_others, which counts exactly.
+        """
+        return self.n_trials - self.storage.get_n_trials(self.study_id, state=TAKEN) <= 0
+
+
+def request_stop(study: optuna.Study) -> None:
+    """Ask every worker of `study` running now to hand its trial back and exit."""
+    study.set_user_attr(STOP_ATTR, int(study.user_attrs.get(STOP_ATTR, 0)) + 1)

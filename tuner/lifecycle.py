@@ -1,0 +1,223 @@
+"""Managing studies: list them, raise a budget, stop the workers, queue a configuration, delete one."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from tuner.budget import request_stop
+from tuner.errors import SpaceError, StudyError
+from tuner.space import SearchSpace
+from tuner.storage import StorageSettings, mask_url, open_storage, ping
+from tuner.text import plural
+from tuner.study import (
+    CONFIG_ATTR,
+    CREATED_ATTR,
+    StudyConfig,
+    budget_left,
+    finished_count,
+    read_study,
+)
+
+ENQUEUED_ATTR = "enqueued"
+
+
+def open_existing(storage_url: str):
+    storage = open_storage(StorageSettings(url=storage_url), heartbeat=False)
+    ping(storage)
+    return storage
+
+
+# --- tuner studies ---------------------------------------------------------------------
+
+def list_studies(storage_url: str) -> dict[str, Any]:
+    """Every study of the storage; one that tuner did not create is listed as foreign."""
+    storage = open_existing(storage_url)
+    rows = [study_row(optuna.load_study(study_name=name, storage=storage))
+            for name in optuna.get_all_study_names(storage=storage)]
+    return {"storage": mask_url(storage_url), "studies": rows}
+
+
+def study_row(study: optuna.Study) -> dict[str, Any]:
+    states = {state.name: 0 for state in TrialState}
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
+        states[trial.state.name] += 1
+    attrs = study.user_attrs
+    config = attrs.get(CONFIG_ATTR)
+    return {
+        "name": study.study_name,
+        "tuner": config is not None,
+        "metric": config["metric"] if config else None,
+        "n_trials": config["n_trials"] if config else None,
+        "trials": len(trials),
+        "states": states,
+        "best": best_value(study),
+        "created": attrs.get(CREATED_ATTR) or first_start(trials),
+    }
+
+
+def best_value(study: optuna.Study) -> float | None:
+    # A foreign study may be multi-objective (best_value raises) or have nothing finished.
+    try:
+        return study.best_value
+    except (ValueError, RuntimeError):
+        return None
+
+
+def first_start(trials) -> str | None:
+    """A foreign study has no creation time: its first trial's start stands in for it."""
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    return min(starts).isoformat(timespec="seconds") if starts else None
+
+
+# --- tuner extend ----------------------------------------------------------------------
+
+def extend(storage_url: str, name: str, n_trials: int) -> tuple[int, int]:
+    """Set the study's budget to `n_trials`; running workers read it within an epoch."""
+    study, config = read_study(open_existing(storage_url), name)
+    finished = finished_count(study)
+    if n_trials < max(finished, 1):
+        raise StudyError(f"--n-trials {n_trials} is below the {plural(finished, 'trial')} study {name!r} has finished "
+                         "already (a budget counts finished trials)")
+    updated = dataclasses.replace(config, n_trials=n_trials)
+    study.set_user_attr(CONFIG_ATTR, updated.to_attr())
+    return config.n_trials, n_trials
+
+
+# --- tuner stop ------------------------------------------------------------------------
+
+def stop(storage_url: str, name: str) -> int:
+    """Ask the study's workers to hand their trials back and exit; the number of running trials."""
+    study, _ = read_study(open_existing(storage_url), name)
+    request_stop(study)
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+# --- tuner enqueue ---------------------------------------------------------------------
+
+def read_params(path: str) -> dict[str, Any]:
+    """`name: value` lines, or a space file whose parameters are all fixed (`tuner best --format yaml`)."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpaceError(f"--params {path}: cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"--params {path}: invalid YAML: {exc}") from None
+    if isinstance(doc, Mapping) and isinstance(doc.get("params"), Mapping):
+        doc = {key: fixed_value(path, key, entry) for key, entry in doc["params"].items()}
+    if not isinstance(doc, Mapping) or not doc:
+        raise SpaceError(f"--params {path}: expected a mapping of parameter names to values "
+                         "(or the output of tuner best --format yaml)")
+    return dict(doc)
+
+
+def fixed_value(path: str, key: str, entry: Any) -> Any:
+    if isinstance(entry, Mapping) and entry.get("type") == "fixed" and "value" in entry:
+        return entry["value"]
+    if isinstance(entry, Mapping):
+        raise SpaceError(f"--params {path}: {key} must be a value or {{type: fixed, value: ...}}, got {dict(entry)}")
+    return entry
+
+
+def check_params(space: SearchSpace, params: Mapping[str, Any], task: str, where: str) -> dict[str, Any]:
+    """The sampled part of `params`, after checking every value against the study's space.
+
+    A value the space fixes must be that value; a parameter the space does not have, or
+    one that is inactive under the others, is an error. Parameters left out are sampled.
+    """
+    unknown = [key for key in params if key not in space.params]
+    if unknown:
+        raise SpaceError(f"{where}: parameter {unknown[0]!r} is not in the study's space "
+                         f"(its parameters: {', '.join(space.params)})")
+    values: dict[str, Any] = {"task": task}
+    sampled: dict[str, Any] = {}
+    for key in space.params:
+        branch = space.active_branch(key, values)
+        if branch is None:
+            if key in params:
+                raise SpaceError(f"{where}: {key} is inactive in the study's space with these values")
+            continue
+        if key not in params:
+            if branch.fixed:
+                values[key] = branch.value
+            continue
+        value = params[key]
+        if not branch.contains(value):
+            from tuner.render import branch_range
+
+            raise SpaceError(f"{where}: {key} = {value!r} is outside the study's space ({branch_range(branch)})")
+        values[key] = value
+        if not branch.fixed:
+            sampled[key] = value
+    return sampled
+
+
+def enqueue(storage_url: str, name: str, path: str) -> dict[str, Any]:
+    """Queue a configuration for the study's next free worker; the params it will run with."""
+    study, config = read_study(open_existing(storage_url), name)
+    task = "multi_label" if config.metric == "val_macro_f1" else "single_label"
+    params = check_params(config.space(), read_params(path), task, f"--params {path}")
+    queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    left = budget_left(study, config.n_trials) - queued
+    if left <= 0:
+        raise StudyError(f"study {name!r} has no budget left for another trial ({plural(config.n_trials, 'trial')}, "
+                         f"{queued} already queued): raise it first with tuner extend")
+    study.enqueue_trial(params, user_attrs={ENQUEUED_ATTR: True})
+    return params
+
+
+# --- tuner delete ----------------------------------------------------------------------
+
+def describe_for_delete(storage_url: str, name: str) -> tuple[int, str | None]:
+    """How many trials the study has and where its artifacts are: what the prompt shows."""
+    study, config = read_study(open_existing(storage_url), name)
+    return len(study.get_trials(deepcopy=False)), config.artifacts or None
+
+
+def delete(storage_url: str, name: str) -> int:
+    """Delete the study and its artifacts (checkpoints, best weights); the files removed."""
+    storage = open_existing(storage_url)
+    study, config = read_study(storage, name)
+    removed = remove_artifacts(study, storage, config)
+    optuna.delete_study(study_name=name, storage=storage)
+    return removed
+
+
+def remove_artifacts(study: optuna.Study, storage, config: StudyConfig) -> int:
+    from optuna.artifacts import get_all_artifact_meta
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    from tuner.checkpoints import (
+        CHECKPOINT_ATTR,
+        ArtifactCheckpointer,
+        open_artifact_store,
+    )
+
+    if not config.artifacts:
+        return 0
+    store = open_artifact_store(config.artifacts)
+    keys = set()
+    for trial in study.get_trials(deepcopy=False):
+        keys.update(meta.artifact_id for meta in get_all_artifact_meta(trial, storage=storage))
+        if trial.user_attrs.get(CHECKPOINT_ATTR):
+            keys.add(trial.user_attrs[CHECKPOINT_ATTR])
+    # Checkpoints of a killed worker's last epochs may be referenced by no trial any more.
+    folder = Path(config.artifacts)
+    prefix = ArtifactCheckpointer(store, study.study_name).prefix + "-"
+    if not config.artifacts.startswith("s3://") and folder.is_dir():
+        keys.update(path.name for path in folder.iterdir() if path.name.startswith(prefix))
+    removed = 0
+    for key in sorted(keys):
+        try:
+            store.remove(key)
+            removed += 1
+        except ArtifactNotFound:
+            pass
+    return removed
