@@ -15,7 +15,7 @@ from tuner.cli import cli
 SPACE_ERRORS = [
     ("broken yaml", "params: {lr: [1, 2\n", "Error: bad.yaml: invalid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>'"),
     ("unknown key", "params:\n  lr: {type: float, low: 0.1, high: 1, lg: true}\n",
-     "Error: bad.yaml: lr (float): unknown key 'lg' (allowed: high, log, low, step, type, when)"),
+     "Error: bad.yaml: lr (float): unknown key 'lg' (allowed: high, log, low, prior, step, type, when)"),
     ("low > high", "params:\n  lr: {type: float, low: 0.1, high: 0.01}\n",
      "Error: bad.yaml: lr.low must be <= high (0.01), got 0.1"),
     ("log with low 0", "params:\n  lr: {type: float, low: 0, high: 0.1, log: true}\n",
@@ -30,7 +30,7 @@ SPACE_ERRORS = [
      "Error: bad.yaml: momentum.when.optimizer: 'sgdm' is not a possible value of optimizer (possible: ['adam', 'sgd'])"),
     ("parameter the trainer does not know", "params:\n  learning_rate: {type: float, low: 0.1, high: 1}\n",
      "Error: bad.yaml: parameter 'learning_rate' is not one the trainer understands (known: freeze, "
-     "unfreeze_blocks, lr, backbone_lr, optimizer, momentum, nesterov, weight_decay, batch_size, epochs, "
+     "unfreeze_blocks, unfreeze_every, head_init, lr, backbone_lr, optimizer, momentum, nesterov, weight_decay, batch_size, epochs, "
      "scheduler, step_size, step_gamma, plateau_factor, plateau_patience, cosine_min_lr_ratio, dropout, "
      "aug_crop_scale, aug_hflip, aug_rotation, aug_color_jitter, loss, label_smoothing, class_weighting, patience)"),
 ]

@@ -213,4 +213,3 @@ def test_one_process_parses_the_space_once(tmp_path, tiny_space):
     create(url, tiny_space)
     worker, objective = continued_worker(url)
     assert objective.space is worker.config.space()
-    assert worker.study.pruner._max_resource == 3  # built from that same space: epochs high 3

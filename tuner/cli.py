@@ -109,7 +109,7 @@ def study_options(f: Callable) -> Callable:
                      "(default: from the space file, else none)."),
         click.option("--no-warm-start", "warm_start", flag_value=False, default=True,
                      help="Do not enqueue the seed's recommended configurations as the first trials."),
-        click.option("--prior-weight", type=click.FloatRange(min=0), default=10.0, show_default=True,
+        click.option("--prior-weight", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="W",
                      help="Trial n follows the space's priors with chance W/(W+n), else the sampler's "
                           "model (0: ignore the priors)."),
         click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True, metavar="K",
@@ -489,9 +489,18 @@ def retrain(**params: Any) -> None:
 
 @cli.command()
 @storage_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="A readable table, or JSON for scripts.")
 def studies(storage: str, fmt: str) -> None:
-    """Every study in the storage: trials by state, best value, metric, creation time."""
+    """Every study in the storage: trials by state, best value, metric, creation time.
+
+    Studies that tuner did not create are listed as such.
+
+    \b
+    Examples:
+      tuner studies
+      tuner studies --storage postgresql://tuner:secret@db/tuner --format json
+    """
     from tuner.lifecycle import list_studies
     from tuner.render import studies_text
     from tuner.service import require_existing_sqlite
@@ -502,41 +511,61 @@ def studies(storage: str, fmt: str) -> None:
 
 
 @cli.command()
-@click.option("--study", required=True)
+@click.option("--study", required=True, metavar="NAME", help="The study whose budget changes.")
 @storage_option
-@click.option("--n-trials", type=int, required=True, help="The new budget (at least the finished trials).")
+@click.option("--n-trials", type=click.IntRange(min=1), required=True, metavar="N",
+              help="The new budget (at least the finished trials).")
 def extend(study: str, storage: str, n_trials: int) -> None:
-    """Raise (or lower) a study's budget; running workers take it up within an epoch."""
+    """Raise (or lower) a study's budget; running workers take it up within an epoch.
+
+    \b
+    Examples:
+      tuner extend --study flowers --n-trials 200
+      tuner worker --study flowers        # then run the new trials
+    """
     from tuner.lifecycle import extend as extend_study
     from tuner.service import require_existing_sqlite
 
     require_existing_sqlite(storage)
     old, new = extend_study(storage, study, n_trials)
-    click.echo(f"study {study}: budget {old} -> {new} trials")
+    click.echo(f"study {study}: budget {old} -> {plural(new, 'trial')}")
 
 
 @cli.command()
-@click.option("--study", required=True)
+@click.option("--study", required=True, metavar="NAME", help="The study whose workers stop.")
 @storage_option
 def stop(study: str, storage: str) -> None:
-    """Stop the study's workers: each finishes its epoch, hands its trial back and exits 0."""
+    """Stop the study's workers: each finishes its epoch, hands its trial back and exits 0.
+
+    \b
+    Examples:
+      tuner stop --study flowers
+      tuner worker --study flowers        # later: resumes the handed-back trials
+    """
     from tuner.lifecycle import stop as stop_study
     from tuner.service import require_existing_sqlite
 
     require_existing_sqlite(storage)
     running = stop_study(storage, study)
-    click.echo(f"asked the workers of study {study} to stop ({running} trial(s) running); "
+    click.echo(f"asked the workers of study {study} to stop ({plural(running, 'trial')} running); "
                f"`tuner worker --study {study}` resumes them later")
 
 
 @cli.command()
-@click.option("--study", required=True)
+@click.option("--study", required=True, metavar="NAME", help="The study that gets the configuration.")
 @storage_option
 @click.option("--params", "params_file", required=True, metavar="FILE.yaml",
               help="name: value lines, or the output of tuner best --format yaml.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="A readable list, or JSON for scripts.")
 def enqueue(study: str, storage: str, params_file: str, fmt: str) -> None:
-    """Queue a configuration (checked against the study's space) for the next free worker."""
+    """Queue a configuration (checked against the study's space) for the next free worker.
+
+    \b
+    Examples:
+      tuner best --study pilot --format yaml > best.yaml
+      tuner enqueue --study flowers --params best.yaml
+    """
     from tuner.lifecycle import enqueue as enqueue_params
     from tuner.service import require_existing_sqlite
 
@@ -551,11 +580,17 @@ def enqueue(study: str, storage: str, params_file: str, fmt: str) -> None:
 
 
 @cli.command()
-@click.option("--study", required=True)
+@click.option("--study", required=True, metavar="NAME", help="The study to delete.")
 @storage_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete(study: str, storage: str, yes: bool) -> None:
-    """Delete a study, its trials and its artifacts (checkpoints, best weights)."""
+    """Delete a study, its trials and its artifacts (checkpoints, best weights).
+
+    \b
+    Examples:
+      tuner delete --study pilot
+      tuner delete --study pilot --yes    # no question (scripts)
+    """
     from tuner.lifecycle import delete as delete_study
     from tuner.lifecycle import describe_for_delete
     from tuner.service import require_existing_sqlite
