@@ -212,3 +212,29 @@ def assert_backbone_equals(model: torch.nn.Module, state: dict[str, torch.Tensor
     assert checked, "nothing to compare"
     for key in checked:
         assert torch.equal(own[key], state[key]), key
+
+
+def drop_connection_once(new_state: str, *, waits: int) -> list[str]:
+    """SQL that drops the connection named racer_a inside its first RUNNING -> `new_state`
+    update of a trial, once another connection waits on that row's lock (up to `waits`
+    tenths of a second): the update never commits, and racer_a must reconnect and retry."""
+    name = f"drop_{new_state.lower()}"
+    return [
+        f"CREATE SEQUENCE {name}",
+        f"""CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF OLD.state = 'RUNNING' AND NEW.state = '{new_state}' AND current_setting('application_name') = 'racer_a'
+         AND nextval('{name}') = 1 THEN
+        FOR i IN 1..{waits} LOOP
+          PERFORM pg_stat_clear_snapshot();
+          EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity
+                            WHERE datname = current_database() AND wait_event_type = 'Lock');
+          PERFORM pg_sleep(0.1);
+        END LOOP;
+        PERFORM pg_terminate_backend(pg_backend_pid());
+        PERFORM pg_sleep(10);
+      END IF;
+      RETURN NEW;
+    END $$""",
+        f"CREATE TRIGGER {name} BEFORE UPDATE ON trials FOR EACH ROW EXECUTE FUNCTION {name}()",
+    ]

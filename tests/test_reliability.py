@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+
+from conftest import drop_connection_once
 import sqlalchemy
 from click.testing import CliRunner
 from optuna.trial import TrialState
@@ -301,25 +303,7 @@ def test_after_a_hand_back_and_a_dead_worker_the_store_keeps_only_the_best_weigh
 # Drops the connection of the worker named racer_a inside its first RUNNING -> FAIL update,
 # once the other worker waits on that trial's row lock. The update never commits; the other
 # worker fails the trial; racer_a reconnects, retries and finds the trial already failed.
-DROP_ONCE = [
-    "CREATE SEQUENCE drop_once",
-    """CREATE FUNCTION drop_once() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      IF OLD.state = 'RUNNING' AND NEW.state = 'FAIL' AND current_setting('application_name') = 'racer_a'
-         AND nextval('drop_once') = 1 THEN
-        FOR i IN 1..1200 LOOP
-          PERFORM pg_stat_clear_snapshot();
-          EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity
-                            WHERE datname = current_database() AND wait_event_type = 'Lock');
-          PERFORM pg_sleep(0.1);
-        END LOOP;
-        PERFORM pg_terminate_backend(pg_backend_pid());
-        PERFORM pg_sleep(10);
-      END IF;
-      RETURN NEW;
-    END $$""",
-    "CREATE TRIGGER drop_once BEFORE UPDATE ON trials FOR EACH ROW EXECUTE FUNCTION drop_once()",
-]
+DROP_ONCE = drop_connection_once("FAIL", waits=1200)
 
 
 def test_two_workers_failing_one_stale_trial_across_a_reconnect_retry_it_once(postgres_url, tmp_path, small_images):

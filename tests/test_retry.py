@@ -8,6 +8,8 @@ import time
 
 import optuna
 import pytest
+
+from conftest import drop_connection_once
 import sqlalchemy
 from click.testing import CliRunner
 from optuna.trial import TrialState
@@ -79,25 +81,7 @@ def test_a_worker_drops_the_second_of_two_retries_of_one_trial(storage_url, tiny
 
 # Drops the connection of racer_a inside its first RUNNING -> COMPLETE update, once another
 # connection waits on the trial's row lock: the update never commits.
-DROP_COMPLETE = [
-    "CREATE SEQUENCE drop_complete",
-    """CREATE FUNCTION drop_complete() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      IF OLD.state = 'RUNNING' AND NEW.state = 'COMPLETE' AND current_setting('application_name') = 'racer_a'
-         AND nextval('drop_complete') = 1 THEN
-        FOR i IN 1..600 LOOP
-          PERFORM pg_stat_clear_snapshot();
-          EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity
-                            WHERE datname = current_database() AND wait_event_type = 'Lock');
-          PERFORM pg_sleep(0.1);
-        END LOOP;
-        PERFORM pg_terminate_backend(pg_backend_pid());
-        PERFORM pg_sleep(10);
-      END IF;
-      RETURN NEW;
-    END $$""",
-    "CREATE TRIGGER drop_complete BEFORE UPDATE ON trials FOR EACH ROW EXECUTE FUNCTION drop_complete()",
-]
+DROP_COMPLETE = drop_connection_once("COMPLETE", waits=600)
 
 
 def test_a_finish_cut_off_by_a_dropped_connection_is_not_taken_for_done_when_another_worker_failed_the_trial(
