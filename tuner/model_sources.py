@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import difflib
 import importlib
 import math
@@ -38,15 +39,16 @@ class Network:
     std: tuple[float, float, float]
 
 
-class Source:
+class Source(abc.ABC):
     """One model name: checks that it exists, and builds its network with or without pretrained weights."""
 
     name: str
     # Only torchvision's squeezenet has a 1x1 conv for a head; other kinds need a Linear.
     conv_head_ok = False
 
+    @abc.abstractmethod
     def build(self, pretrained: bool) -> Network:
-        raise NotImplementedError
+        """The network, from pretrained weights or random ones."""
 
 
 def source_for(name: object) -> Source:
