@@ -133,13 +133,20 @@ def assert_budget_held(all_trials, budget: int) -> None:
             assert trial.state == TrialState.FAIL and not trial.intermediate_values
 
 
-def wait_for_checkpointed_trial(url: str, pids: set[int], timeout: float = 120) -> tuple[int, int, int]:
-    """(pid, trial number, epoch) of a running trial with at least one checkpointed epoch."""
+def wait_for_checkpointed_trial(url: str, pids: set[int], timeout: float = 120, *,
+                                max_epoch: int | None = None) -> tuple[int, int, int]:
+    """(pid, trial number, epoch) of a running trial with at least one checkpointed epoch.
+
+    With `max_epoch`, only a trial of its own lineage (not a resumed one: those carry their
+    original's epoch and checkpoint attrs from the start) at most that far in, so that a
+    signal sent now still finds it running."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for trial in trials(url):
             worker = trial.user_attrs.get("worker", "")
             epoch = trial.user_attrs.get("epoch") or 0
+            if max_epoch is not None and (epoch > max_epoch or "retry_of" in trial.user_attrs):
+                continue
             if trial.state == TrialState.RUNNING and epoch >= 1 and trial.user_attrs.get("checkpoint"):
                 pid = int(worker.split(":")[1])
                 if pid in pids:
@@ -274,7 +281,9 @@ def test_after_a_hand_back_and_a_dead_worker_the_store_keeps_only_the_best_weigh
         wait_for_checkpointed_trial(url, {first.pid})
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=60)
-        pid, _, _ = wait_for_checkpointed_trial(url, {second.pid})
+        # A trial of its own lineage with epochs left: a resumed one, or one about to finish,
+        # could complete before the kill lands, and then no lineage would die (seen under load).
+        pid, _, _ = wait_for_checkpointed_trial(url, {second.pid}, max_epoch=3)
         os.kill(pid, signal.SIGKILL)
         second.wait(timeout=30)
         pool.start()
