@@ -38,11 +38,9 @@ to a function (context, seed) -> Trace.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import logging
 import math
-import re
 import statistics
 import sys
 import tempfile
@@ -50,7 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import optuna
@@ -68,7 +66,7 @@ from tuner.service import StudyRequest, prepare_study  # noqa: E402
 from tuner.space import SearchSpace, load_space, parse_space  # noqa: E402
 from tuner.storage import StorageSettings  # noqa: E402
 from tuner.study import WARM_START  # noqa: E402
-from tuner.worker import Worker, WorkerOptions  # noqa: E402
+from tuner.worker import ExpectedStops, Worker, WorkerOptions  # noqa: E402
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat",
@@ -203,32 +201,6 @@ class BudgetSpent(Exception):
     """The method has trained every epoch of its budget."""
 
 
-class QuietBudgetStops(logging.Filter):
-    """Drops Optuna's failure warning (and its value line) for the trial the budget cut short."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cut: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        found = re.match(r"Trial (\d+) failed", record.getMessage())
-        if found is None:
-            return True
-        if record.exc_info and isinstance(record.exc_info[1], BudgetSpent):
-            self.cut.add(found.group(1))
-            return False
-        return not (record.getMessage().endswith("with value None.") and found.group(1) in self.cut)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        logger = logging.getLogger("optuna.study._optimize")
-        logger.addFilter(self)
-        try:
-            yield
-        finally:
-            logger.removeFilter(self)
-
-
 class EpochLedger:
     """Counts every epoch a method trains, whatever the trial, and stops it at the budget.
 
@@ -321,7 +293,7 @@ def run_objective(ctx: Context, seed: int, method: str, sampler: optuna.samplers
     objective = Objective(ctx.space, ctx.data, ctx.settings(seed, scratch), on_epoch=ledger.on_epoch)
     try:
         # n_trials bounds a space whose trials could all end before their first epoch (none here).
-        with QuietBudgetStops().installed():
+        with ExpectedStops((BudgetSpent,)).installed():
             study.optimize(objective, n_trials=len(enqueue) or 10 * ctx.config.budget_epochs)
     except BudgetSpent:
         pass
@@ -400,7 +372,7 @@ def run_topk(ctx: Context, seed: int) -> Trace:
                                 pruner=optuna.pruners.NopPruner())
     screened = max(1, budget // 2)
     try:
-        with QuietBudgetStops().installed():
+        with ExpectedStops((BudgetSpent,)).installed():
             screen.optimize(objective, n_trials=screened)
             ranked = sorted((t for t in screen.trials if 1 in t.intermediate_values),
                             key=lambda t: t.intermediate_values[1], reverse=True)

@@ -168,8 +168,11 @@ class ExpectedStops(logging.Filter):
     reads as a crash, and racing workers printed one at the end of every shared study.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expected: tuple[type[BaseException], ...] | None = None) -> None:
         super().__init__()
+        # The worker's own stops by default; a caller with stops of its own (a benchmark
+        # that cuts trials at its budget) names them.
+        self.expected = expected or (OverBudget, HandBack, TakenOver, DuplicateRetry)
         self.numbers: set[int] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -178,7 +181,7 @@ class ExpectedStops(logging.Filter):
             return True
         number = int(found.group(1))
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, (OverBudget, HandBack, TakenOver, DuplicateRetry)):
+        if isinstance(error, self.expected):
             self.numbers.add(number)  # its value line follows: drop that one too
             return False
         if record.getMessage() == f"Trial {number} failed with value None." and number in self.numbers:
