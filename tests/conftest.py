@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -238,3 +239,32 @@ def drop_connection_once(new_state: str, *, waits: int) -> list[str]:
     END $$""",
         f"CREATE TRIGGER {name} BEFORE UPDATE ON trials FOR EACH ROW EXECUTE FUNCTION {name}()",
     ]
+
+
+# TINY_SPACE with the head as the only thing trained: the quickest real study (feature cache).
+HEAD_ONLY_SPACE = re.sub(r"  backbone_lr:\n(    .*\n)+", "", TINY_SPACE).replace(
+    "choices: [head, last_blocks]", "choices: [head]")
+
+
+def cli_invoke(args: list[str]):
+    """CliRunner on tuner's CLI; an unexpected exception is raised, not hidden in the result."""
+    from click.testing import CliRunner
+
+    from tuner.cli import cli
+
+    result = CliRunner().invoke(cli, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def run_head_only_study(root: Path, study: str) -> str:
+    """A 2-trial head-only study on digits at 16 px, made and run by `tuner run`; its storage URL."""
+    space = root / "tiny.yaml"
+    space.write_text(HEAD_ONLY_SPACE)
+    url = f"sqlite:///{root / 'study.db'}"
+    ran = cli_invoke(["run", "--study", study, "--space", str(space), "--data", "digits", "--image-size", "16",
+                      "--weights", "none", "--max-epochs", "2", "--n-trials", "2", "--storage", url,
+                      "--artifacts", str(root / "artifacts"), "--device", "cpu", "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    return url

@@ -19,26 +19,17 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from click.testing import CliRunner
 from optuna.artifacts import FileSystemArtifactStore
 
-from conftest import TINY_SPACE
-from tuner.cli import cli
+from conftest import cli_invoke as invoke, run_head_only_study
 from tuner.space import load_space
 from tuner.storage import StorageSettings, open_storage
 from tuner.study import StudyConfig, create_study
 from tuner.study_artifacts import BEST_MODEL, listed, publish_best_model
 
-HEAD_ONLY_SPACE = re.sub(r"  backbone_lr:\n(    .*\n)+", "", TINY_SPACE).replace(
-    "choices: [head, last_blocks]", "choices: [head]")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def invoke(args: list[str]):
-    result = CliRunner().invoke(cli, args)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def free_port() -> int:
@@ -95,13 +86,7 @@ def test_only_the_current_best_model_stays_a_study_artifact(tmp_path, tiny_space
 def finished(tmp_path_factory):
     """A 2-trial study run by `tuner run`, then `tuner report` (which uploads the report)."""
     root = tmp_path_factory.mktemp("dashboard")
-    space = root / "tiny.yaml"
-    space.write_text(HEAD_ONLY_SPACE)
-    url = f"sqlite:///{root / 'study.db'}"
-    ran = invoke(["run", "--study", "shown", "--space", str(space), "--data", "digits", "--image-size", "16",
-                  "--weights", "none", "--max-epochs", "2", "--n-trials", "2", "--storage", url,
-                  "--artifacts", str(root / "artifacts"), "--device", "cpu", "--quiet"])
-    assert ran.exit_code == 0, ran.output
+    url = run_head_only_study(root, "shown")
     report = invoke(["report", "--study", "shown", "--storage", url, "--out", str(root / "report")])
     assert report.exit_code == 0, report.output
     again = invoke(["report", "--study", "shown", "--storage", url, "--out", str(root / "report")])

@@ -20,26 +20,17 @@ import optuna
 import pytest
 import torch
 import torchvision
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import TINY_SPACE
-from tuner.cli import cli
+from conftest import cli_invoke as invoke, run_head_only_study
 from tuner.model_folder import ModelInfo, plain_build_code, plain_state_dict, write_folder
 from tuner.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, build_model
 from tuner.results import all_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-HEAD_ONLY_SPACE = re.sub(r"  backbone_lr:\n(    .*\n)+", "", TINY_SPACE).replace(
-    "choices: [head, last_blocks]", "choices: [head]")
 DIGITS = 1797
 
 
-def invoke(args: list[str]):
-    result = CliRunner().invoke(cli, args)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def digit_images(folder: Path, digits=(3, 7), per_class: int = 4) -> Path:
@@ -60,13 +51,7 @@ def digit_images(folder: Path, digits=(3, 7), per_class: int = 4) -> Path:
 def shipped(tmp_path_factory):
     """A 2-trial study, then `retrain --include-val --export torchscript` of its best trial."""
     root = tmp_path_factory.mktemp("shipped")
-    space = root / "tiny.yaml"
-    space.write_text(HEAD_ONLY_SPACE)
-    url = f"sqlite:///{root / 'study.db'}"
-    ran = invoke(["run", "--study", "s", "--space", str(space), "--data", "digits", "--image-size", "16",
-                  "--weights", "none", "--max-epochs", "2", "--n-trials", "2", "--storage", url,
-                  "--artifacts", str(root / "artifacts"), "--device", "cpu", "--quiet"])
-    assert ran.exit_code == 0, ran.output
+    url = run_head_only_study(root, "s")
     out = root / "model"
     result = invoke(["retrain", "--study", "s", "--storage", url, "--out", str(out), "--include-val",
                      "--export", "torchscript", "--device", "cpu"])
