@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import logging
 import math
 import statistics
@@ -46,7 +47,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -154,10 +155,18 @@ class BenchConfig:
     cache_views: int = 4
     tuner_pruner: str = "asha"
     tuner_sampler: str = "tpe"
+    # tuner's --prior-weight, --startup-trials, --min-resource, --reduction-factor (ablations)
+    tuner_prior_weight: float = 10.0
+    tuner_startup_trials: int = 10
+    tuner_min_resource: int = 1
+    tuner_reduction_factor: int = 3
     tolerance: float = 0.0
     sanity_epochs: int = 10
     timed_epochs: int = 2  # (a'), (a''), (b'): the fastest of these, after one warm-up epoch
     extras: bool = True
+    save: str | None = None
+    compare: tuple[str, ...] = ()
+    report_only: bool = False
     out: str = "bench-results/transfer.png"
 
 
@@ -412,7 +421,9 @@ def run_tuner(ctx: Context, seed: int) -> Trace:
     request = StudyRequest(space=c.space, data=str(ctx.folder), model=c.model, image_size=c.image_size,
                            weights=c.weights, sampler=c.tuner_sampler, pruner=c.tuner_pruner,
                            n_trials=10 * c.budget_epochs, seed=seed, max_epochs=c.max_epochs,
-                           artifacts=str(scratch / "artifacts"), cache_views=c.cache_views)
+                           artifacts=str(scratch / "artifacts"), cache_views=c.cache_views,
+                           prior_weight=c.tuner_prior_weight, startup_trials=c.tuner_startup_trials,
+                           min_resource=c.tuner_min_resource, reduction_factor=c.tuner_reduction_factor)
     prepared = prepare_study(storage, "bench", request, explicit=())
     ledger = EpochLedger(c.budget_epochs)
     options = WorkerOptions(device="cpu", quiet=True, cache_dir=str(scratch / "cache"))
@@ -470,22 +481,63 @@ def random_targets(results: Mapping[str, list[Trace]], config: BenchConfig, base
 
 
 def ratio_lines(results: Mapping[str, list[Trace]], config: BenchConfig) -> list[str]:
+    """(c1) and (c2) in both currencies: epochs (the budget's), and wall seconds, in which a
+    head-only epoch on cached features costs about 1% of a fine-tuning epoch."""
     lines = []
     for label, baseline, target in (("c1", "random", 0.20), ("c2", "optuna", 0.50)):
         if "tuner" not in results or baseline not in results:
             lines.append(f"RATIO ({label}) needs methods tuner and {baseline}: not measured")
             continue
-        shares = []
-        for tuned, base in zip(results["tuner"], results[baseline]):
-            reached = tuned.reach(base.final - config.tolerance)
-            shares.append(math.inf if reached is None or math.isnan(base.final) else reached[0] / base.spent)
-        per_seed = ", ".join("never" if math.isinf(s) else f"{s:.2f}" for s in shares)
-        mean = statistics.mean(shares)
-        met = all(s <= target for s in shares) if label == "c1" else mean <= target
-        lines.append(f"RATIO ({label}) tuner's epochs to reach {baseline}'s final best / {baseline}'s epochs = "
-                     f"{'never' if math.isinf(mean) else f'{mean:.3f}'} (mean; per seed {per_seed}); "
-                     f"target <= {target:.2f} -> {'MET' if met else 'NOT MET'}")
+        for unit in ("epochs", "seconds"):
+            shares = [reach_share(tuned, base, config.tolerance, unit)
+                      for tuned, base in zip(results["tuner"], results[baseline])]
+            per_seed = ", ".join("never" if math.isinf(s) else f"{s:.2f}" for s in shares)
+            mean = statistics.mean(shares)
+            met = all(s <= target for s in shares) if label == "c1" else mean <= target
+            name = label if unit == "epochs" else f"{label}, seconds"
+            lines.append(f"RATIO ({name}) tuner's {unit} to reach {baseline}'s final best / {baseline}'s {unit} = "
+                         f"{'never' if math.isinf(mean) else f'{mean:.3f}'} (mean; per seed {per_seed}); "
+                         f"target <= {target:.2f} -> {'MET' if met else 'NOT MET'}")
     return lines
+
+
+def reach_share(tuned: Trace, base: Trace, tolerance: float, unit: str) -> float:
+    """tuner's cost to reach `base`'s final best, as a share of `base`'s whole cost (inf: never)."""
+    reached = tuned.reach(base.final - tolerance)
+    if reached is None or math.isnan(base.final) or not base.seconds:
+        return math.inf
+    return reached[0] / base.spent if unit == "epochs" else reached[1] / base.seconds[-1]
+
+
+def save_traces(results: Mapping[str, list[Trace]], config: BenchConfig, path: Path) -> None:
+    """The run's traces and settings as JSON, so a later run (--compare) can reuse its baselines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"config": {k: v for k, v in asdict(config).items() if k in COMPARED_SETTINGS},
+            "traces": [asdict(t) for traces in results.values() for t in traces]}
+    path.write_text(json.dumps(body, indent=1))
+
+
+# What must match for another run's traces to be compared with this one's.
+COMPARED_SETTINGS = ("data", "model", "weights", "space", "image_size", "per_class", "val_per_class",
+                     "budget_epochs", "max_epochs", "cache_views")
+
+
+def load_traces(path: Path, config: BenchConfig, skip: Sequence[str]) -> dict[str, list[Trace]]:
+    """Traces of an earlier run with the same set-up, for the methods this run does not run."""
+    body = json.loads(path.read_text())
+    ours = {k: v for k, v in asdict(config).items() if k in COMPARED_SETTINGS}
+    differ = [f"{k} ({body['config'].get(k)!r} there, {v!r} here)" for k, v in ours.items()
+              if body["config"].get(k) != v]
+    if differ:
+        raise SystemExit(f"--compare {path}: another set-up: {', '.join(differ)}")
+    out: dict[str, list[Trace]] = {}
+    for raw in body["traces"]:
+        if raw["method"] not in skip and raw["seed"] < config.seeds:
+            out.setdefault(raw["method"], []).append(Trace(**raw))
+    short = sorted(m for m, traces in out.items() if len(traces) < config.seeds)
+    if short:  # that run is still going, or had fewer seeds: its methods are left out for now
+        print(f"(--compare {path}: fewer than {config.seeds} seeds of {', '.join(short)}; left out)")
+    return {m: traces for m, traces in out.items() if m not in short}
 
 
 def draw(results: Mapping[str, list[Trace]], config: BenchConfig, path: Path) -> None:
@@ -683,6 +735,21 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     parser.add_argument("--cache-views", type=int)
     parser.add_argument("--tuner-pruner", default=defaults.tuner_pruner, help="tuner's --pruner for method tuner")
     parser.add_argument("--tuner-sampler", default=defaults.tuner_sampler, help="tuner's --sampler for method tuner")
+    parser.add_argument("--tuner-prior-weight", type=float, default=defaults.tuner_prior_weight,
+                        help="tuner's --prior-weight for method tuner (0: no priors)")
+    parser.add_argument("--tuner-startup-trials", type=int, default=defaults.tuner_startup_trials,
+                        help="tuner's --startup-trials for method tuner")
+    parser.add_argument("--tuner-min-resource", type=int, default=defaults.tuner_min_resource,
+                        help="tuner's --min-resource for method tuner")
+    parser.add_argument("--tuner-reduction-factor", type=int, default=defaults.tuner_reduction_factor,
+                        help="tuner's --reduction-factor for method tuner")
+    parser.add_argument("--save", help="write this run's traces to this JSON file")
+    parser.add_argument("--compare", action="append", default=[],
+                        help="JSON of an earlier run (--save) with the same set-up: its traces of the methods "
+                             "this run leaves out join the table and the ratios (repeatable: the first file "
+                             "that has a method wins)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: print the figures of the --compare files")
     parser.add_argument("--tolerance", type=float, default=defaults.tolerance,
                         help="a target counts as reached within this much accuracy")
     parser.add_argument("--no-extras", action="store_true", help="skip the sanity check and (a'), (a''), (b')")
@@ -706,17 +773,29 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         parser.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}")
+    if args.report_only and not args.compare:
+        parser.error("--report-only needs at least one --compare file")
     for name in ("budget_epochs", "max_epochs", "seeds", "per_class", "val_per_class", "image_size"):
         if name in values and values[name] < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {values[name]}")
     return replace(defaults, data=args.data, model=args.model, weights=args.weights, space=args.space,
                    methods=methods, tuner_pruner=args.tuner_pruner, tuner_sampler=args.tuner_sampler,
+                   tuner_prior_weight=args.tuner_prior_weight, tuner_startup_trials=args.tuner_startup_trials,
+                   tuner_min_resource=args.tuner_min_resource, tuner_reduction_factor=args.tuner_reduction_factor,
+                   save=args.save, compare=tuple(args.compare), report_only=args.report_only,
                    tolerance=args.tolerance, extras=not args.no_extras, out=args.out, **values)
 
 
 def report(results: Mapping[str, list[Trace]], config: BenchConfig, *, final: bool) -> None:
     if not final:
         print(f"\n--- figures after {config.seeds} of the seeds (the final ones follow the last seed) ---")
+    if config.save:
+        save_traces(results, config, Path(config.save))
+    for path in config.compare:
+        earlier = load_traces(Path(path), config, skip=tuple(results))
+        if earlier:
+            print(f"(methods {', '.join(earlier)} from {path})")
+        results = {**results, **earlier}
     print_table(results, config)
     for line in ratio_lines(results, config):
         print(line if final else f"  (so far) {line}")
@@ -725,6 +804,9 @@ def report(results: Mapping[str, list[Trace]], config: BenchConfig, *, final: bo
 
 
 def run(config: BenchConfig) -> dict[str, list[Trace]]:
+    if config.report_only:
+        report({}, replace(config, save=None), final=True)
+        return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # tuner's TPE (group=True) and stored metric names are Optuna-experimental: said once per study.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -99,7 +99,7 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
         "create", "--study", "s1", *fast_args(tiny_space), "--n-trials", "3", "--storage", storage_url,
         "--artifacts", str(artifacts), "--sampler", "random", "--pruner", "median", "--seed", "7",
         "--heartbeat-interval", "1", "--grace-period", "3", "--max-retry", "2", "--cache-views", "2",
-        "--prior-weight", "4", *extra,
+        "--prior-weight", "4", "--startup-trials", "5", "--min-resource", "2", "--reduction-factor", "4", *extra,
     ])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
@@ -116,8 +116,8 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
         "weights": "none", "image_size": 16, "val_fraction": 0.2, "sampler": "random", "pruner": "median",
         "n_trials": 3, "seed": 7, "max_epochs": 2, "metric": "val_accuracy", "direction": "maximize",
         "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2, "artifacts": str(artifacts.resolve()),
-        "warm_start": warm_start, "cache_views": 2, "prior_weight": 4.0, "startup_trials": 10,
-        "min_resource": 1, "reduction_factor": 3,
+        "warm_start": warm_start, "cache_views": 2, "prior_weight": 4.0, "startup_trials": 5,
+        "min_resource": 2, "reduction_factor": 4,
     }
     assert study.metric_names == ["val_accuracy"]
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -185,6 +185,12 @@ def test_warm_start_enqueues_what_the_space_can_express(storage_url, tiny_space,
 BAD_NUMBERS = [
     pytest.param(["--n-trials", "0"], "Error: Invalid value for '--n-trials': 0 is not in the range x>=1.",
                  id="n-trials 0"),
+    pytest.param(["--startup-trials", "-1"],
+                 "Error: Invalid value for '--startup-trials': -1 is not in the range x>=0.", id="startup-trials -1"),
+    pytest.param(["--min-resource", "0"],
+                 "Error: Invalid value for '--min-resource': 0 is not in the range x>=1.", id="min-resource 0"),
+    pytest.param(["--reduction-factor", "1"],
+                 "Error: Invalid value for '--reduction-factor': 1 is not in the range x>=2.", id="reduction-factor 1"),
 ]
 
 

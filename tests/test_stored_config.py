@@ -69,6 +69,11 @@ STORED_SETTINGS = [
     pytest.param(["--pruner", "median"], lambda w, o: isinstance(w.study.pruner, optuna.pruners.MedianPruner),
                  id="pruner"),
     pytest.param(["--n-trials", "3"], lambda w, o: w.config.n_trials == 3, id="budget"),
+    pytest.param(["--startup-trials", "2"], lambda w, o: getattr(w.study.sampler, "base", w.study.sampler)._n_startup_trials == 2,
+                 id="startup trials"),
+    pytest.param(["--pruner", "asha", "--min-resource", "2", "--reduction-factor", "4"],
+                 lambda w, o: (w.study.pruner._min_resource, w.study.pruner._reduction_factor) == (2, 4),
+                 id="min resource and reduction factor"),
 ]
 
 
@@ -98,6 +103,9 @@ CONTRADICTIONS = [
     pytest.param(["--cache-views", "1"], "--cache-views (study has 4, given 1)", id="cache views"),
     pytest.param(["--val-fraction", "0.5"], "--val-fraction (study has 0.2, given 0.5)", id="val fraction"),
     pytest.param(["--no-warm-start"], "--no-warm-start (study has True, given False)", id="warm start"),
+    pytest.param(["--startup-trials", "4"], "--startup-trials (study has 10, given 4)", id="startup trials"),
+    pytest.param(["--min-resource", "2"], "--min-resource (study has 1, given 2)", id="min resource"),
+    pytest.param(["--reduction-factor", "2"], "--reduction-factor (study has 3, given 2)", id="reduction factor"),
 ]
 
 

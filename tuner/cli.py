@@ -112,6 +112,14 @@ def study_options(f: Callable) -> Callable:
         click.option("--prior-weight", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="W",
                      help="Trial n follows the space's priors with chance W/(W+n), else the sampler's "
                           "model (0: ignore the priors)."),
+        click.option("--startup-trials", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
+                     help="Trials the model-based sampler draws at random before its model starts (warm-start "
+                          "and prior trials count among them)."),
+        click.option("--min-resource", type=click.IntRange(min=1), default=1, show_default=True, metavar="EPOCHS",
+                     help="ASHA's and Hyperband's first rung: no trial is pruned before this many epochs."),
+        click.option("--reduction-factor", type=click.IntRange(min=2), default=3, show_default=True, metavar="F",
+                     help="ASHA and Hyperband promote one in F trials at each rung; Hyperband runs one bracket "
+                          "per power of F in max-epochs / min-resource."),
         click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True, metavar="K",
                      help="Head-only trials train on cached backbone features of K augmented views "
                           "per image (0: no cache, recompute the backbone every epoch)."),

@@ -49,6 +49,9 @@ class StudyRequest:
     warm_start: bool = True
     cache_views: int = 4
     prior_weight: float = 10.0
+    startup_trials: int = 10
+    min_resource: int = 1
+    reduction_factor: int = 3
     # Machine-local: where this process keeps the decoded images, not part of the study.
     memory_limit_gib: float | None = None
 
@@ -117,6 +120,8 @@ def build_config(request: StudyRequest, storage: StorageSettings,
         artifacts=_absolute(request.artifacts) if request.artifacts else default_artifacts_dir(
             normalize_url(storage.url)),
         warm_start=request.warm_start, cache_views=request.cache_views, prior_weight=request.prior_weight,
+        startup_trials=request.startup_trials, min_resource=request.min_resource,
+        reduction_factor=request.reduction_factor,
         data_fingerprint=data_fingerprint(data, request.data),
     )
     config.keep_space(space)  # parsed once per process: create_study and the worker reuse it
@@ -222,7 +227,7 @@ def continue_study(rdb, name: str, request: StudyRequest, explicit: Iterable[str
 # machine-local (device, data, artifacts, num workers, cache dir, memory limit, compile).
 STORED_OPTIONS = ("space", "model", "image_size", "weights", "val_fraction", "sampler", "pruner", "n_trials",
                   "seed", "max_epochs", "warm_start", "cache_views", "heartbeat_interval", "grace_period",
-                  "max_retry", "prior_weight")
+                  "max_retry", "prior_weight", "startup_trials", "min_resource", "reduction_factor")
 
 
 def given_settings(request: StudyRequest, storage: StorageSettings, explicit: Iterable[str]) -> dict[str, Any]:
