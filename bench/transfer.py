@@ -160,6 +160,7 @@ class BenchConfig:
     tuner_startup_trials: int = 10
     tuner_min_resource: int = 1
     tuner_reduction_factor: int = 3
+    tuner_head_trials: int = 0
     tolerance: float = 0.0
     sanity_epochs: int = 10
     timed_epochs: int = 2  # (a'), (a''), (b'): the fastest of these, after one warm-up epoch
@@ -423,7 +424,8 @@ def run_tuner(ctx: Context, seed: int) -> Trace:
                            n_trials=10 * c.budget_epochs, seed=seed, max_epochs=c.max_epochs,
                            artifacts=str(scratch / "artifacts"), cache_views=c.cache_views,
                            prior_weight=c.tuner_prior_weight, startup_trials=c.tuner_startup_trials,
-                           min_resource=c.tuner_min_resource, reduction_factor=c.tuner_reduction_factor)
+                           min_resource=c.tuner_min_resource, reduction_factor=c.tuner_reduction_factor,
+                           head_trials=c.tuner_head_trials)
     prepared = prepare_study(storage, "bench", request, explicit=())
     ledger = EpochLedger(c.budget_epochs)
     options = WorkerOptions(device="cpu", quiet=True, cache_dir=str(scratch / "cache"))
@@ -743,6 +745,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
                         help="tuner's --min-resource for method tuner")
     parser.add_argument("--tuner-reduction-factor", type=int, default=defaults.tuner_reduction_factor,
                         help="tuner's --reduction-factor for method tuner")
+    parser.add_argument("--tuner-head-trials", type=int, default=defaults.tuner_head_trials,
+                        help="tuner's --head-trials for method tuner (the head stage)")
     parser.add_argument("--save", help="write this run's traces to this JSON file")
     parser.add_argument("--compare", action="append", default=[],
                         help="JSON of an earlier run (--save) with the same set-up: its traces of the methods "
@@ -782,6 +786,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
                    methods=methods, tuner_pruner=args.tuner_pruner, tuner_sampler=args.tuner_sampler,
                    tuner_prior_weight=args.tuner_prior_weight, tuner_startup_trials=args.tuner_startup_trials,
                    tuner_min_resource=args.tuner_min_resource, tuner_reduction_factor=args.tuner_reduction_factor,
+                   tuner_head_trials=args.tuner_head_trials,
                    save=args.save, compare=tuple(args.compare), report_only=args.report_only,
                    tolerance=args.tolerance, extras=not args.no_extras, out=args.out, **values)
 

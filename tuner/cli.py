@@ -120,6 +120,10 @@ def study_options(f: Callable) -> Callable:
         click.option("--reduction-factor", type=click.IntRange(min=2), default=3, show_default=True, metavar="F",
                      help="ASHA and Hyperband promote one in F trials at each rung; Hyperband runs one bracket "
                           "per power of F in max-epochs / min-resource."),
+        click.option("--head-trials", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+                     help="The head stage: N cheap head-only trials (on cached features, about 1% of a "
+                          "fine-tuning trial each) after the warm start's head recipe; later fine-tuning "
+                          "trials take lr and dropout from the best of them (0: no head stage)."),
         click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True, metavar="K",
                      help="Head-only trials train on cached backbone features of K augmented views "
                           "per image (0: no cache, recompute the backbone every epoch)."),

@@ -52,6 +52,7 @@ class StudyRequest:
     startup_trials: int = 10
     min_resource: int = 1
     reduction_factor: int = 3
+    head_trials: int = 0
     # Machine-local: where this process keeps the decoded images, not part of the study.
     memory_limit_gib: float | None = None
 
@@ -86,6 +87,7 @@ def build_config(request: StudyRequest, storage: StorageSettings,
     # Imported here, not at the top: these import torch, and the read-only commands
     # (status, best, export, ...) import this module yet must start without torch's seconds.
     from tuner.checkpoints import default_artifacts_dir
+    from tuner.head_stage import check_head_stage
     from tuner.models import ModelSpec, build_model
     from tuner.objective import check_space, metric_name
     from tuner.training import resolve_device
@@ -93,6 +95,7 @@ def build_config(request: StudyRequest, storage: StorageSettings,
     resolve_device(device)  # `--device gpu`, or cuda without CUDA, fails before the study exists
     space = load_space(request.space)
     check_space(space)
+    check_head_stage(space, request.head_trials)
     model = request.model or space.settings.get("model") or "resnet18"
     image_size = request.image_size or space.settings.get("image_size") or 224
     weights = request.weights or space.settings.get("weights") or "imagenet"
@@ -121,7 +124,7 @@ def build_config(request: StudyRequest, storage: StorageSettings,
             normalize_url(storage.url)),
         warm_start=request.warm_start, cache_views=request.cache_views, prior_weight=request.prior_weight,
         startup_trials=request.startup_trials, min_resource=request.min_resource,
-        reduction_factor=request.reduction_factor,
+        reduction_factor=request.reduction_factor, head_trials=request.head_trials,
         data_fingerprint=data_fingerprint(data, request.data),
     )
     config.keep_space(space)  # parsed once per process: create_study and the worker reuse it
@@ -227,7 +230,8 @@ def continue_study(rdb, name: str, request: StudyRequest, explicit: Iterable[str
 # machine-local (device, data, artifacts, num workers, cache dir, memory limit, compile).
 STORED_OPTIONS = ("space", "model", "image_size", "weights", "val_fraction", "sampler", "pruner", "n_trials",
                   "seed", "max_epochs", "warm_start", "cache_views", "heartbeat_interval", "grace_period",
-                  "max_retry", "prior_weight", "startup_trials", "min_resource", "reduction_factor")
+                  "max_retry", "prior_weight", "startup_trials", "min_resource", "reduction_factor",
+                  "head_trials")
 
 
 def given_settings(request: StudyRequest, storage: StorageSettings, explicit: Iterable[str]) -> dict[str, Any]:

@@ -63,6 +63,9 @@ class StudyConfig:
     startup_trials: int = 10
     min_resource: int = 1
     reduction_factor: int = 3
+    # The head stage (tuner.head_stage): this many head-only trials right after the warm
+    # start's head-only recipe; later fine-tuning trials take lr and dropout from the best.
+    head_trials: int = 0
     # Classes, images per class of train and val, content hash (tuner.fingerprint); None
     # for studies created before fingerprints, which are then not checked.
     data_fingerprint: Mapping[str, Any] | None = None
@@ -80,7 +83,8 @@ class StudyConfig:
             raise TunerError(f"--prior-weight must be a number >= 0, got {self.prior_weight!r}")
         for flag, value, least in (("--startup-trials", self.startup_trials, 0),
                                    ("--min-resource", self.min_resource, 1),
-                                   ("--reduction-factor", self.reduction_factor, 2)):
+                                   ("--reduction-factor", self.reduction_factor, 2),
+                                   ("--head-trials", self.head_trials, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise TunerError(f"{flag} must be an integer >= {least}, got {value!r}")
 
@@ -115,15 +119,20 @@ def epoch_cap(space: SearchSpace, max_epochs: int | None) -> int:
 
 def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     """The study's sampler; a space with priors wraps it so early trials follow them."""
-    base = base_sampler(config, seed)
+    sampler = base_sampler(config, seed)
     space = config.space()
-    if config.sampler == "random" or config.prior_weight == 0 or not space.has_priors:
-        return base
-    from tuner.priors import PriorGuidedSampler
+    if config.sampler != "random" and config.prior_weight > 0 and space.has_priors:
+        from tuner.priors import PriorGuidedSampler
 
-    # Seeded by the study seed, not the worker's: which trials follow the prior is a
-    # property of the study, the same whichever worker samples a trial.
-    return PriorGuidedSampler(space, base, beta=config.prior_weight, seed=config.seed)
+        # Seeded by the study seed, not the worker's: which trials follow the prior is a
+        # property of the study, the same whichever worker samples a trial.
+        sampler = PriorGuidedSampler(space, sampler, beta=config.prior_weight, seed=config.seed)
+    if config.head_trials:
+        from tuner.head_stage import HeadSettledSampler
+
+        # Outermost: a settled head setting overrides the prior's draw as well as the model's.
+        sampler = HeadSettledSampler(sampler)
+    return sampler
 
 
 def base_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -212,10 +221,21 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, config: StudyC
     study.set_user_attr(CREATED_ATTR, datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     study.set_metric_names([config.metric])
     save_note(study, note)
-    if config.warm_start:
-        for params in warm_start_params(config.space())[: config.n_trials]:
-            study.enqueue_trial(params, user_attrs={"warm_start": True})
+    for params, attrs in first_trials(config)[: config.n_trials]:
+        study.enqueue_trial(params, user_attrs=attrs)
     return study
+
+
+def first_trials(config: StudyConfig) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(params, user attrs) enqueued at creation: the warm start's head-only recipes, the head
+    stage, then the warm start's fine-tuning recipes, which the head stage settles."""
+    from tuner.head_stage import HEAD_STAGE_ATTR, stage_params
+
+    warm = warm_start_params(config.space()) if config.warm_start else []
+    heads = [p for p in warm if p.get("freeze") == "head"]
+    stage = [(p, {HEAD_STAGE_ATTR: True}) for p in stage_params(config.head_trials)]
+    return ([(p, {"warm_start": True}) for p in heads] + stage
+            + [(p, {"warm_start": True}) for p in warm if p.get("freeze") != "head"])
 
 
 def save_note(study: optuna.Study, body: str) -> None:
@@ -239,6 +259,7 @@ def study_note(config: StudyConfig, space: SearchSpace, data_summary: str) -> st
         f"* **Budget:** {config.n_trials} trials, sampler `{config.sampler}`, pruner `{config.pruner}`, "
         f"seed {config.seed}, max epochs {config.max_epochs or 'from the space'}\n\n"
         f"* **Priors:** {_prior_line(config, space)}\n\n"
+        f"{_head_stage_line(config)}"
         "| parameter | type | range | when | prior |\n|---|---|---|---|---|\n" + rows + "\n\n" + ATTRS_NOTE
     )
 
@@ -275,6 +296,13 @@ def _prior(branch) -> str:
     from tuner.render import branch_prior
 
     return branch_prior(branch)
+
+
+def _head_stage_line(config: StudyConfig) -> str:
+    if not config.head_trials:
+        return ""
+    return (f"* **Head stage:** {config.head_trials} head-only trials after the warm start's head recipe; "
+            "fine-tuning trials then take `lr` and `dropout` from the best head-only trial\n\n")
 
 
 def _prior_line(config: StudyConfig, space: SearchSpace) -> str:
