@@ -27,7 +27,7 @@ def test_space_validate_ok(runner):
     assert result.exit_code == 0
     assert result.output.splitlines() == [
         "default.yaml: OK (26 parameters)",
-        "fine_tuning.yaml: OK (23 parameters)",
+        "fine_tuning.yaml: OK (24 parameters)",
     ]
 
 

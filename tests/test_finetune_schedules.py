@@ -184,5 +184,11 @@ def test_the_warm_start_probes_the_head_of_the_fine_tuning_recipes_where_the_spa
     head, last, full = warm_start_params(load_space("default"))
     assert "head_init" not in head  # inactive for head-only trials
     assert (last["head_init"], full["head_init"]) == ("probe", "probe")
+    assert all(p["head_init"] == "probe" for p in warm_start_params(load_space("fine_tuning")))
     # A space without head_init gets the seed's recipes unchanged.
-    assert all("head_init" not in p for p in warm_start_params(load_space("fine_tuning")))
+    plain = load_space("fine_tuning").text.replace("  head_init:\n    type: categorical\n    choices: [probe, random]\n"
+                                                    "    prior: {weights: [3, 1]}\n", "")
+    assert "head_init" not in plain
+    from tuner.space import parse_space
+
+    assert all("head_init" not in p for p in warm_start_params(parse_space(plain, source="f.yaml", name="f")))

@@ -162,9 +162,9 @@ WARM_START_CASES = [
         {"freeze": "full", "head_init": "probe", "lr": 1e-5, "backbone_lr": 1e-5},
     ], id="default: all three, fine-tuning ones probed"),
     pytest.param("fine_tuning", 20, [
-        {"freeze": "last_blocks", "unfreeze_blocks": 1, "lr": 1e-3, "backbone_lr": 1e-5},
-        {"freeze": "full", "lr": 1e-5, "backbone_lr": 1e-5},
-    ], id="fine_tuning: no head-only"),
+        {"freeze": "last_blocks", "unfreeze_blocks": 1, "head_init": "probe", "lr": 1e-3, "backbone_lr": 1e-5},
+        {"freeze": "full", "head_init": "probe", "lr": 1e-5, "backbone_lr": 1e-5},
+    ], id="fine_tuning: no head-only, both probed"),
     pytest.param("feature_extraction", 20, [{"lr": 1e-3, "optimizer": "adamw"}], id="feature_extraction: fixed head"),
 ]
 

@@ -279,6 +279,9 @@ this dashboard although nothing failed; `tuner status` counts them apart:
 * `duplicate_of: N`: a second retry of trial N that two workers queued at once; it was
   dropped before training.
 
+Trials enqueued at creation say why: `warm_start: true` (one of the seed's recipes) or
+`head_stage: true` (a head-only trial of the head stage, `--head-trials`).
+
 Other attributes: `lineage` is the number of the first attempt (a retry and a hand-back
 keep it, with its seed and checkpoints); `worker` is host:pid:device; `epoch`/`epochs` and
 `last_metric` are the progress of a running trial; `stop_reason` says why a trial ended
