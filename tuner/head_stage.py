@@ -11,6 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
 from tuner.space import SearchSpace
+from tuner.wrapped_sampler import WrappedSampler
 
 # The head's own settings: what a head-only trial on cached features (about 1% of a
 # fine-tuning trial's cost) measures as well as a fine-tuning trial does.
@@ -44,7 +45,7 @@ def best_head_trial(study: optuna.Study) -> FrozenTrial | None:
     return pick(heads, key=lambda t: t.value)
 
 
-class HeadSettledSampler(BaseSampler):
+class HeadSettledSampler(WrappedSampler):
     """Wraps a sampler: a trial that fine-tunes takes `lr` and `dropout` from the best head-only trial.
 
     Read from the study at each sampling, not kept: every worker settles on the best head
@@ -54,7 +55,7 @@ class HeadSettledSampler(BaseSampler):
     """
 
     def __init__(self, base: BaseSampler, names: Sequence[str] = SETTLED) -> None:
-        self.base = base
+        super().__init__(base)
         self.names = tuple(names)
 
     def settled(self, study: optuna.Study, freeze: Any) -> dict[str, Any]:
@@ -62,9 +63,6 @@ class HeadSettledSampler(BaseSampler):
             return {}
         best = best_head_trial(study)
         return {} if best is None else {n: best.params[n] for n in self.names if n in best.params}
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self.base.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
@@ -84,16 +82,6 @@ class HeadSettledSampler(BaseSampler):
             if value is not None and _holds(param_distribution, value):
                 return value
         return self.base.sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.base.before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self.base.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.base.reseed_rng()
 
 
 def _holds(distribution: BaseDistribution, value: Any) -> bool:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from tuner.errors import TunerError
 from tuner.space import Branch, Prior, SearchSpace, _same
+from tuner.wrapped_sampler import WrappedSampler
 
 # Draws of a truncated normal that may fall outside the range before we clip instead.
 _MAX_REJECTIONS = 64
@@ -69,7 +70,7 @@ def _on_grid(branch: Branch, value: float) -> Any:
     return float(value)
 
 
-class PriorGuidedSampler(BaseSampler):
+class PriorGuidedSampler(WrappedSampler):
     """Wraps a sampler (TPE by default): trial n follows the priors with chance beta/(beta+n).
 
     The choice is made per trial, not per parameter, so a prior trial is one coherent
@@ -82,8 +83,8 @@ class PriorGuidedSampler(BaseSampler):
     def __init__(self, space: SearchSpace, base: BaseSampler, *, beta: float, seed: int | None = None) -> None:
         if not math.isfinite(beta) or beta < 0:
             raise TunerError(f"--prior-weight must be a number >= 0, got {beta!r}")
+        super().__init__(base)
         self.space = space
-        self.base = base
         self.beta = beta
         self.seed = 0 if seed is None else int(seed)
         self.uniform = RandomSampler(seed=seed)
@@ -92,9 +93,6 @@ class PriorGuidedSampler(BaseSampler):
         """Whether trial `number` is drawn from the priors (deterministic for a given seed)."""
         draw = self._rng(number, "follow").random()
         return draw < prior_weight(number, self.beta)
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self.base.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
@@ -122,15 +120,8 @@ class PriorGuidedSampler(BaseSampler):
                 return branch
         return matching[0] if matching else None
 
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.base.before_trial(study, trial)
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
-        self.base.after_trial(study, trial, state, values)
-
     def reseed_rng(self) -> None:
-        self.base.reseed_rng()
+        super().reseed_rng()
         self.uniform.reseed_rng()
 
     def _rng(self, number: int, what: str) -> np.random.Generator:
