@@ -133,7 +133,7 @@ def test_create_with_a_space_without_a_head_choice_fails_and_writes_nothing(tmp_
     assert not db.exists()
 
 
-def test_the_stage_is_enqueued_after_the_head_recipe_and_before_the_fine_tuning_recipes():
+def test_the_stage_is_enqueued_after_the_warm_start_recipes():
     space = load_space("default")
     study = create_study(optuna.storages.InMemoryStorage(), "s",
                          StudyConfig(space_name="default", space_text=space.text, data="digits", model="resnet18",
@@ -141,18 +141,19 @@ def test_the_stage_is_enqueued_after_the_head_recipe_and_before_the_fine_tuning_
     trials = study.get_trials()
     assert [t.system_attrs["fixed_params"] for t in trials] == [
         {"freeze": "head", "lr": 1e-3, "optimizer": "adamw"},
-        {"freeze": "head"}, {"freeze": "head"},
         {"freeze": "last_blocks", "unfreeze_blocks": 1, "head_init": "probe", "lr": 1e-3, "backbone_lr": 1e-5},
         {"freeze": "full", "head_init": "probe", "lr": 1e-5, "backbone_lr": 1e-5},
+        {"freeze": "head"}, {"freeze": "head"},
     ]
-    assert [t.user_attrs for t in trials] == [{"warm_start": True}, {"head_stage": True}, {"head_stage": True},
-                                              {"warm_start": True}, {"warm_start": True}]
+    assert [t.user_attrs for t in trials] == [{"warm_start": True}] * 3 + [{"head_stage": True}] * 2
     assert isinstance(study.sampler, HeadSettledSampler)
     short = create_study(optuna.storages.InMemoryStorage(), "s", StudyConfig(
         space_name="default", space_text=space.text, data="digits", model="resnet18", head_trials=5, n_trials=3),
         note="")
     assert [t.system_attrs["fixed_params"] for t in short.get_trials()] == [
-        {"freeze": "head", "lr": 1e-3, "optimizer": "adamw"}, {"freeze": "head"}, {"freeze": "head"}]
+        {"freeze": "head", "lr": 1e-3, "optimizer": "adamw"},
+        {"freeze": "last_blocks", "unfreeze_blocks": 1, "head_init": "probe", "lr": 1e-3, "backbone_lr": 1e-5},
+        {"freeze": "full", "head_init": "probe", "lr": 1e-5, "backbone_lr": 1e-5}]
 
 
 def test_no_head_stage_leaves_the_sampler_and_the_note_as_before():
@@ -176,10 +177,10 @@ def test_a_run_with_a_head_stage_trains_the_stage_then_settles_the_fine_tuning_t
     study = optuna.load_study(study_name="s", storage=url)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
-    assert [t.user_attrs.get("head_stage", False) for t in trials[:3]] == [False, True, True]
-    assert [t.params["freeze"] for t in trials[:4]] == ["head", "head", "head", "last_blocks"]
+    assert [t.user_attrs.get("head_stage", False) for t in trials[:4]] == [False, False, True, True]
+    assert [t.params["freeze"] for t in trials[:4]] == ["head", "last_blocks", "head", "head"]
     assert study.user_attrs["tuner_config"]["head_trials"] == 2
     settled = [t for t in trials[4:] if t.params["freeze"] == "last_blocks"]
-    assert settled  # trial 3 is the warm start's last-block recipe, its lr fixed at 1e-3 by the seed
+    assert settled  # trial 1 is the warm start's last-block recipe, its lr fixed at 1e-3 by the seed
     for trial in settled:
         assert trial.params["lr"] == best_head_before(study, trial.number).params["lr"]
