@@ -162,7 +162,7 @@ def test_no_head_stage_leaves_the_sampler_and_the_note_as_before():
     plain = StudyConfig(space_name="default", space_text=space.text, data="digits", model="resnet18")
     assert "Head stage" not in study_note(plain, space, "digits")
     staged = StudyConfig(space_name="default", space_text=space.text, data="digits", model="resnet18", head_trials=3)
-    assert ("* **Head stage:** 3 head-only trials after the warm start's head recipe; fine-tuning trials then "
+    assert ("* **Head stage:** 3 head-only trials after the warm start's recipes; fine-tuning trials then "
             "take `lr` and `dropout` from the best head-only trial\n") in study_note(staged, space, "digits")
 
 

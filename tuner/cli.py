@@ -122,7 +122,7 @@ def study_options(f: Callable) -> Callable:
                           "per power of F in max-epochs / min-resource."),
         click.option("--head-trials", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
                      help="The head stage: N cheap head-only trials (on cached features, about 1% of a "
-                          "fine-tuning trial each) after the warm start's head recipe; later fine-tuning "
+                          "fine-tuning trial each) after the warm start's recipes; later fine-tuning "
                           "trials take lr and dropout from the best of them (0: no head stage)."),
         click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True, metavar="K",
                      help="Head-only trials train on cached backbone features of K augmented views "

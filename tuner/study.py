@@ -64,7 +64,7 @@ class StudyConfig:
     min_resource: int = 1
     reduction_factor: int = 3
     # The head stage (tuner.head_stage): this many head-only trials right after the warm
-    # start's head-only recipe; later fine-tuning trials take lr and dropout from the best.
+    # start's recipes; later fine-tuning trials take lr and dropout from the best of them.
     head_trials: int = 0
     # Classes, images per class of train and val, content hash (tuner.fingerprint); None
     # for studies created before fingerprints, which are then not checked.
@@ -305,7 +305,7 @@ def _prior(branch) -> str:
 def _head_stage_line(config: StudyConfig) -> str:
     if not config.head_trials:
         return ""
-    return (f"* **Head stage:** {config.head_trials} head-only trials after the warm start's head recipe; "
+    return (f"* **Head stage:** {config.head_trials} head-only trials after the warm start's recipes; "
             "fine-tuning trials then take `lr` and `dropout` from the best head-only trial\n\n")
 
 
