@@ -66,7 +66,7 @@ from tuner.objective import Objective, TrialSettings  # noqa: E402
 from tuner.service import StudyRequest, prepare_study  # noqa: E402
 from tuner.space import SearchSpace, load_space, parse_space  # noqa: E402
 from tuner.storage import StorageSettings  # noqa: E402
-from tuner.study import WARM_START  # noqa: E402
+from tuner.study import DEFAULT_PRIOR_WEIGHT, WARM_START  # noqa: E402
 from tuner.worker import ExpectedStops, Worker, WorkerOptions  # noqa: E402
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -156,7 +156,7 @@ class BenchConfig:
     tuner_pruner: str = "asha"
     tuner_sampler: str = "tpe"
     # tuner's --prior-weight, --startup-trials, --min-resource, --reduction-factor (ablations)
-    tuner_prior_weight: float = 10.0
+    tuner_prior_weight: float = DEFAULT_PRIOR_WEIGHT
     tuner_startup_trials: int = 10
     tuner_min_resource: int = 1
     tuner_reduction_factor: int = 3

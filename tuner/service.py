@@ -21,7 +21,7 @@ from tuner.storage import (
     sqlite_file,
     storage_is_empty,
 )
-from tuner.study import StudyConfig, create_study, stored_config, study_note
+from tuner.study import DEFAULT_PRIOR_WEIGHT, StudyConfig, create_study, stored_config, study_note
 
 if TYPE_CHECKING:
     from tuner.data import ImageData
@@ -48,7 +48,7 @@ class StudyRequest:
     artifacts: str | None = None
     warm_start: bool = True
     cache_views: int = 4
-    prior_weight: float = 10.0
+    prior_weight: float = DEFAULT_PRIOR_WEIGHT
     startup_trials: int = 10
     min_resource: int = 1
     reduction_factor: int = 3

@@ -23,6 +23,8 @@ WARM_START = (
     {"freeze": "last_blocks", "unfreeze_blocks": 1, "backbone_lr": 1e-5, "lr": 1e-3},
     {"freeze": "full", "backbone_lr": 1e-5, "lr": 1e-5},
 )
+# piBO's beta for a new study (--prior-weight): chosen on bench/transfer.py (bench/README.md).
+DEFAULT_PRIOR_WEIGHT = 10.0
 # What tuner adds to the seed's fine-tuning recipes, as far as a space can express it.
 PROBED_HEAD = {"head_init": "probe"}
 
@@ -55,7 +57,7 @@ class StudyConfig:
     cache_views: int = 4
     # piBO's beta: trial n follows the space's priors with chance beta / (beta + n); 0 turns
     # the priors off. A space without priors is sampled as before whatever the value.
-    prior_weight: float = 10.0
+    prior_weight: float = DEFAULT_PRIOR_WEIGHT
     # The model-based sampler's random start-up trials (TPE's n_startup_trials; warm-start
     # and prior trials count among them), and the multi-fidelity pruners' rungs: the first
     # after min_resource epochs, one in reduction_factor trials promoted at each. Hyperband
