@@ -110,9 +110,10 @@ def study_options(f: Callable) -> Callable:
                      "(default: from the space file, else none)."),
         click.option("--no-warm-start", "warm_start", flag_value=False, default=True,
                      help="Do not enqueue the seed's recommended configurations as the first trials."),
-        click.option("--prior-weight", type=click.FloatRange(min=0), default=DEFAULT_PRIOR_WEIGHT, show_default=True, metavar="W",
+        click.option("--prior-weight", type=click.FloatRange(min=0), default=DEFAULT_PRIOR_WEIGHT, show_default=True,
+                     metavar="W",
                      help="Trial n follows the space's priors with chance W/(W+n), else the sampler's "
-                          "model (0: ignore the priors)."),
+                          "model (0: ignore them; try 10 where you trust the space's priors)."),
         click.option("--startup-trials", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
                      help="Trials the model-based sampler draws at random before its model starts (warm-start "
                           "and prior trials count among them)."),
