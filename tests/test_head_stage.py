@@ -184,3 +184,23 @@ def test_a_run_with_a_head_stage_trains_the_stage_then_settles_the_fine_tuning_t
     assert settled  # trial 1 is the warm start's last-block recipe, its lr fixed at 1e-3 by the seed
     for trial in settled:
         assert trial.params["lr"] == best_head_before(study, trial.number).params["lr"]
+
+
+def test_the_stage_trials_are_never_pruned_the_others_are():
+    """ASHA judged the stage's head-only trials against fine-tuning trials and pruned them all."""
+    from tuner.head_stage import StageUnpruned
+    from tuner.study import make_pruner
+
+    pruner = make_pruner(config(pruner="asha", head_trials=2))
+    assert isinstance(pruner, StageUnpruned)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    good = study.ask()
+    good.report(0.9, 1)
+    assert not good.should_prune()  # ASHA records a trial at a rung when it is asked
+    study.tell(good, 0.9)
+    study.enqueue_trial({"freeze": "head"}, user_attrs={"head_stage": True})
+    staged, plain = study.ask(), study.ask()
+    for trial in (staged, plain):
+        trial.report(0.1, 1)
+    assert (staged.should_prune(), plain.should_prune()) == (False, True)
+    assert not isinstance(make_pruner(config(pruner="asha")), StageUnpruned)

@@ -45,6 +45,21 @@ def best_head_trial(study: optuna.Study) -> FrozenTrial | None:
     return pick(heads, key=lambda t: t.value)
 
 
+class StageUnpruned(optuna.pruners.BasePruner):
+    """Wraps a pruner: the head stage's trials always finish.
+
+    They are cheap, and only completed ones settle the fine-tuning trials. Judged at ASHA's
+    rungs against fine-tuning trials, whose first epochs score higher, nearly all of them
+    were pruned after one epoch, and the stage settled on nothing but the warm start's head.
+    """
+
+    def __init__(self, base: optuna.pruners.BasePruner) -> None:
+        self.base = base
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return not trial.user_attrs.get(HEAD_STAGE_ATTR) and self.base.prune(study, trial)
+
+
 class HeadSettledSampler(WrappedSampler):
     """Wraps a sampler: a trial that fine-tunes takes `lr` and `dropout` from the best head-only trial.
 

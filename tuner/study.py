@@ -152,6 +152,15 @@ def base_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    pruner = base_pruner(config)
+    if config.head_trials:
+        from tuner.head_stage import StageUnpruned
+
+        pruner = StageUnpruned(pruner)
+    return pruner
+
+
+def base_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     cap = epoch_cap(config.space(), config.max_epochs)
     low, factor = min(config.min_resource, cap), config.reduction_factor
     if config.pruner == "hyperband":
