@@ -96,8 +96,11 @@ def extend(storage_url: str, name: str, n_trials: int) -> tuple[int, int]:
 def stop(storage_url: str, name: str) -> int:
     """Ask the study's workers to hand their trials back and exit; the number of running trials."""
     study, _ = read_study(open_existing(storage_url), name)
+    # Counted before the request: a worker that sees it at once hands its trial back (FAIL)
+    # before a count after the request could see it running.
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     request_stop(study)
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return running
 
 
 # --- tuner enqueue ---------------------------------------------------------------------
