@@ -640,18 +640,20 @@ def epoch_speeds(folder: Path, data: ImageData, config: BenchConfig, work: Path)
                                   v2.Normalize(built.mean, built.std)])
     dataset = torchvision.datasets.ImageFolder(str(folder / "train"), transform=plain_transform)
     plain_loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True, drop_last=drop)
-    built, optimizer = fresh("full")
+    def plain_epoch(batches: Any) -> Callable[[], None]:
+        """One epoch of the textbook loop over `batches`, on a fresh full fine-tuning model."""
+        built, optimizer = fresh("full")
 
-    def plain_epoch() -> None:
-        built.model.train()
-        for images, labels in plain_loader:
-            optimizer.zero_grad()
-            loss_fn(built.model(images), labels).backward()
-            optimizer.step()
+        def epoch() -> None:
+            built.model.train()
+            for images, labels in batches:
+                optimizer.zero_grad()
+                loss_fn(built.model(images), labels).backward()
+                optimizer.step()
+        return epoch
 
-    best_of("plain", config.timed_epochs, plain_epoch)
+    best_of("plain", config.timed_epochs, plain_epoch(plain_loader))
 
-    built, optimizer = fresh("full")
     # The same images, normalised once: what is left is the model's own forward and backward.
     mean = torch.tensor(built.mean).view(1, 3, 1, 1)
     std = torch.tensor(built.std).view(1, 3, 1, 1)
@@ -659,14 +661,7 @@ def epoch_speeds(folder: Path, data: ImageData, config: BenchConfig, work: Path)
     batches = [(pixels[i:i + 32], data.train_targets[i:i + 32])
                for i in range(0, len(pixels) - (31 if drop else 0), 32)]
 
-    def bare_epoch() -> None:
-        built.model.train()
-        for images, labels in batches:
-            optimizer.zero_grad()
-            loss_fn(built.model(images), labels).backward()
-            optimizer.step()
-
-    best_of("bare", config.timed_epochs, bare_epoch)
+    best_of("bare", config.timed_epochs, plain_epoch(batches))
 
     built, optimizer = fresh("head")
     head_loader = ImageBatches(data.train_images, data.train_targets, transform, runtime.device, 32, shuffle=True,

@@ -15,10 +15,10 @@ from test_service import add_finished_trial, library_study
 from test_workers import (
     RESUME_EPOCHS,
     RESUME_SPACE,
-    Procs,
     create,
     finished_line,
     load,
+    procs,  # noqa: F401  (the fixture: the worker processes a test starts, killed after it)
     wait_for,
 )
 
@@ -28,15 +28,6 @@ from tuner.storage import mask_url
 
 def invoke(*args: str, input: str | None = None):
     return CliRunner().invoke(cli, list(args), input=input)
-
-
-@pytest.fixture
-def procs(tmp_path):
-    started = Procs(tmp_path)
-    try:
-        yield started
-    finally:
-        started.kill_all()
 
 
 def running_after(url: str, name: str, count: int, epoch: int = 1):
