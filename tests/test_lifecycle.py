@@ -250,3 +250,26 @@ def test_status_shows_progress_elapsed_time_and_flags_a_silent_trial(tmp_path, t
     table = invoke("status", "--storage", url).output
     line = next(line for line in table.splitlines() if line.split()[:1] == ["0"])
     assert " 2/3 " in line and line.rstrip().endswith("STALE?") == stale, table
+
+
+def test_stop_counts_the_trials_running_when_it_asked_not_after(tmp_path, tiny_space):
+    """A worker that sees the request at once hands its trial back before a later count could
+    see it: here a SQLite trigger is that worker, failing every running trial as soon as the
+    stop request is written. Counted after the request, the answer was 0 trials."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    create(url, "st", tiny_space, 2, tmp_path / "artifacts", "--no-warm-start")
+    study = load(url, "st")
+    study.ask()  # a trial a worker is running
+    with sqlite3.connect(tmp_path / "study.db") as db:
+        for event in ("INSERT", "UPDATE"):
+            db.execute(f"CREATE TRIGGER hand_back_{event.lower()} AFTER {event} ON study_user_attributes "
+                       "BEGIN UPDATE trials SET state = 'FAIL' WHERE state = 'RUNNING'; END")
+
+    stopped = invoke("stop", "--study", "st", "--storage", url)
+
+    assert stopped.exit_code == 0, stopped.output
+    assert stopped.output == ("asked the workers of study st to stop (1 trial running); "
+                              "`tuner worker --study st` resumes them later\n")
+    assert [t.state for t in load(url, "st").get_trials()] == [TrialState.FAIL]  # the trigger did run
