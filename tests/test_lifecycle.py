@@ -30,6 +30,10 @@ def invoke(*args: str, input: str | None = None):
     return CliRunner().invoke(cli, list(args), input=input)
 
 
+def resume_space(epochs: int) -> str:
+    return RESUME_SPACE.replace(f"value: {RESUME_EPOCHS}}}", f"value: {epochs}}}")
+
+
 def running_after(url: str, name: str, count: int, epoch: int = 1):
     trials = load(url, name).get_trials(states=(TrialState.RUNNING,))
     return len(trials) == count and all((t.user_attrs.get("epoch") or 0) >= epoch for t in trials) and trials
@@ -39,7 +43,9 @@ def running_after(url: str, name: str, count: int, epoch: int = 1):
 
 def test_stop_makes_every_worker_hand_back_and_exit_0_and_a_later_worker_resumes(storage_url, tmp_path, procs):
     space = tmp_path / "resume.yaml"
-    space.write_text(RESUME_SPACE)
+    # Both trials must be running at once. A 12-epoch trial took 3 s, and on CI the second
+    # worker joined 3 s after the first, when the first had finished: give the trials 60 epochs.
+    space.write_text(resume_space(60))
     # No pruner: ASHA could prune one trial after epoch 1, before the stop.
     create(storage_url, "st", space, 2, tmp_path / "artifacts", "--no-warm-start", "--pruner", "none")
     workers = [procs.start("worker", "--study", "st", "--storage", storage_url) for _ in range(2)]
@@ -157,7 +163,7 @@ def test_enqueue_refuses_a_study_whose_budget_is_spent(storage_url, tiny_space, 
 
 def test_delete_asks_first_then_removes_the_study_and_its_artifacts(storage_url, tmp_path):
     space = tmp_path / "resume.yaml"
-    space.write_text(RESUME_SPACE.replace(f"value: {RESUME_EPOCHS}}}", "value: 1}"))
+    space.write_text(resume_space(1))
     artifacts = tmp_path / "artifacts"
     ran = invoke("run", "--study", "d", "--space", str(space), "--data", "digits", "--image-size", "16",
                  "--weights", "none", "--n-trials", "1", "--storage", storage_url, "--artifacts", str(artifacts),
