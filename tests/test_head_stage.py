@@ -12,9 +12,9 @@ from optuna.trial import TrialState
 
 from tuner.cli import cli
 from tuner.errors import TunerError
-from tuner.head_stage import HeadSettledSampler, check_head_stage
+from tuner.head_stage import HeadSettledSampler, StageUnpruned, check_head_stage
 from tuner.space import load_space, parse_space
-from tuner.study import StudyConfig, create_study, make_sampler, study_note
+from tuner.study import StudyConfig, create_study, make_pruner, make_sampler, study_note
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -188,9 +188,6 @@ def test_a_run_with_a_head_stage_trains_the_stage_then_settles_the_fine_tuning_t
 
 def test_the_stage_trials_are_never_pruned_the_others_are():
     """ASHA judged the stage's head-only trials against fine-tuning trials and pruned them all."""
-    from tuner.head_stage import StageUnpruned
-    from tuner.study import make_pruner
-
     pruner = make_pruner(config(pruner="asha", head_trials=2))
     assert isinstance(pruner, StageUnpruned)
     study = optuna.create_study(direction="maximize", pruner=pruner)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 
 import optuna
 import pytest
@@ -262,8 +263,6 @@ def test_stop_counts_the_trials_running_when_it_asked_not_after(tmp_path, tiny_s
     """A worker that sees the request at once hands its trial back before a later count could
     see it: here a SQLite trigger is that worker, failing every running trial as soon as the
     stop request is written. Counted after the request, the answer was 0 trials."""
-    import sqlite3
-
     url = f"sqlite:///{tmp_path / 'study.db'}"
     create(url, "st", tiny_space, 2, tmp_path / "artifacts", "--no-warm-start")
     study = load(url, "st")

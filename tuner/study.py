@@ -11,6 +11,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.errors import StudyError, TunerError
+from tuner.head_stage import HEAD_STAGE_ATTR, HeadSettledSampler, StageUnpruned, stage_params
+from tuner.priors import PriorGuidedSampler
 from tuner.space import SearchSpace, parse_space
 
 CONFIG_ATTR = "tuner_config"
@@ -125,14 +127,10 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     sampler = base_sampler(config, seed)
     space = config.space()
     if config.sampler != "random" and config.prior_weight > 0 and space.has_priors:
-        from tuner.priors import PriorGuidedSampler
-
         # Seeded by the study seed, not the worker's: which trials follow the prior is a
         # property of the study, the same whichever worker samples a trial.
         sampler = PriorGuidedSampler(space, sampler, beta=config.prior_weight, seed=config.seed)
     if config.head_trials:
-        from tuner.head_stage import HeadSettledSampler
-
         # Outermost: a settled head setting overrides the prior's draw as well as the model's.
         sampler = HeadSettledSampler(sampler)
     return sampler
@@ -154,8 +152,6 @@ def base_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     pruner = base_pruner(config)
     if config.head_trials:
-        from tuner.head_stage import StageUnpruned
-
         pruner = StageUnpruned(pruner)
     return pruner
 
@@ -244,8 +240,6 @@ def first_trials(config: StudyConfig) -> list[tuple[dict[str, Any], dict[str, An
     The stage comes after the recipes: measured on bench/transfer.py, the probed fine-tuning
     recipe is the study's quickest good result, and a stage before it only delays it.
     """
-    from tuner.head_stage import HEAD_STAGE_ATTR, stage_params
-
     warm = warm_start_params(config.space()) if config.warm_start else []
     return ([(p, {"warm_start": True}) for p in warm]
             + [(p, {HEAD_STAGE_ATTR: True}) for p in stage_params(config.head_trials)])
