@@ -118,3 +118,16 @@ def test_smoke_run_prints_every_ratio_and_draws_the_curves(tmp_path):
     # top-K's best screened trials continue from their epoch-1 checkpoint, not from scratch.
     assert re.search(r"topk .*\d+ screened, [1-9]\d* continued from epoch 1", result.stdout), result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_gradual_ablation_space_is_default_yaml_plus_gradual_unfreezing():
+    from tuner.space import load_space
+
+    default, gradual = load_space("default"), load_space(str(ROOT / "bench" / "spaces" / "gradual.yaml"))
+    assert set(gradual.params) - set(default.params) == {"unfreeze_every"}
+    study = optuna.create_study()
+    study.enqueue_trial({"freeze": "gradual"})
+    sampled = gradual.sample(study.ask(), {})
+    # A gradual trial gets every setting a fine-tuning trial of last_blocks gets, and its pace.
+    assert {"unfreeze_every", "head_init", "lr", "backbone_lr", "epochs"} <= set(sampled), sampled
+    assert sampled["freeze"] == "gradual" and 1 <= sampled["unfreeze_every"] <= 3
