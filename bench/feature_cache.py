@@ -22,11 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, timed  # noqa: E402
 
-from tuner.batches import ImageBatches, TensorBatches, train_transform  # noqa: E402
-from tuner.data import AugmentConfig, DataConfig, load_data  # noqa: E402
-from tuner.features import FeatureCache, FeatureCacheConfig  # noqa: E402
-from tuner.models import ModelSpec, build_model, freeze  # noqa: E402
-from tuner.training import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
+from tuner.training._batches import ImageBatches, TensorBatches, train_transform  # noqa: E402
+from tuner.training._data import AugmentConfig, DataConfig, load_data  # noqa: E402
+from tuner.training._features import FeatureCache, FeatureCacheConfig  # noqa: E402
+from tuner.training._models import ModelSpec, build_model, freeze  # noqa: E402
+from tuner.training._loop import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
 
 
 def main() -> None:

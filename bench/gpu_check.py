@@ -33,15 +33,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, make_image_folder, timed  # noqa: E402
 
-import tuner.batches  # noqa: E402
-from tuner.batches import ImageBatches, TensorBatches, place_images, train_transform  # noqa: E402
-from tuner.checkpoints import ArtifactCheckpointer  # noqa: E402
-from tuner.data import AugmentConfig, ImageData  # noqa: E402
-from tuner.features import FeatureCache, FeatureCacheConfig  # noqa: E402
-from tuner.models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
-from tuner.objective import Objective, TrialSettings  # noqa: E402
-from tuner.space import parse_space  # noqa: E402
-from tuner.training import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
+import tuner.training._batches  # noqa: E402
+from tuner.training._batches import ImageBatches, TensorBatches, place_images, train_transform  # noqa: E402
+from tuner.service._checkpoints import ArtifactCheckpointer  # noqa: E402
+from tuner.training._data import AugmentConfig, ImageData  # noqa: E402
+from tuner.training._features import FeatureCache, FeatureCacheConfig  # noqa: E402
+from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
+from tuner.search._objective import Objective, TrialSettings  # noqa: E402
+from tuner.space._space import parse_space  # noqa: E402
+from tuner.training._loop import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

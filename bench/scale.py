@@ -29,9 +29,9 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, next_from  # noqa: E402
 
-from tuner.space import load_space  # noqa: E402
-from tuner.storage import StorageSettings, engine_kwargs, open_storage  # noqa: E402
-from tuner.study import StudyConfig, create_study  # noqa: E402
+from tuner.space._space import load_space  # noqa: E402
+from tuner.service._storage import StorageSettings, engine_kwargs, open_storage  # noqa: E402
+from tuner.search._study import StudyConfig, create_study  # noqa: E402
 
 POSTGRES = os.environ.get("TUNER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TRIAL_SECONDS = 0.003
@@ -50,8 +50,8 @@ def child(url: str, barrier, results) -> None:
     """One worker process: the real Worker, whose trials sleep a few ms instead of training."""
     import torch
 
-    from tuner.training import make_runtime
-    from tuner.worker import Worker, WorkerOptions
+    from tuner.training._loop import make_runtime
+    from tuner.service._worker import Worker, WorkerOptions
 
     class FewMsObjective:
         runtime = make_runtime(torch.device("cpu"))
@@ -167,7 +167,7 @@ def main() -> int:
     # Workers fork from a server that imported tuner's worker (torch, Optuna, SQLAlchemy) once:
     # sixteen interpreters importing torch on two cores would take minutes before the first trial.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tuner.worker"])
+    context.set_forkserver_preload(["tuner.service._worker"])
     database, url = fresh_database(args.postgres)
     try:
         result = run(context, url, database, args.postgres, args.workers, args.trials)

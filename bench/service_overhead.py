@@ -31,11 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, next_from  # noqa: E402
 
-from tuner.space import load_space  # noqa: E402
-from tuner.storage import StorageSettings, engine_kwargs, open_storage  # noqa: E402
-from tuner.study import StudyConfig, create_study, make_sampler  # noqa: E402
-from tuner.training import make_runtime  # noqa: E402
-from tuner.worker import Worker, WorkerOptions  # noqa: E402
+from tuner.space._space import load_space  # noqa: E402
+from tuner.service._storage import StorageSettings, engine_kwargs, open_storage  # noqa: E402
+from tuner.search._study import StudyConfig, create_study, make_sampler  # noqa: E402
+from tuner.training._loop import make_runtime  # noqa: E402
+from tuner.service._worker import Worker, WorkerOptions  # noqa: E402
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -172,7 +172,7 @@ def main() -> None:
     # once: a run starts in a moment instead of four interpreters importing torch on two
     # cores. (Preloading "__main__" does not work for a script: each child re-runs it.)
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tuner.worker"])
+    context.set_forkserver_preload(["tuner.service._worker"])
     worst = {"Optuna+heartbeat": float("inf"), "Optuna": float("inf")}
     with tempfile.TemporaryDirectory() as folder:
         for backend in args.backends.split(","):

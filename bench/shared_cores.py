@@ -4,7 +4,7 @@ Three `tuner worker` processes started by hand, a second apart, on one study: re
 16 px on digits, full fine-tuning, one epoch per trial, one trial each. The baseline gives
 each worker OMP_NUM_THREADS=<cores>, which is what every worker did before they counted
 each other (torch's default: one thread per core). The other run leaves OMP_NUM_THREADS
-unset, so the workers share the cores (tuner.cores). Prints the seconds per trial (one
+unset, so the workers share the cores (tuner.service._cores). Prints the seconds per trial (one
 epoch plus its validation) and the ratio.
 """
 
@@ -24,7 +24,7 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
-from tuner.cores import machine_cores  # noqa: E402
+from tuner.service._cores import machine_cores  # noqa: E402
 
 SPACE = """\
 description: Full fine-tuning, one epoch.

@@ -20,10 +20,10 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, make_image_folder, timed  # noqa: E402
 
-from tuner.batches import ImageBatches, train_transform  # noqa: E402
-from tuner.data import AugmentConfig, DataConfig, load_data  # noqa: E402
-from tuner.models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
-from tuner.training import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
+from tuner.training._batches import ImageBatches, train_transform  # noqa: E402
+from tuner.training._data import AugmentConfig, DataConfig, load_data  # noqa: E402
+from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
+from tuner.training._loop import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -61,13 +61,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, timed  # noqa: E402
 
-from tuner.data import DataConfig, ImageData, load_data  # noqa: E402
-from tuner.objective import Objective, TrialSettings  # noqa: E402
-from tuner.service import StudyRequest, prepare_study  # noqa: E402
-from tuner.space import SearchSpace, load_space, parse_space  # noqa: E402
-from tuner.storage import StorageSettings  # noqa: E402
-from tuner.study import DEFAULT_PRIOR_WEIGHT, WARM_START  # noqa: E402
-from tuner.worker import ExpectedStops, Worker, WorkerOptions  # noqa: E402
+from tuner.training._data import DataConfig, ImageData, load_data  # noqa: E402
+from tuner.search._objective import Objective, TrialSettings  # noqa: E402
+from tuner.service._prepare import StudyRequest, prepare_study  # noqa: E402
+from tuner.space._space import SearchSpace, load_space, parse_space  # noqa: E402
+from tuner.service._storage import StorageSettings  # noqa: E402
+from tuner.search._study import DEFAULT_PRIOR_WEIGHT, WARM_START  # noqa: E402
+from tuner.service._worker import ExpectedStops, Worker, WorkerOptions  # noqa: E402
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat",
@@ -598,11 +598,11 @@ def epoch_speeds(folder: Path, data: ImageData, config: BenchConfig, work: Path)
     import torchvision
     from torchvision.transforms import v2
 
-    from tuner.batches import ImageBatches, TensorBatches, train_transform
-    from tuner.data import AugmentConfig
-    from tuner.features import FeatureCache, FeatureCacheConfig
-    from tuner.models import ModelSpec, build_model, freeze, set_train_mode
-    from tuner.training import Hyperparams, make_optimizer, make_runtime, train_one_epoch
+    from tuner.training._batches import ImageBatches, TensorBatches, train_transform
+    from tuner.training._data import AugmentConfig
+    from tuner.training._features import FeatureCache, FeatureCacheConfig
+    from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode
+    from tuner.training._loop import Hyperparams, make_optimizer, make_runtime, train_one_epoch
 
     runtime = make_runtime(torch.device("cpu"))
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -195,7 +195,7 @@ def offline_hub(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session", autouse=True)
 def private_worker_count(tmp_path_factory):
-    """Workers count the live workers of this machine in TUNER_WORKERS_DIR (tuner.cores): the
+    """Workers count the live workers of this machine in TUNER_WORKERS_DIR (tuner.service._cores): the
     tests' workers count among themselves, not with whatever else runs on the machine."""
     previous = os.environ.get("TUNER_WORKERS_DIR")
     os.environ["TUNER_WORKERS_DIR"] = str(tmp_path_factory.mktemp("workers"))

@@ -14,11 +14,11 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 
-from tuner.checkpoints import BEST_WEIGHTS_ATTR, CHECKPOINT_ATTR, ArtifactCheckpointer, prune_weights, upload_weights
-from tuner.results import dashboard_store
-from tuner.space import load_space
-from tuner.storage import StorageSettings, open_storage
-from tuner.study import StudyConfig, create_study
+from tuner.service._checkpoints import BEST_WEIGHTS_ATTR, CHECKPOINT_ATTR, ArtifactCheckpointer, prune_weights, upload_weights
+from tuner.service._results import dashboard_store
+from tuner.space._space import load_space
+from tuner.service._storage import StorageSettings, open_storage
+from tuner.search._study import StudyConfig, create_study
 
 
 def tuner_study(storage, name: str, space: Path, artifacts: Path) -> optuna.Study:

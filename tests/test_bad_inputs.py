@@ -156,7 +156,7 @@ def test_postgres_urls_of_every_spelling_reach_the_same_database(postgres_url, t
     """postgres:// (as many hosting services hand it out) and postgresql:// both mean psycopg 3."""
     from sqlalchemy.engine import make_url
 
-    from tuner.storage import normalize_url
+    from tuner.service._storage import normalize_url
 
     url = make_url(postgres_url).set(drivername=scheme).render_as_string(hide_password=False)
     assert normalize_url(url).startswith("postgresql+psycopg://")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuner.batches import ImageBatches, PlacedImages, PlacedSplit, TensorBatches, eval_transform, place_images, train_transform
-from tuner.data import AugmentConfig, ImageData
+from tuner.training._batches import ImageBatches, PlacedImages, PlacedSplit, TensorBatches, eval_transform, place_images, train_transform
+from tuner.training._data import AugmentConfig, ImageData
 from tuner.errors import DataError
 
 MEAN = (0.485, 0.456, 0.406)
@@ -214,7 +214,7 @@ def test_image_batches_with_images_off_the_host_slice_in_this_process():
 
 
 def test_batches_of_images_mapped_from_disk_match_those_in_memory(tmp_path):
-    from tuner.data import DataConfig, load_data
+    from tuner.training._data import DataConfig, load_data
 
     in_memory = load_data(DataConfig("digits", 8))
     on_disk = load_data(DataConfig("digits", 8, memory_limit=0, spill_dir=str(tmp_path)))

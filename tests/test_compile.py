@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import TrialState
 
-from tuner.checkpoints import BEST_WEIGHTS_ATTR, ArtifactCheckpointer
+from tuner.service._checkpoints import BEST_WEIGHTS_ATTR, ArtifactCheckpointer
 from tuner.cli import cli
-from tuner.data import DataConfig, DataWarning, load_data
-from tuner.models import ModelSpec, build_model
-from tuner.objective import Objective, TrialSettings
-from tuner.space import parse_space
+from tuner.training._data import DataConfig, DataWarning, load_data
+from tuner.training._models import ModelSpec, build_model
+from tuner.search._objective import Objective, TrialSettings
+from tuner.space._space import parse_space
 
 # One epoch of head-only training with fixed hyperparameters: both trials train the same head.
 HEAD_SPACE = """\

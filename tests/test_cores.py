@@ -1,4 +1,4 @@
-"""Workers started one by one on a machine share its cores (tuner.cores), with real processes."""
+"""Workers started one by one on a machine share its cores (tuner.service._cores), with real processes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from tuner.cli import cli
-from tuner.cores import CoreShare, default_folder, machine_cores
+from tuner.service._cores import CoreShare, default_folder, machine_cores
 
 # A stand-in for another worker: it holds the lock on its pid file in `folder`, as a worker does.
 HOLDER = ("import fcntl, os, sys, time; f = open(os.path.join(sys.argv[1], str(os.getpid())), 'a'); "
@@ -86,7 +86,7 @@ def test_the_default_folder_is_named_by_uid_even_without_a_user_name(monkeypatch
 def test_an_unwritable_workers_folder_means_no_core_sharing_with_a_warning(tmp_path, caplog):
     (tmp_path / "file").write_text("")
     folder = tmp_path / "file" / "workers"  # under a file: no one can create it, root included
-    with caplog.at_level(logging.WARNING, logger="tuner.cores"):
+    with caplog.at_level(logging.WARNING, logger="tuner.service._cores"):
         assert CoreShare(folder, cores=8).join() is False
     assert f"cores not shared with other tuner workers: cannot write {folder}" in caplog.text
 

@@ -1,4 +1,4 @@
-"""Tests of tuner.data: real image files in tmp_path, the bundled digits set, augmentation settings."""
+"""Tests of tuner.training._data: real image files in tmp_path, the bundled digits set, augmentation settings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tuner.data import (
+from tuner.training._data import (
     AugmentConfig,
     DataConfig,
     DataWarning,

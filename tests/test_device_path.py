@@ -17,9 +17,9 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from tuner.data import ImageData
-from tuner.objective import Objective, TrialSettings
-from tuner.space import parse_space
+from tuner.training._data import ImageData
+from tuner.search._objective import Objective, TrialSettings
+from tuner.space._space import parse_space
 
 SETTINGS = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu", cache_views=0)
 SPACE = parse_space(textwrap.dedent("""\
@@ -163,7 +163,7 @@ def interrupted_trial(tmp_path, saving=contextlib.nullcontext):
     """A study whose first trial was interrupted after its epoch-1 checkpoint, queued again."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    from tuner.checkpoints import ArtifactCheckpointer
+    from tuner.service._checkpoints import ArtifactCheckpointer
 
     checkpointer = ArtifactCheckpointer(FileSystemArtifactStore(str(tmp_path)), "s")
     study = optuna.create_study(direction="maximize")
@@ -195,7 +195,7 @@ def test_a_retry_whose_checkpoint_is_unreadable_says_it_restarts_from_scratch(tm
         path.unlink()
     else:
         path.write_bytes(path.read_bytes()[:100])
-    with caplog.at_level("WARNING", logger="tuner.checkpoints"):
+    with caplog.at_level("WARNING", logger="tuner.service._checkpoints"):
         study.optimize(Objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer), n_trials=1)
     retry = study.trials[1]
     expected = f"trial 1 restarts from epoch 1: checkpoint {path.name} is "
@@ -214,13 +214,13 @@ def test_a_retry_whose_checkpoint_is_unreadable_says_it_restarts_from_scratch(tm
     ("s3://bucket/team/runs/", ("bucket", "team/runs")),
 ])
 def test_an_s3_location_keeps_its_prefix(location, expected):
-    from tuner.checkpoints import parse_s3
+    from tuner.service._checkpoints import parse_s3
 
     assert parse_s3(location) == expected
 
 
 def test_an_s3_location_without_a_bucket_is_a_storage_error():
-    from tuner.checkpoints import parse_s3
+    from tuner.service._checkpoints import parse_s3
     from tuner.errors import StorageError
 
     with pytest.raises(StorageError, match=r"--artifacts 's3:///runs' names no bucket"):
@@ -250,7 +250,7 @@ class MemoryStore:
 
 
 def test_checkpoints_and_weights_land_under_the_prefix(tmp_path):
-    from tuner.checkpoints import ArtifactCheckpointer, PrefixedStore, upload_weights
+    from tuner.service._checkpoints import ArtifactCheckpointer, PrefixedStore, upload_weights
 
     bucket = MemoryStore()
     store = PrefixedStore(bucket, "team/runs")
@@ -267,7 +267,7 @@ def test_checkpoints_and_weights_land_under_the_prefix(tmp_path):
 
 def test_an_s3_store_with_a_prefix_writes_under_it(monkeypatch):
     pytest.importorskip("boto3")
-    from tuner.checkpoints import PrefixedStore, open_artifact_store
+    from tuner.service._checkpoints import PrefixedStore, open_artifact_store
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # a client needs one; nothing is sent
     store = open_artifact_store("s3://bucket/team/runs")

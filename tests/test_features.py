@@ -8,12 +8,12 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
-from tuner.data import AugmentConfig, DataConfig, ImageData, load_data
-from tuner.features import FeatureCache, FeatureCacheConfig
-from tuner.models import ModelSpec, build_model
-from tuner.objective import Objective, TrialSettings
-from tuner.space import parse_space
-from tuner.training import make_runtime
+from tuner.training._data import AugmentConfig, DataConfig, ImageData, load_data
+from tuner.training._features import FeatureCache, FeatureCacheConfig
+from tuner.training._models import ModelSpec, build_model
+from tuner.search._objective import Objective, TrialSettings
+from tuner.space._space import parse_space
+from tuner.training._loop import make_runtime
 
 HEAD_SPACE = """\
 params:

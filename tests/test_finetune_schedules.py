@@ -10,10 +10,10 @@ import torchvision
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
-from tuner.checkpoints import ArtifactCheckpointer
-from tuner.data import DataConfig, DataWarning, load_data
-from tuner.objective import Objective, TrialSettings
-from tuner.space import parse_space
+from tuner.service._checkpoints import ArtifactCheckpointer
+from tuner.training._data import DataConfig, DataWarning, load_data
+from tuner.search._objective import Objective, TrialSettings
+from tuner.space._space import parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -178,8 +178,8 @@ def test_a_resumed_gradual_trial_continues_the_schedule(tmp_path, data):
 
 
 def test_the_warm_start_probes_the_head_of_the_fine_tuning_recipes_where_the_space_can():
-    from tuner.space import load_space
-    from tuner.study import warm_start_params
+    from tuner.space._space import load_space
+    from tuner.search._study import warm_start_params
 
     head, last, full = warm_start_params(load_space("default"))
     assert "head_init" not in head  # inactive for head-only trials
@@ -189,6 +189,6 @@ def test_the_warm_start_probes_the_head_of_the_fine_tuning_recipes_where_the_spa
     plain = load_space("fine_tuning").text.replace("  head_init:\n    type: categorical\n    choices: [probe, random]\n"
                                                     "    prior: {weights: [3, 1]}\n", "")
     assert "head_init" not in plain
-    from tuner.space import parse_space
+    from tuner.space._space import parse_space
 
     assert all("head_init" not in p for p in warm_start_params(parse_space(plain, source="f.yaml", name="f")))

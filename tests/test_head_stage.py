@@ -12,9 +12,9 @@ from optuna.trial import TrialState
 
 from tuner.cli import cli
 from tuner.errors import TunerError
-from tuner.head_stage import HeadSettledSampler, StageUnpruned, check_head_stage
-from tuner.space import load_space, parse_space
-from tuner.study import StudyConfig, create_study, make_pruner, make_sampler, study_note
+from tuner.search._head_stage import HeadSettledSampler, StageUnpruned, check_head_stage
+from tuner.space._space import load_space, parse_space
+from tuner.search._study import StudyConfig, create_study, make_pruner, make_sampler, study_note
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

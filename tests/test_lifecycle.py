@@ -24,7 +24,7 @@ from test_workers import (
 )
 
 from tuner.cli import cli
-from tuner.storage import mask_url
+from tuner.service._storage import mask_url
 
 
 def invoke(*args: str, input: str | None = None):

@@ -25,13 +25,13 @@ from optuna.trial import TrialState
 from torch import nn
 
 import tuner
-from tuner.checkpoints import ArtifactCheckpointer
+from tuner.service._checkpoints import ArtifactCheckpointer
 from tuner.cli import cli
-from tuner.data import DataConfig, DataWarning, load_data
+from tuner.training._data import DataConfig, DataWarning, load_data
 from tuner.errors import ModelError
-from tuner.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, UniformMaskDropout, build_model, freeze
-from tuner.objective import Objective, TrialSettings
-from tuner.space import parse_space
+from tuner.training._models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, UniformMaskDropout, build_model, freeze
+from tuner.search._objective import Objective, TrialSettings
+from tuner.space._space import parse_space
 
 LITE0_BLOCKS = 16
 # The test images have one corrupt file; the data tests look at that warning, not these.

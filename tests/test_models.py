@@ -1,4 +1,4 @@
-"""Tests of tuner.models: head replacement, weight loading, freezing and train mode."""
+"""Tests of tuner.training._models: head replacement, weight loading, freezing and train mode."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import assert_backbone_equals
 from torch import nn
 
 from tuner.errors import ModelError, TunerError
-from tuner.models import (
+from tuner.training._models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BuiltModel,

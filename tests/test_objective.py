@@ -19,14 +19,14 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from tuner.checkpoints import ArtifactCheckpointer
-from tuner.batches import eval_transform
-from tuner.data import DataConfig, DataWarning, ImageData, load_data
+from tuner.service._checkpoints import ArtifactCheckpointer
+from tuner.training._batches import eval_transform
+from tuner.training._data import DataConfig, DataWarning, ImageData, load_data
 from tuner.errors import SpaceError
-from tuner.models import ModelSpec, build_model, count_trainable, weights_cache_path
-from tuner.objective import Objective, TrialRun, TrialSettings, check_space
-from tuner.space import SearchSpace, load_space, parse_space
-from tuner.training import Hyperparams
+from tuner.training._models import ModelSpec, build_model, count_trainable, weights_cache_path
+from tuner.search._objective import Objective, TrialRun, TrialSettings, check_space
+from tuner.space._space import SearchSpace, load_space, parse_space
+from tuner.training._loop import Hyperparams
 
 SETTINGS = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu")
 HEAD_PARAMS = 512 * 2 + 2  # the new Linear(512, 2) of resnet18

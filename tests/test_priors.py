@@ -9,10 +9,10 @@ import optuna
 import pytest
 
 from tuner.errors import SpaceError
-from tuner.priors import PriorGuidedSampler, prior_weight
-from tuner.render import space_table
-from tuner.space import load_space, parse_space
-from tuner.study import StudyConfig, make_sampler, study_note
+from tuner.search._priors import PriorGuidedSampler, prior_weight
+from tuner.cli._render import space_table
+from tuner.space._space import load_space, parse_space
+from tuner.search._study import StudyConfig, make_sampler, study_note
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -272,7 +272,7 @@ def test_bad_sampler_and_pruner_settings_are_named(field, value, message):
 
 
 def test_pruner_and_sampler_settings_reach_optuna():
-    from tuner.study import make_pruner
+    from tuner.search._study import make_pruner
 
     pruner = make_pruner(default_config(pruner="hyperband", min_resource=2, reduction_factor=2, max_epochs=8))
     study = optuna.create_study(pruner=pruner)

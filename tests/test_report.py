@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from tuner.cli import cli
-from tuner.report import (
+from tuner.shipping._report import (
     NotAvailable,
     curves_figure,
     finished_trials,
@@ -30,9 +30,9 @@ from tuner.report import (
     parallel_figure,
     too_few_trials,
 )
-from tuner.space import load_space
-from tuner.storage import StorageSettings, open_storage
-from tuner.study import StudyConfig, create_study
+from tuner.space._space import load_space
+from tuner.service._storage import StorageSettings, open_storage
+from tuner.search._study import StudyConfig, create_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DISTRIBUTIONS = {"freeze": CategoricalDistribution(["head", "last_blocks"]),

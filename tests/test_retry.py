@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from tuner.cli import cli
-from tuner.space import load_space
-from tuner.storage import RETRY_OF_ATTR, RetryStaleTrial, StorageSettings, open_storage
-from tuner.study import StudyConfig, create_study
+from tuner.space._space import load_space
+from tuner.service._storage import RETRY_OF_ATTR, RetryStaleTrial, StorageSettings, open_storage
+from tuner.search._study import StudyConfig, create_study
 
 PARAMS = {"freeze": "head", "lr": 1e-3, "optimizer": "adam", "batch_size": 64, "epochs": 2}
 

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
-from tuner.checkpoints import BEST_WEIGHTS_ATTR
+from tuner.service._checkpoints import BEST_WEIGHTS_ATTR
 from tuner.cli import cli
-from tuner.data import DataWarning
-from tuner.models import weights_cache_path
+from tuner.training._data import DataWarning
+from tuner.training._models import weights_cache_path
 
 # The data of every run here has one corrupt file; only the first test looks at the warning.
 pytestmark = pytest.mark.filterwarnings("ignore::tuner.data.DataWarning")

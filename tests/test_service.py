@@ -37,11 +37,11 @@ from sqlalchemy.engine import make_url
 from conftest import TINY_SPACE, _admin_engine, postgres_admin_url
 from tuner.cli import cli
 from tuner.errors import StorageError
-from tuner.results import all_params
-from tuner.space import load_space
-from tuner.storage import StorageSettings, mask_url, open_storage
-from tuner.study import StudyConfig, create_study
-from tuner.worker import ExpectedStops, HandBack, OverBudget, TakenOver
+from tuner.service._results import all_params
+from tuner.space._space import load_space
+from tuner.service._storage import StorageSettings, mask_url, open_storage
+from tuner.search._study import StudyConfig, create_study
+from tuner.service._worker import ExpectedStops, HandBack, OverBudget, TakenOver
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEAD = {"freeze": "head", "lr": 1e-3}

@@ -23,9 +23,9 @@ import torchvision
 from PIL import Image
 
 from conftest import cli_invoke as invoke, run_head_only_study
-from tuner.model_folder import ModelInfo, plain_build_code, plain_state_dict, write_folder
-from tuner.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, build_model
-from tuner.results import all_params
+from tuner.shipping._model_folder import ModelInfo, plain_build_code, plain_state_dict, write_folder
+from tuner.training._models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, build_model
+from tuner.service._results import all_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DIGITS = 1797

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from tuner.errors import SpaceError
-from tuner.space import load_space, parse_space, shipped_spaces
+from tuner.space._space import load_space, parse_space, shipped_spaces
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tuner.cli import cli, explicit_options, storage_settings, worker_settings
-from tuner.data import DataConfig, load_data
-from tuner.service import prepare_study, request_from
-from tuner.worker import Worker
+from tuner.training._data import DataConfig, load_data
+from tuner.service._prepare import prepare_study, request_from
+from tuner.service._worker import Worker
 
 pytestmark = pytest.mark.filterwarnings("ignore::tuner.data.DataWarning")
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from tuner.cli import cli, worker_argv
 from tuner.errors import DeviceError, OptionError
-from tuner.supervisor import ChildSpec, child_env, plan_processes
+from tuner.service._supervisor import ChildSpec, child_env, plan_processes
 
 
 def gpu(index: int) -> tuple[tuple[str, str], ...]:

@@ -1,4 +1,4 @@
-"""Tests of tuner.training: hyperparameters, freezing with differential LRs, optimizers,
+"""Tests of tuner.training._loop: hyperparameters, freezing with differential LRs, optimizers,
 LR schedules, losses, metrics, one training epoch, evaluation and early stopping."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from tuner.errors import TunerError
-from tuner.models import ModelSpec, build_model, freeze, set_train_mode
-from tuner.training import (
+from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode
+from tuner.training._loop import (
     Diverged,
     EarlyStopping,
     Evaluation,

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pytest
 
-from tuner.data import DataConfig, load_data
+from tuner.training._data import DataConfig, load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_ledger_follows_a_continued_trial_by_its_lineage(bench):
 
 
 def test_recipes_are_complete_configurations_of_the_default_space(bench):
-    from tuner.space import load_space
+    from tuner.space._space import load_space
 
     space = load_space("default")
     recipes = bench.recipe_params(space)
@@ -121,7 +121,7 @@ def test_smoke_run_prints_every_ratio_and_draws_the_curves(tmp_path):
 
 
 def test_the_gradual_ablation_space_is_default_yaml_plus_gradual_unfreezing():
-    from tuner.space import load_space
+    from tuner.space._space import load_space
 
     default, gradual = load_space("default"), load_space(str(ROOT / "bench" / "spaces" / "gradual.yaml"))
     assert set(gradual.params) - set(default.params) == {"unfreeze_every"}

@@ -161,7 +161,7 @@ import json, sys, time
 from pathlib import Path
 import optuna
 from optuna.trial import TrialState
-from tuner.storage import StorageSettings, open_storage
+from tuner.service._storage import StorageSettings, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="queue", storage=open_storage(StorageSettings(url=sys.argv[1]), heartbeat=False))
@@ -251,9 +251,9 @@ def uninterrupted(params: dict, number: int) -> tuple[float, dict[int, float]]:
     """The same trial run straight through in-process: its value and per-epoch metrics."""
     key = (tuple(sorted(params.items())), number)
     if key not in _BASELINES:
-        from tuner.data import DataConfig, load_data
-        from tuner.objective import Objective, TrialSettings
-        from tuner.space import parse_space
+        from tuner.training._data import DataConfig, load_data
+        from tuner.search._objective import Objective, TrialSettings
+        from tuner.space._space import parse_space
 
         curve: dict[int, float] = {}
         data = load_data(DataConfig("digits", 16, 0.2, 0))

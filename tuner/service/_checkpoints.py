@@ -18,7 +18,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from tuner.errors import StorageError
-from tuner.storage import local_folder
+from tuner.service._storage import local_folder
 
 CHECKPOINT_ATTR = "checkpoint"
 BEST_WEIGHTS_ATTR = "best_weights_artifact"

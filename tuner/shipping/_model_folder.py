@@ -26,7 +26,7 @@ AUX_MODELS = ("googlenet", "inception_v3")
 
 def model_kind(name: str) -> str:
     """torchvision, timm (`timm:NAME`), function (`MODULE:FUNCTION`) or the built-in efficientnet_lite0."""
-    from tuner.model_sources import LITE0, TIMM_PREFIX
+    from tuner.training._sources import LITE0, TIMM_PREFIX
 
     if name == LITE0:
         return LITE0
@@ -96,14 +96,14 @@ class Preprocess:
     """A PIL image (any mode) to the model's input, exactly as training decoded and normalised it."""
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        from tuner.batches import eval_transform
+        from tuner.training._batches import eval_transform
 
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.normalize = eval_transform(mean, std)
 
     def __call__(self, image) -> torch.Tensor:
-        from tuner.data import image_to_tensor
+        from tuner.training._data import image_to_tensor
 
         return self.normalize(image_to_tensor(image, self.image_size))
 
@@ -113,7 +113,7 @@ class Preprocess:
 
 def build_plain(info: ModelInfo) -> nn.Module:
     """The architecture with a plain linear head for the model's classes (random weights)."""
-    from tuner.models import ModelSpec, build_model
+    from tuner.training._models import ModelSpec, build_model
 
     built = build_model(ModelSpec(name=info.model, weights="none", num_classes=len(info.classes)))
     built.model.set_submodule(built.head_name, built.head[1])

@@ -9,11 +9,11 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from tuner.data import IMAGE_EXTENSIONS, load_labelled, read_image
+from tuner.training._data import IMAGE_EXTENSIONS, load_labelled, read_image
 from tuner.errors import DataError
-from tuner.model_folder import load_model
+from tuner.shipping._model_folder import load_model
 from tuner.progress import Progress
-from tuner.training import make_runtime, resolve_device, to_device
+from tuner.training._loop import make_runtime, resolve_device, to_device
 
 BATCH = 64
 

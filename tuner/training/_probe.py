@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuner.batches import TensorBatches
-from tuner.training import Runtime, evaluate, train_one_epoch
+from tuner.training._batches import TensorBatches
+from tuner.training._loop import Runtime, evaluate, train_one_epoch
 
 # The probe is a linear head on fixed features: the seed's head-only learning rate, and
 # enough epochs to converge on a small data set. On cached features an epoch of it costs

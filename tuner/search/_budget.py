@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.study import CONFIG_ATTR, budget_left
+from tuner.search._study import CONFIG_ATTR, budget_left
 
 # A counter in the study's user attrs: `tuner stop` raises it, and every worker that joined
 # before stops. A counter, not a flag: workers started later run, with nothing to reset.

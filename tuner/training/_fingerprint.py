@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
-    from tuner.data import ImageData
+    from tuner.training._data import ImageData
 
 
 def data_fingerprint(data: ImageData, source: str) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def per_class(targets, data: ImageData) -> dict[str, int]:
 
 def content_digest(source: str) -> str:
     """sha256 (16 hex digits) of every file's relative name and size; 'digits' is itself."""
-    from tuner.data import DIGITS, _is_manifest, _read_manifest, _relative
+    from tuner.training._data import DIGITS, _is_manifest, _read_manifest, _relative
 
     if source == DIGITS:
         return DIGITS

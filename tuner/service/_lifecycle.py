@@ -11,12 +11,12 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tuner.budget import request_stop
+from tuner.search._budget import request_stop
 from tuner.errors import SpaceError, StudyError
-from tuner.space import SearchSpace
-from tuner.storage import StorageSettings, mask_url, open_storage, ping
+from tuner.space._space import SearchSpace
+from tuner.service._storage import StorageSettings, mask_url, open_storage, ping
 from tuner.text import plural
-from tuner.study import (
+from tuner.search._study import (
     CONFIG_ATTR,
     CREATED_ATTR,
     StudyConfig,
@@ -153,7 +153,7 @@ def check_params(space: SearchSpace, params: Mapping[str, Any], task: str, where
             continue
         value = params[key]
         if not branch.contains(value):
-            from tuner.render import branch_range
+            from tuner.space._describe import branch_range
 
             raise SpaceError(f"{where}: {key} = {value!r} is outside the study's space ({branch_range(branch)})")
         values[key] = value
@@ -197,7 +197,7 @@ def remove_artifacts(study: optuna.Study, storage, config: StudyConfig) -> int:
     from optuna.artifacts import get_all_artifact_meta
     from optuna.artifacts.exceptions import ArtifactNotFound
 
-    from tuner.checkpoints import (
+    from tuner.service._checkpoints import (
         CHECKPOINT_ATTR,
         ArtifactCheckpointer,
         open_artifact_store,

@@ -10,16 +10,16 @@ from typing import Any, Callable
 import optuna
 import torch
 
-from tuner.data import DataConfig, ImageData, load_data
-from tuner.fingerprint import check_same_data
+from tuner.training._data import DataConfig, ImageData, load_data
+from tuner.training._fingerprint import check_same_data
 from tuner.errors import OptionError, TunerError
-from tuner.model_folder import FORMAT, THRESHOLD, model_kind, write_folder
-from tuner.objective import Objective, TrialSettings, task_of
+from tuner.shipping._model_folder import FORMAT, THRESHOLD, model_kind, write_folder
+from tuner.search._objective import Objective, TrialSettings, task_of
 from tuner.progress import Progress
-from tuner.training import OutOfMemory
-from tuner.results import all_params, best_trial, open_readonly
-from tuner.space import Branch, SearchSpace
-from tuner.study import StudyConfig, read_study
+from tuner.training._loop import OutOfMemory
+from tuner.service._results import all_params, best_trial, open_readonly
+from tuner.space._space import Branch, SearchSpace
+from tuner.search._study import StudyConfig, read_study
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from typing import Iterator, Sequence
 
 import torch
 
-from tuner.batches import ImageBatches, eval_transform, is_random, train_transform
-from tuner.data import AugmentConfig, machine_cache_dir
+from tuner.training._batches import ImageBatches, eval_transform, is_random, train_transform
+from tuner.training._data import AugmentConfig, machine_cache_dir
 from tuner.errors import TunerError
 from tuner.progress import Progress
-from tuner.training import Runtime, to_device
+from tuner.training._loop import Runtime, to_device
 
 # Extraction batch: large enough to keep the device busy, small enough for 224px on a laptop.
 EXTRACT_BATCH = 128

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tuner.space import Branch, SearchSpace, fmt
+from tuner.space._describe import branch_prior, branch_range, branch_when
+from tuner.space._space import SearchSpace, fmt
 
 
 def to_text(table: Table, width: int = 140) -> str:
@@ -28,35 +29,6 @@ def simple_table(title: str | None, headers: Sequence[str], rows: Iterable[Seque
         # Escape so that a value like [false, true] is not read as rich markup.
         table.add_row(*(escape(str(cell)) for cell in row))
     return to_text(table)
-
-
-def branch_range(branch: Branch) -> str:
-    if branch.type in ("float", "int"):
-        text = f"{fmt(branch.low)} .. {fmt(branch.high)}"
-        if branch.log:
-            text += " (log)"
-        if branch.step is not None:
-            text += f" step {fmt(branch.step)}"
-        return text
-    if branch.type == "categorical":
-        return fmt(list(branch.choices))
-    return fmt(branch.value)
-
-
-def branch_prior(branch: Branch) -> str:
-    """The branch's prior as the space file states it: centre ± spread, or weight per choice."""
-    prior = branch.prior
-    if prior is None:
-        return "-"
-    if prior.weights:
-        return ", ".join(f"{fmt(c)}: {fmt(w).removesuffix('.0')}" for c, w in zip(branch.choices, prior.weights))
-    unit = " decades" if branch.log else ""
-    return f"{fmt(prior.centre)} ± {fmt(prior.spread)}{unit}"
-
-
-def branch_when(branch: Branch) -> str:
-    parts = [f"{k} in {fmt(list(v))}" if len(v) > 1 else f"{k} = {fmt(v[0])}" for k, v in branch.when]
-    return " and ".join(parts) or "always"
 
 
 def space_table(space: SearchSpace) -> str:
@@ -93,7 +65,7 @@ def predictions_text(predictions, fmt: str) -> str:
     import csv
     import json
 
-    from tuner.inference import predictions_rows
+    from tuner.shipping._inference import predictions_rows
 
     if fmt == "json":
         records = [{"image": p.image, "predictions": [{"class": c, "probability": v} for c, v in p.labels]}

@@ -18,27 +18,27 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.checkpoints import (
+from tuner.service._checkpoints import (
     BEST_WEIGHTS_ATTR,
     ArtifactCheckpointer,
     open_artifact_store,
     prune_weights,
     upload_weights,
 )
-from tuner.cores import CoreShare
-from tuner.data import DataConfig, ImageData, gib_to_bytes, load_data
-from tuner.models import ModelSpec
-from tuner.objective import Objective, TrialSettings, derive_seed
+from tuner.service._cores import CoreShare
+from tuner.training._data import DataConfig, ImageData, gib_to_bytes, load_data
+from tuner.training._models import ModelSpec
+from tuner.search._objective import Objective, TrialSettings, derive_seed
 from tuner.progress import progress_for
-from tuner.storage import (
+from tuner.service._storage import (
     RETRY_OF_ATTR, StorageSettings, duplicate_retry, local_folder, mask_url, open_storage, ping,
 )
-from tuner.budget import StudyControl
-from tuner.fingerprint import check_same_data
-from tuner.study import StudyConfig, config_from_attrs, finished_count, load_study, stored_attrs, within_budget
-from tuner.study_artifacts import publish_best_model
+from tuner.search._budget import StudyControl
+from tuner.training._fingerprint import check_same_data
+from tuner.search._study import StudyConfig, config_from_attrs, finished_count, load_study, stored_attrs, within_budget
+from tuner.service._study_artifacts import publish_best_model
 from tuner.text import plural
-from tuner.training import resolve_device
+from tuner.training._loop import resolve_device
 
 HANDED_BACK_ATTR = "handed_back"
 OVER_BUDGET_ATTR = "over_budget"

@@ -13,8 +13,8 @@ import click
 from click.core import ParameterSource
 
 from tuner.errors import TunerError
-from tuner.storage import DEFAULT_STORAGE
-from tuner.study import DEFAULT_PRIOR_WEIGHT
+from tuner.service._storage import DEFAULT_STORAGE
+from tuner.search._study import DEFAULT_PRIOR_WEIGHT
 from tuner.text import plural
 
 
@@ -165,7 +165,7 @@ def explicit_options(ctx: click.Context) -> set[str]:
 
 
 def storage_settings(params: dict[str, Any]):
-    from tuner.storage import StorageSettings
+    from tuner.service._storage import StorageSettings
 
     return StorageSettings(
         url=params["storage"], heartbeat_interval=params.get("heartbeat_interval", 30),
@@ -174,7 +174,7 @@ def storage_settings(params: dict[str, Any]):
 
 
 def worker_settings(params: dict[str, Any]):
-    from tuner.worker import WorkerOptions
+    from tuner.service._worker import WorkerOptions
 
     return WorkerOptions(
         device=params["device"], data=params.get("data"), artifacts=params.get("artifacts"),
@@ -214,8 +214,8 @@ def run(ctx: click.Context, **params: Any) -> None:
       # your images, imagenet weights from the torch hub cache
       tuner run --data path/to/images --n-trials 30
     """
-    from tuner.service import prepare_study, request_from
-    from tuner.worker import Worker
+    from tuner.service._prepare import prepare_study, request_from
+    from tuner.service._worker import Worker
 
     settings = storage_settings(params)
     prepared = prepare_study(settings, params["study"], request_from(params), explicit_options(ctx),
@@ -250,8 +250,8 @@ def create(ctx: click.Context, **params: Any) -> None:
       tuner create --study flowers --data /shared/flowers --storage postgresql+psycopg://u:p@db/tuner \\
           --artifacts /shared/artifacts --n-trials 100
     """
-    from tuner.service import prepare_study, request_from
-    from tuner.storage import mask_url
+    from tuner.service._prepare import prepare_study, request_from
+    from tuner.service._storage import mask_url
 
     prepared = prepare_study(storage_settings(params), params["study"], request_from(params),
                              explicit_options(ctx), create_only=True)
@@ -285,10 +285,10 @@ def worker(**params: Any) -> None:
       tuner worker --study flowers --gpus all                # one supervised process per GPU
       tuner worker --study flowers --processes 4 --device cpu
     """
-    from tuner.service import require_existing_sqlite
-    from tuner.storage import StorageSettings
-    from tuner.supervisor import plan_processes, supervise, visible_gpu_count
-    from tuner.worker import Worker
+    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._storage import StorageSettings
+    from tuner.service._supervisor import plan_processes, supervise, visible_gpu_count
+    from tuner.service._worker import Worker
 
     require_existing_sqlite(params["storage"])
     if params["gpus"] or params["processes"] or params["trials_per_gpu"]:
@@ -334,9 +334,9 @@ def status(study: str | None, storage: str, fmt: str) -> None:
       tuner status
       tuner status --study flowers --format json
     """
-    from tuner.render import status_text
-    from tuner.results import study_status
-    from tuner.service import require_existing_sqlite
+    from tuner.cli._render import status_text
+    from tuner.service._results import study_status
+    from tuner.service._prepare import require_existing_sqlite
 
     require_existing_sqlite(storage)
     report = study_status(storage, study)
@@ -356,8 +356,8 @@ def best(study: str, storage: str, fmt: str) -> None:
       tuner best --study flowers
       tuner best --study flowers --format yaml > best.yaml   # a space that reruns it: --space best.yaml
     """
-    from tuner.results import best_as_space_yaml, best_summary, epochs_note
-    from tuner.service import require_existing_sqlite
+    from tuner.service._results import best_as_space_yaml, best_summary, epochs_note
+    from tuner.service._prepare import require_existing_sqlite
 
     require_existing_sqlite(storage)
     summary = best_summary(storage, study)
@@ -387,8 +387,8 @@ def export(study: str, storage: str, fmt: str, out: str | None) -> None:
       tuner export --study flowers --out trials.csv
       tuner export --study flowers --format json | jq '.trials[0]'
     """
-    from tuner.results import export_trials
-    from tuner.service import require_existing_sqlite
+    from tuner.service._results import export_trials
+    from tuner.service._prepare import require_existing_sqlite
 
     require_existing_sqlite(storage)
     text = export_trials(storage, study, fmt)
@@ -413,8 +413,8 @@ def report(study: str, storage: str, out: str) -> None:
     Examples:
       tuner report --study flowers --out report && xdg-open report/index.html
     """
-    from tuner.report import write_report
-    from tuner.service import require_existing_sqlite
+    from tuner.shipping._report import write_report
+    from tuner.service._prepare import require_existing_sqlite
 
     require_existing_sqlite(storage)
     result = write_report(storage, study, out)
@@ -438,9 +438,9 @@ def dashboard(storage: str, host: str, port: int, artifacts: str | None) -> None
       tuner dashboard                        # http://127.0.0.1:8080/
       tuner dashboard --storage postgresql+psycopg://u:p@db/tuner --port 8081
     """
-    from tuner.results import check_port, serve_dashboard
-    from tuner.service import require_existing_sqlite
-    from tuner.storage import mask_url
+    from tuner.service._results import check_port, serve_dashboard
+    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._storage import mask_url
 
     require_existing_sqlite(storage)
     check_port(host, port)
@@ -478,8 +478,8 @@ def retrain(**params: Any) -> None:
       tuner retrain --study s --out model --epochs 30 --export torchscript
     """
     from tuner.progress import progress_for
-    from tuner.retrain import RetrainRequest, retrain as run_retrain
-    from tuner.service import require_existing_sqlite
+    from tuner.shipping._retrain import RetrainRequest, retrain as run_retrain
+    from tuner.service._prepare import require_existing_sqlite
 
     require_existing_sqlite(params["storage"])
     request = RetrainRequest(
@@ -515,9 +515,9 @@ def studies(storage: str, fmt: str) -> None:
       tuner studies
       tuner studies --storage postgresql://tuner:secret@db/tuner --format json
     """
-    from tuner.lifecycle import list_studies
-    from tuner.render import studies_text
-    from tuner.service import require_existing_sqlite
+    from tuner.service._lifecycle import list_studies
+    from tuner.cli._render import studies_text
+    from tuner.service._prepare import require_existing_sqlite
 
     require_existing_sqlite(storage)
     report = list_studies(storage)
@@ -537,8 +537,8 @@ def extend(study: str, storage: str, n_trials: int) -> None:
       tuner extend --study flowers --n-trials 200
       tuner worker --study flowers        # then run the new trials
     """
-    from tuner.lifecycle import extend as extend_study
-    from tuner.service import require_existing_sqlite
+    from tuner.service._lifecycle import extend as extend_study
+    from tuner.service._prepare import require_existing_sqlite
 
     require_existing_sqlite(storage)
     old, new = extend_study(storage, study, n_trials)
@@ -556,8 +556,8 @@ def stop(study: str, storage: str) -> None:
       tuner stop --study flowers
       tuner worker --study flowers        # later: resumes the handed-back trials
     """
-    from tuner.lifecycle import stop as stop_study
-    from tuner.service import require_existing_sqlite
+    from tuner.service._lifecycle import stop as stop_study
+    from tuner.service._prepare import require_existing_sqlite
 
     require_existing_sqlite(storage)
     running = stop_study(storage, study)
@@ -580,8 +580,8 @@ def enqueue(study: str, storage: str, params_file: str, fmt: str) -> None:
       tuner best --study pilot --format yaml > best.yaml
       tuner enqueue --study flowers --params best.yaml
     """
-    from tuner.lifecycle import enqueue as enqueue_params
-    from tuner.service import require_existing_sqlite
+    from tuner.service._lifecycle import enqueue as enqueue_params
+    from tuner.service._prepare import require_existing_sqlite
 
     require_existing_sqlite(storage)
     params = enqueue_params(storage, study, params_file)
@@ -605,9 +605,9 @@ def delete(study: str, storage: str, yes: bool) -> None:
       tuner delete --study pilot
       tuner delete --study pilot --yes    # no question (scripts)
     """
-    from tuner.lifecycle import delete as delete_study
-    from tuner.lifecycle import describe_for_delete
-    from tuner.service import require_existing_sqlite
+    from tuner.service._lifecycle import delete as delete_study
+    from tuner.service._lifecycle import describe_for_delete
+    from tuner.service._prepare import require_existing_sqlite
 
     require_existing_sqlite(storage)
     trials, artifacts = describe_for_delete(storage, study)
@@ -636,9 +636,9 @@ def predict(folder: str, images: tuple[str, ...], top_k: int, fmt: str, device: 
       tuner predict --model model photo.jpg other.png
       tuner predict --model model photos/ --top-k 1 --format csv > predictions.csv
     """
-    from tuner.inference import predict as run_predict
+    from tuner.shipping._inference import predict as run_predict
     from tuner.progress import progress_for
-    from tuner.render import predictions_text
+    from tuner.cli._render import predictions_text
 
     progress = progress_for(False)
     with progress.running():
@@ -674,9 +674,9 @@ def evaluate_command(folder: str, data: str, fmt: str, plot: str, device: str) -
     """
     from pathlib import Path
 
-    from tuner.inference import confusion_png, evaluate_model
+    from tuner.shipping._inference import confusion_png, evaluate_model
     from tuner.progress import progress_for
-    from tuner.render import evaluation_text
+    from tuner.cli._render import evaluation_text
 
     progress = progress_for(fmt == "json")
     with progress.running():
@@ -704,7 +704,7 @@ def models(pattern: str | None) -> None:
       tuner models resnet
       tuner models timm:convnext
     """
-    from tuner.models import available_models
+    from tuner.training._models import available_models
 
     names = [name for name in available_models() if pattern is None or pattern in name]
     for name in names:
@@ -735,7 +735,7 @@ def space_list() -> None:
     Examples:
       tuner space list
     """
-    from tuner.space import load_space, shipped_spaces
+    from tuner.space._space import load_space, shipped_spaces
 
     for path in shipped_spaces():
         first_line = load_space(str(path)).description.split(". ")[0].rstrip(".")
@@ -753,8 +753,8 @@ def space_validate(files: tuple[str, ...]) -> None:
       tuner space validate default fine_tuning
     """
     from tuner.errors import SpaceError
-    from tuner.objective import check_space
-    from tuner.space import load_space
+    from tuner.search._objective import check_space
+    from tuner.space._space import load_space
 
     failed = 0
     for ref in files:
@@ -782,8 +782,8 @@ def space_show(ref: str, fmt: str) -> None:
       tuner space show default
       tuner space show my_space.yaml --format json
     """
-    from tuner.render import space_table
-    from tuner.space import load_space
+    from tuner.cli._render import space_table
+    from tuner.space._space import load_space
 
     loaded = load_space(ref)
     if fmt == "json":

@@ -11,9 +11,9 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.errors import StudyError, TunerError
-from tuner.head_stage import HEAD_STAGE_ATTR, HeadSettledSampler, StageUnpruned, stage_params
-from tuner.priors import PriorGuidedSampler
-from tuner.space import SearchSpace, parse_space
+from tuner.search._head_stage import HEAD_STAGE_ATTR, HeadSettledSampler, StageUnpruned, stage_params
+from tuner.search._priors import PriorGuidedSampler
+from tuner.space._space import SearchSpace, parse_space
 
 CONFIG_ATTR = "tuner_config"
 CREATED_ATTR = "tuner_created"  # ISO time, UTC: Optuna keeps no creation time of its own
@@ -68,10 +68,10 @@ class StudyConfig:
     startup_trials: int = 10
     min_resource: int = 1
     reduction_factor: int = 3
-    # The head stage (tuner.head_stage): this many head-only trials right after the warm
+    # The head stage (tuner.search._head_stage): this many head-only trials right after the warm
     # start's recipes; later fine-tuning trials take lr and dropout from the best of them.
     head_trials: int = 0
-    # Classes, images per class of train and val, content hash (tuner.fingerprint); None
+    # Classes, images per class of train and val, content hash (tuner.training._fingerprint); None
     # for studies created before fingerprints, which are then not checked.
     data_fingerprint: Mapping[str, Any] | None = None
 
@@ -297,13 +297,13 @@ keep it, with its seed and checkpoints); `worker` is host:pid:device; `epoch`/`e
 
 
 def _range(branch) -> str:
-    from tuner.render import branch_range
+    from tuner.space._describe import branch_range
 
     return branch_range(branch)
 
 
 def _prior(branch) -> str:
-    from tuner.render import branch_prior
+    from tuner.space._describe import branch_prior
 
     return branch_prior(branch)
 
@@ -325,7 +325,7 @@ def _prior_line(config: StudyConfig, space: SearchSpace) -> str:
 
 
 def _when(branch) -> str:
-    from tuner.render import branch_when
+    from tuner.space._describe import branch_when
 
     return branch_when(branch)
 
@@ -358,9 +358,9 @@ def expressible(space: SearchSpace, config: Mapping[str, Any]) -> dict[str, Any]
     whole configuration instead meant that e.g. a space without `unfreeze_blocks`, or
     whose optimizers exclude adamw, never got the head / last-block warm start at all.
     """
-    # Imported here: tuner.training imports torch, and `tuner status` loads studies through
+    # Imported here: tuner.training._loop imports torch, and `tuner status` loads studies through
     # this module without training anything.
-    from tuner.training import Hyperparams
+    from tuner.training._loop import Hyperparams
 
     defining = "freeze"
     if defining in config and defining not in space.params and config[defining] != Hyperparams.freeze:

@@ -13,15 +13,15 @@ from typing import Any, Callable, Mapping, Protocol
 import optuna
 import torch
 
-from tuner.batches import ImageBatches, TensorBatches, eval_transform, place_images, train_transform
-from tuner.data import AugmentConfig, ImageData
+from tuner.training._batches import ImageBatches, TensorBatches, eval_transform, place_images, train_transform
+from tuner.training._data import AugmentConfig, ImageData
 from tuner.errors import DeviceError, SpaceError
-from tuner.features import CachedFeatures, FeatureCache, FeatureCacheConfig, default_cache_dir, extract
-from tuner.models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode, unfreeze_top
-from tuner.probe import probe_head
+from tuner.training._features import CachedFeatures, FeatureCache, FeatureCacheConfig, default_cache_dir, extract
+from tuner.training._models import BuiltModel, ModelSpec, build_model, count_trainable, freeze, set_train_mode, unfreeze_top
+from tuner.training._probe import probe_head
 from tuner.progress import Progress, short_params
-from tuner.space import SearchSpace
-from tuner.training import (
+from tuner.space._space import SearchSpace
+from tuner.training._loop import (
     Diverged,
     EarlyStopping,
     Hyperparams,

@@ -157,7 +157,7 @@ def retrying(method: Callable, name: str) -> Callable:
                 if not is_connection_error(exc) or time.monotonic() + delay > deadline:
                     raise
                 failed = True
-                logging.getLogger("tuner.storage").warning(
+                logging.getLogger("tuner.service._storage").warning(
                     "storage unreachable during %s (%s); retrying in %.1fs", name,
                     short_reason(exc.__cause__ or exc), delay)  # the driver's error, not Optuna's wrapper
                 time.sleep(delay)

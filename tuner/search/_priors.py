@@ -13,8 +13,8 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial
 
 from tuner.errors import TunerError
-from tuner.space import Branch, Prior, SearchSpace, _same
-from tuner.wrapped_sampler import WrappedSampler
+from tuner.space._space import Branch, Prior, SearchSpace, _same
+from tuner.search._wrapped import WrappedSampler
 
 # Draws of a truncated normal that may fall outside the range before we clip instead.
 _MAX_REJECTIONS = 64

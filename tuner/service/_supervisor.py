@@ -57,7 +57,7 @@ def cuda_device(device: str, count: int) -> tuple[str, int]:
         if count == 0:
             raise DeviceError(needs_cuda)
         return "cuda", 0
-    from tuner.training import parse_device  # imports torch: only worker commands get here
+    from tuner.training._loop import parse_device  # imports torch: only worker commands get here
 
     parsed = parse_device(device, count)
     if parsed.type != "cuda":

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 import optuna
 
 from tuner.errors import DataError, ModelError, StorageError, StudyError
-from tuner.fingerprint import check_same_data, data_fingerprint
-from tuner.space import SearchSpace, load_space
-from tuner.storage import (
+from tuner.training._fingerprint import check_same_data, data_fingerprint
+from tuner.space._space import SearchSpace, load_space
+from tuner.service._storage import (
     StorageSettings,
     local_folder,
     normalize_url,
@@ -21,10 +21,10 @@ from tuner.storage import (
     sqlite_file,
     storage_is_empty,
 )
-from tuner.study import DEFAULT_PRIOR_WEIGHT, StudyConfig, create_study, stored_config, study_note
+from tuner.search._study import DEFAULT_PRIOR_WEIGHT, StudyConfig, create_study, stored_config, study_note
 
 if TYPE_CHECKING:
-    from tuner.data import ImageData
+    from tuner.training._data import ImageData
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,11 @@ def build_config(request: StudyRequest, storage: StorageSettings,
     before anything is written to the storage."""
     # Imported here, not at the top: these import torch, and the read-only commands
     # (status, best, export, ...) import this module yet must start without torch's seconds.
-    from tuner.checkpoints import default_artifacts_dir
-    from tuner.head_stage import check_head_stage
-    from tuner.models import ModelSpec, build_model
-    from tuner.objective import check_space, metric_name
-    from tuner.training import resolve_device
+    from tuner.service._checkpoints import default_artifacts_dir
+    from tuner.search._head_stage import check_head_stage
+    from tuner.training._models import ModelSpec, build_model
+    from tuner.search._objective import check_space, metric_name
+    from tuner.training._loop import resolve_device
 
     resolve_device(device)  # `--device gpu`, or cuda without CUDA, fails before the study exists
     space = load_space(request.space)
@@ -133,7 +133,7 @@ def build_config(request: StudyRequest, storage: StorageSettings,
 
 def load_study_data(source: str, image_size: int, val_fraction: float, seed: int,
                     memory_limit_gib: float | None, storage: StorageSettings) -> ImageData:
-    from tuner.data import DataConfig, gib_to_bytes, load_data
+    from tuner.training._data import DataConfig, gib_to_bytes, load_data
 
     return load_data(DataConfig(source, image_size, val_fraction, seed,
                                 memory_limit=gib_to_bytes(memory_limit_gib),
@@ -204,7 +204,7 @@ def prepare_study(storage: StorageSettings, name: str | None, request: StudyRequ
     if rdb is None:
         rdb = open_storage(storage, heartbeat=False)
         ping(rdb)
-    from tuner.data import describe_source  # imports torch: see build_config
+    from tuner.training._data import describe_source  # imports torch: see build_config
 
     note = study_note(config, space, describe_source(request.data))
     create_study(rdb, study_name, config, note)
@@ -214,7 +214,7 @@ def prepare_study(storage: StorageSettings, name: str | None, request: StudyRequ
 def continue_study(rdb, name: str, request: StudyRequest, explicit: Iterable[str], storage: StorageSettings,
                    device: str) -> PreparedStudy:
     """Join an existing study with its stored settings; only machine-local flags may differ."""
-    from tuner.training import resolve_device
+    from tuner.training._loop import resolve_device
 
     stored = stored_config(rdb, name)
     check_compatible(name, stored, given_settings(request, storage, explicit))

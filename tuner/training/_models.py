@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tuner.errors import ModelError
-from tuner.model_sources import (  # noqa: F401  (IMAGENET_* and available_models are re-exported)
+from tuner.training._sources import (  # noqa: F401  (IMAGENET_* and available_models are re-exported)
     IMAGENET_MEAN,
     IMAGENET_STD,
     TorchvisionSource,
@@ -35,7 +35,7 @@ _NORMS = _BATCH_NORMS + (
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to build: a model name (see tuner.model_sources), its starting weights and its new head."""
+    """What to build: a model name (see tuner.training._sources), its starting weights and its new head."""
 
     name: str
     weights: str = "imagenet"

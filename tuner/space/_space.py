@@ -174,7 +174,7 @@ def shipped_spaces_dir() -> Path:
     override = os.environ.get("TUNER_SPACES_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "search_spaces"
+    return Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 def shipped_spaces() -> list[Path]:
