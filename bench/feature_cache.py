@@ -26,7 +26,8 @@ from tuner.training._batches import ImageBatches, TensorBatches, train_transform
 from tuner.training._data import AugmentConfig, DataConfig, load_data  # noqa: E402
 from tuner.training._features import FeatureCache, FeatureCacheConfig  # noqa: E402
 from tuner.training._models import ModelSpec, build_model, freeze  # noqa: E402
-from tuner.training._loop import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
+from tuner.training._hyperparams import Hyperparams  # noqa: E402
+from tuner.training._loop import make_optimizer, make_runtime, train_one_epoch  # noqa: E402
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ from _common import machine, make_image_folder, timed  # noqa: E402
 from tuner.training._batches import ImageBatches, train_transform  # noqa: E402
 from tuner.training._data import AugmentConfig, DataConfig, load_data  # noqa: E402
 from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
-from tuner.training._loop import Hyperparams, make_optimizer, make_runtime, train_one_epoch  # noqa: E402
+from tuner.training._hyperparams import Hyperparams  # noqa: E402
+from tuner.training._loop import make_optimizer, make_runtime, train_one_epoch  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -602,7 +602,8 @@ def epoch_speeds(folder: Path, data: ImageData, config: BenchConfig, work: Path)
     from tuner.training._data import AugmentConfig
     from tuner.training._features import FeatureCache, FeatureCacheConfig
     from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode
-    from tuner.training._loop import Hyperparams, make_optimizer, make_runtime, train_one_epoch
+    from tuner.training._hyperparams import Hyperparams
+    from tuner.training._loop import make_optimizer, make_runtime, train_one_epoch
 
     runtime = make_runtime(torch.device("cpu"))
     loss_fn = torch.nn.CrossEntropyLoss()

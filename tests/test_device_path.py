@@ -214,13 +214,13 @@ def test_a_retry_whose_checkpoint_is_unreadable_says_it_restarts_from_scratch(tm
     ("s3://bucket/team/runs/", ("bucket", "team/runs")),
 ])
 def test_an_s3_location_keeps_its_prefix(location, expected):
-    from tuner.service._checkpoints import parse_s3
+    from tuner.service._artifact_store import parse_s3
 
     assert parse_s3(location) == expected
 
 
 def test_an_s3_location_without_a_bucket_is_a_storage_error():
-    from tuner.service._checkpoints import parse_s3
+    from tuner.service._artifact_store import parse_s3
     from tuner.errors import StorageError
 
     with pytest.raises(StorageError, match=r"--artifacts 's3:///runs' names no bucket"):
@@ -250,7 +250,8 @@ class MemoryStore:
 
 
 def test_checkpoints_and_weights_land_under_the_prefix(tmp_path):
-    from tuner.service._checkpoints import ArtifactCheckpointer, PrefixedStore, upload_weights
+    from tuner.service._artifact_store import PrefixedStore
+    from tuner.service._checkpoints import ArtifactCheckpointer, upload_weights
 
     bucket = MemoryStore()
     store = PrefixedStore(bucket, "team/runs")
@@ -267,7 +268,7 @@ def test_checkpoints_and_weights_land_under_the_prefix(tmp_path):
 
 def test_an_s3_store_with_a_prefix_writes_under_it(monkeypatch):
     pytest.importorskip("boto3")
-    from tuner.service._checkpoints import PrefixedStore, open_artifact_store
+    from tuner.service._artifact_store import PrefixedStore, open_artifact_store
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # a client needs one; nothing is sent
     store = open_artifact_store("s3://bucket/team/runs")

@@ -26,7 +26,7 @@ from tuner.errors import SpaceError
 from tuner.training._models import ModelSpec, build_model, count_trainable, weights_cache_path
 from tuner.search._objective import Objective, TrialRun, TrialSettings, check_space
 from tuner.space._space import SearchSpace, load_space, parse_space
-from tuner.training._loop import Hyperparams
+from tuner.training._hyperparams import Hyperparams
 
 SETTINGS = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu")
 HEAD_PARAMS = 512 * 2 + 2  # the new Linear(512, 2) of resnet18

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tuner.space._describe import branch_prior, branch_range, branch_when
-from tuner.space._space import SearchSpace, fmt
+from tuner.space._space import SearchSpace
 
 
 def to_text(table: Table, width: int = 140) -> str:

@@ -21,10 +21,10 @@ from tuner.training._models import BuiltModel, ModelSpec, build_model, count_tra
 from tuner.training._probe import probe_head
 from tuner.progress import Progress, short_params
 from tuner.space._space import SearchSpace
+from tuner.training._hyperparams import Hyperparams, param_problem
 from tuner.training._loop import (
     Diverged,
     EarlyStopping,
-    Hyperparams,
     OutOfMemory,
     Runtime,
     evaluate,
@@ -34,7 +34,6 @@ from tuner.training._loop import (
     make_optimizer,
     make_runtime,
     make_scheduler,
-    param_problem,
     resolve_device,
     step_scheduler,
     train_one_epoch,

@@ -14,6 +14,7 @@ from tuner.errors import StudyError, TunerError
 from tuner.search._head_stage import HEAD_STAGE_ATTR, HeadSettledSampler, StageUnpruned, stage_params
 from tuner.search._priors import PriorGuidedSampler
 from tuner.space._space import SearchSpace, parse_space
+from tuner.training._hyperparams import Hyperparams
 
 CONFIG_ATTR = "tuner_config"
 CREATED_ATTR = "tuner_created"  # ISO time, UTC: Optuna keeps no creation time of its own
@@ -358,10 +359,6 @@ def expressible(space: SearchSpace, config: Mapping[str, Any]) -> dict[str, Any]
     whole configuration instead meant that e.g. a space without `unfreeze_blocks`, or
     whose optimizers exclude adamw, never got the head / last-block warm start at all.
     """
-    # Imported here: tuner.training._loop imports torch, and `tuner status` loads studies through
-    # this module without training anything.
-    from tuner.training._loop import Hyperparams
-
     defining = "freeze"
     if defining in config and defining not in space.params and config[defining] != Hyperparams.freeze:
         return None  # the space leaves freeze at the trainer's default, and this is another strategy

@@ -197,11 +197,8 @@ def remove_artifacts(study: optuna.Study, storage, config: StudyConfig) -> int:
     from optuna.artifacts import get_all_artifact_meta
     from optuna.artifacts.exceptions import ArtifactNotFound
 
-    from tuner.service._checkpoints import (
-        CHECKPOINT_ATTR,
-        ArtifactCheckpointer,
-        open_artifact_store,
-    )
+    from tuner.service._artifact_store import open_artifact_store
+    from tuner.service._checkpoints import CHECKPOINT_ATTR, ArtifactCheckpointer
 
     if not config.artifacts:
         return 0

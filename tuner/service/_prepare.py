@@ -86,7 +86,7 @@ def build_config(request: StudyRequest, storage: StorageSettings,
     before anything is written to the storage."""
     # Imported here, not at the top: these import torch, and the read-only commands
     # (status, best, export, ...) import this module yet must start without torch's seconds.
-    from tuner.service._checkpoints import default_artifacts_dir
+    from tuner.service._artifact_store import default_artifacts_dir
     from tuner.search._head_stage import check_head_stage
     from tuner.training._models import ModelSpec, build_model
     from tuner.search._objective import check_space, metric_name

@@ -15,6 +15,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import OptionError, StudyError
+from tuner.service._artifact_store import open_artifact_store
 from tuner.service._storage import StorageSettings, mask_url, open_storage, ping
 from tuner.search._study import CONFIG_ATTR, StudyConfig, read_config, read_study, stored_config
 
@@ -298,10 +299,6 @@ class StudyArtifactStores:
 
 def dashboard_store(storage, explicit: str | None):
     """The artifact store the dashboard serves: None when no study has one."""
-    # Imported here, not at the top: tuner.service._checkpoints imports torch, which status, best
-    # and export (the rest of this module) do without.
-    from tuner.service._checkpoints import open_artifact_store
-
     stores = [open_artifact_store(location) for location in artifact_locations(storage, explicit)]
     if len(stores) <= 1:
         return stores[0] if stores else None

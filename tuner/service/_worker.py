@@ -18,10 +18,10 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.service._artifact_store import open_artifact_store
 from tuner.service._checkpoints import (
     BEST_WEIGHTS_ATTR,
     ArtifactCheckpointer,
-    open_artifact_store,
     prune_weights,
     upload_weights,
 )

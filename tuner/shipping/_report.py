@@ -13,7 +13,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StudyError
+from tuner.service._artifact_store import open_artifact_store
 from tuner.service._results import all_params, open_readonly
+from tuner.service._study_artifacts import publish_report
 from tuner.search._study import read_study
 
 # Below this many completed trials, parameter importances are mostly noise: the page says so.
@@ -100,9 +102,6 @@ def upload(study: optuna.Study, storage, location: str, files: list[Path]) -> in
     """The report as study artifacts, replacing the one uploaded before (none without a store)."""
     if not location:
         return 0
-    from tuner.service._checkpoints import open_artifact_store
-    from tuner.service._study_artifacts import publish_report
-
     return len(publish_report(study, storage, open_artifact_store(location), files))
 
 
