@@ -45,6 +45,6 @@ def test_the_old_study_continues_with_its_stored_config(old_study, tmp_path):
     assert "finished 3/3 trials" in worked.output, worked.output
     trials = optuna.load_study(study_name="v2", storage=old_study).get_trials(deepcopy=False)
     assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
-    # The stored --max-epochs 2 still caps the new trial, and it trained the stored data's 10 classes.
+    # The stored --max-epochs 2 still caps the new trial.
     assert 1 <= trials[2].user_attrs["epochs_run"] <= 2
     assert trials[2].user_attrs["stop_reason"] in ("completed", "early_stopped", "pruned")
