@@ -35,7 +35,7 @@ from tuner.space._space import parse_space
 
 LITE0_BLOCKS = 16
 # The test images have one corrupt file; the data tests look at that warning, not these.
-pytestmark = pytest.mark.filterwarnings("ignore::tuner.data.DataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data.DataWarning")
 
 
 def _names(model: nn.Module, params) -> list[str]:

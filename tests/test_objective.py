@@ -24,9 +24,10 @@ from tuner.training._batches import eval_transform
 from tuner.training._data import DataConfig, DataWarning, ImageData, load_data
 from tuner.errors import SpaceError
 from tuner.training._models import ModelSpec, build_model, count_trainable, weights_cache_path
-from tuner.search._objective import Objective, TrialRun, TrialSettings, check_space
+from tuner.search._objective import Objective, TrialRun, TrialSettings
 from tuner.space._space import SearchSpace, load_space, parse_space
-from tuner.training._hyperparams import Hyperparams
+from tuner.training._hyperparams import Hyperparams, check_space
+from tuner.training._run import build_run
 
 SETTINGS = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu")
 HEAD_PARAMS = 512 * 2 + 2  # the new Linear(512, 2) of resnet18
@@ -334,10 +335,10 @@ def test_sampled_hyperparameters_reach_the_run(presplit):
         "nesterov": True, "weight_decay": 3e-5, "batch_size": 4, "class_weighting": "balanced",
         "label_smoothing": 0.1, "patience": 2, "dropout": 0.3,
     })
-    run = TrialRun(Objective(make_space(FROZEN_SPACE), presplit, SETTINGS), hp, seed=0, origin=0)
+    run = build_run(Objective(make_space(FROZEN_SPACE), presplit, SETTINGS).run_inputs(), hp, seed=0)
 
-    assert type(run.optimizer) is torch.optim.SGD
-    groups = {g["name"]: g for g in run.optimizer.param_groups}
+    assert type(run.state.optimizer) is torch.optim.SGD
+    groups = {g["name"]: g for g in run.state.optimizer.param_groups}
     assert {name: g["lr"] for name, g in groups.items()} == {"head": 0.02, "backbone": 2e-4}
     assert all((g["momentum"], g["nesterov"], g["weight_decay"]) == (0.8, True, 3e-5) for g in groups.values())
     assert count_trainable(run.model) == backbone_size(("layer4.",)) + HEAD_PARAMS
@@ -348,7 +349,7 @@ def test_sampled_hyperparameters_reach_the_run(presplit):
     assert run.loss_fn.weight.tolist() == pytest.approx([8 / (2 * 2), 8 / (2 * 6)])
     assert (run.train_loader.batches.batch_size, run.train_loader.batches.drop_last) == (4, True)
     assert run.val_loader.batches.batch_size == 4 and len(run.val_loader.batches.tensors[0]) == 4
-    assert run.stopper.patience == 2
+    assert run.state.stopper.patience == 2
 
 
 def test_multi_label_balanced_weighting_sets_bce_pos_weight():
@@ -357,7 +358,7 @@ def test_multi_label_balanced_weighting_sets_bce_pos_weight():
     train = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     data = ImageData(images[:4], train, images[4:], torch.tensor([[1.0, 1.0], [0.0, 1.0]]), ("a", "b"), True, 0)
     hp = Hyperparams.from_params({"loss": "bce_with_logits", "class_weighting": "balanced"})
-    run = TrialRun(Objective(make_space(FROZEN_SPACE), data, SETTINGS), hp, seed=0, origin=0)
+    run = build_run(Objective(make_space(FROZEN_SPACE), data, SETTINGS).run_inputs(), hp, seed=0)
     assert type(run.loss_fn) is nn.BCEWithLogitsLoss
     # negatives / positives per label, from the training rows only
     assert run.loss_fn.pos_weight.tolist() == pytest.approx([1 / 3, 3 / 1])
@@ -378,12 +379,13 @@ def test_the_schedule_steps_once_per_epoch_on_the_validation_metric(data, schedu
     # which ignores reductions smaller than its eps of 1e-8.
     hp = Hyperparams.from_params({"freeze": "head", "optimizer": "adam", "lr": 1e-6, "epochs": 3,
                                   "batch_size": 64, "patience": 10, **schedule})
-    run = TrialRun(Objective(make_space(FROZEN_SPACE), data, SETTINGS), hp, seed=0, origin=0)
+    objective = Objective(make_space(FROZEN_SPACE), data, SETTINGS)
+    run = TrialRun(objective, build_run(objective.run_inputs(), hp, seed=0), origin=0)
     trial = optuna.trial.FixedTrial({})
     run.execute(trial)
     assert trial.user_attrs["epochs_run"] == 3
     assert len({row["metric"] for row in trial.user_attrs["history"]}) == 1
-    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(1e-6 * factor)
+    assert run.training.state.optimizer.param_groups[0]["lr"] == pytest.approx(1e-6 * factor)
 
 
 # --- weights, space checks and resuming -----------------------------------------------------

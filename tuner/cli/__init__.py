@@ -753,7 +753,7 @@ def space_validate(files: tuple[str, ...]) -> None:
       tuner space validate default fine_tuning
     """
     from tuner.errors import SpaceError
-    from tuner.search._objective import check_space
+    from tuner.training._hyperparams import check_space
     from tuner.space._space import load_space
 
     failed = 0

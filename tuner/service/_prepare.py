@@ -89,7 +89,8 @@ def build_config(request: StudyRequest, storage: StorageSettings,
     from tuner.service._artifact_store import default_artifacts_dir
     from tuner.search._head_stage import check_head_stage
     from tuner.training._models import ModelSpec, build_model
-    from tuner.search._objective import check_space, metric_name
+    from tuner.training._hyperparams import check_space
+    from tuner.training._task import metric_name
     from tuner.training._loop import resolve_device
 
     resolve_device(device)  # `--device gpu`, or cuda without CUDA, fails before the study exists

@@ -28,7 +28,7 @@ from tuner.service._checkpoints import (
 from tuner.service._cores import CoreShare
 from tuner.training._data import DataConfig, ImageData, gib_to_bytes, load_data
 from tuner.training._models import ModelSpec
-from tuner.search._objective import Objective, TrialSettings, derive_seed
+from tuner.search._objective import Objective, TrialSettings
 from tuner.progress import progress_for
 from tuner.service._storage import (
     RETRY_OF_ATTR, StorageSettings, duplicate_retry, local_folder, mask_url, open_storage, ping,
@@ -39,6 +39,7 @@ from tuner.search._study import StudyConfig, config_from_attrs, finished_count, 
 from tuner.service._study_artifacts import publish_best_model
 from tuner.text import plural
 from tuner.training._loop import resolve_device
+from tuner.training._seeds import derive_seed
 
 HANDED_BACK_ATTR = "handed_back"
 OVER_BUDGET_ATTR = "over_budget"

@@ -14,9 +14,11 @@ from tuner.training._data import DataConfig, ImageData, load_data
 from tuner.training._fingerprint import check_same_data
 from tuner.errors import OptionError, TunerError
 from tuner.shipping._model_folder import FORMAT, THRESHOLD, model_kind, write_folder
-from tuner.search._objective import Objective, TrialSettings, task_of
+from tuner.search._objective import Objective, TrialSettings
 from tuner.progress import Progress
 from tuner.training._loop import OutOfMemory
+from tuner.training._run import Run
+from tuner.training._task import task_of
 from tuner.service._results import all_params, best_trial, open_readonly
 from tuner.space._space import Branch, SearchSpace
 from tuner.search._study import StudyConfig, read_study
@@ -118,16 +120,17 @@ def retrain(request: RetrainRequest, *, progress: Progress | None = None,
     except optuna.TrialPruned as stopped:
         raise TunerError(f"retraining trial {best.number} stopped: {stopped} (try fewer --epochs, or "
                          "another trial's parameters through tuner best --format yaml)") from None
+    trained = run.training
     # On held-out val the best epoch's weights are the model (the search chose by them);
     # with val in training the metric says nothing, and the last epoch's weights are it.
-    state = run.model.state_dict() if request.include_val else run.best_state
-    weights_epoch = len(run.history) if request.include_val else run.stopper.best_epoch
-    doc = describe(request, config, best, run, data, epochs, weights_epoch,
-                   value if not request.include_val else run.history[-1]["metric"])
+    state = trained.model.state_dict() if request.include_val else trained.state.best_state
+    weights_epoch = len(trained.state.history) if request.include_val else trained.state.stopper.best_epoch
+    doc = describe(request, config, best, trained, data, epochs, weights_epoch,
+                   value if not request.include_val else trained.state.history[-1]["metric"])
     return RetrainResult(folder, write_folder(folder, state, doc, torchscript=request.torchscript))
 
 
-def describe(request: RetrainRequest, config: StudyConfig, best, run, data: ImageData, epochs: int,
+def describe(request: RetrainRequest, config: StudyConfig, best, run: Run, data: ImageData, epochs: int,
              weights_epoch: int, value: float) -> dict[str, Any]:
     """model.json's content: the model, its inputs and outputs, and where it came from."""
     return {
@@ -149,12 +152,12 @@ def describe(request: RetrainRequest, config: StudyConfig, best, run, data: Imag
         "trial_value": best.value,
         "params": {**all_params(best), "epochs": epochs},
         "epochs": epochs,
-        "epochs_run": len(run.history),
+        "epochs_run": len(run.state.history),
         "weights_epoch": weights_epoch,
         "include_val": request.include_val,
         "train_images": len(data.train_targets),
         "data": request.data or config.data,
         "pretrained": config.weights,
-        "compiled": run.objective.settings.compile,
+        "compiled": run.inputs.compile,
         "feature_cache": run.features is not None,
     }

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from tuner.errors import TunerError
+from tuner.errors import SpaceError, TunerError
+
+if TYPE_CHECKING:
+    from tuner.space._space import SearchSpace
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,27 @@ def param_problem(name: str, value: Any) -> str | None:
     if name in _POSITIVE and value is not None and value <= 0:
         return f"{name} must be > 0, got {value!r}"
     return None
+
+
+def check_space(space: SearchSpace) -> None:
+    """Every parameter of the space must be one the trainer understands, with usable values."""
+    known = Hyperparams.names()
+    for name, branches in space.params.items():
+        if name not in known:
+            raise SpaceError(
+                f"{space.source}: parameter {name!r} is not one the trainer understands "
+                f"(known: {', '.join(known)})"
+            )
+        for branch in branches:
+            # Fixed values and choices are untyped in the space file (YAML reads `1e-3` as
+            # text); check them now rather than in the middle of the first trial that
+            # samples them. A float/int range is checked by its high end: its type, and
+            # that at least some of it is allowed (lr high 0 is not).
+            values = branch.possible_values() if branch.type in ("fixed", "categorical") else (branch.high,)
+            for value in values:
+                problem = param_problem(name, value)
+                if problem is not None:
+                    raise SpaceError(f"{space.source}: {problem}")
 
 
 def _reads_as_number(value: Any) -> bool:

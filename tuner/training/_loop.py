@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
@@ -59,6 +60,13 @@ def resolve_device(spec: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceError(f"--device {spec}: MPS is not available here (use --device cpu)")
     return device
+
+
+def check_compiler(device: torch.device) -> None:
+    """torch.compile on CPU generates C++; without a compiler every trial would fail at its first step."""
+    if device.type == "cpu" and not any(shutil.which(name) for name in ("cc", "gcc", "clang")):
+        raise DeviceError("--compile on CPU needs a C compiler (cc, gcc or clang) on PATH: "
+                          "install one (e.g. apt-get install gcc) or leave out --compile")
 
 
 def parse_device(spec: str, cuda_count: int) -> torch.device:

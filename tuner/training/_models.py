@@ -121,6 +121,13 @@ def set_train_mode(model: nn.Module) -> None:
             module.eval()
 
 
+def reset_parameters(module: nn.Module) -> None:
+    """Re-initialise every layer of `module` that can, from torch's current RNG."""
+    for layer in module.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+
+
 def count_trainable(model: nn.Module) -> int:
     """Number of scalar parameters that require grad."""
     return sum(p.numel() for p in _unique(model.parameters()) if p.requires_grad)

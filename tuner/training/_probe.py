@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from tuner.training._batches import TensorBatches
+from tuner.training._batches import TensorBatches, eval_transform
+from tuner.training._data import AugmentConfig
+from tuner.training._features import extract
+from tuner.training._hyperparams import Hyperparams
 from tuner.training._loop import Runtime, evaluate, train_one_epoch
+from tuner.training._seeds import derive_seed
+
+if TYPE_CHECKING:
+    from tuner.training._run import Run
 
 # The probe is a linear head on fixed features: the seed's head-only learning rate, and
 # enough epochs to converge on a small data set. On cached features an epoch of it costs
@@ -48,3 +56,33 @@ def probe_head(head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: t
     result = evaluate(head, TensorBatches(val, batch_size), loss_fn, runtime, multilabel)
     head.train()
     return ProbeResult(PROBE_EPOCHS, time.monotonic() - started, result.metric)
+
+
+def wants_probe(hp: Hyperparams) -> bool:
+    return hp.head_init == "probe" and hp.freeze != "head"
+
+
+def probe(run: Run) -> ProbeResult:
+    """LP-FT, before the first epoch: train the run's head on the frozen backbone's features.
+
+    The features are those head-only trials use without augmentation (one view), so
+    with the cache on they are computed once per study and machine.
+    """
+    train, val = probe_features(run)
+    return probe_head(
+        run.built.head, (train, run.data.train_targets), (val, run.data.val_targets), run.loss_fn,
+        run.runtime, batch_size=run.hp.batch_size, seed=derive_seed(run.seed, "probe"),
+        multilabel=run.data.multilabel,
+    )
+
+
+def probe_features(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = run.inputs
+    plain = AugmentConfig()
+    if inputs.cache is not None:
+        features = inputs.cache.get(run.built, inputs.model, run.data, inputs.image_size, plain)
+        return features.view(0), features.val
+    mean, std = run.built.mean, run.built.std
+    train = extract(run.built, run.data.train_images, eval_transform(mean, std), run.runtime)
+    val = extract(run.built, run.data.val_images, eval_transform(mean, std), run.runtime)
+    return train, val
