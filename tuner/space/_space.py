@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from tuner.errors import SpaceError
+
 # Re-exported: the layers above import a search space's whole vocabulary from this module; the
 # space itself is defined in _model.py and a document's checks are in _validator.py.
 from tuner.space._model import Branch, Prior, SearchSpace, fmt  # noqa: F401

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from tuner.errors import SpaceError
 from tuner.space._model import Branch, Prior, SearchSpace, fmt, is_int, is_number, same

@@ -12,6 +12,7 @@ import torch
 from torchvision.transforms import v2
 
 from tuner.errors import DataError
+
 # The steps live beside this module: _data_sources (listing files, reading manifests), _decode
 # (PIL to tensors), _split (train/val), _spill (the memory limit), _augment (AugmentConfig).
 # Re-exported: the trainer's callers import a data source's whole vocabulary from here.
