@@ -17,7 +17,7 @@ from tuner.errors import DataError
 # (PIL to tensors), _split (train/val), _spill (the memory limit), _augment (AugmentConfig).
 # Re-exported: the trainer's callers import a data source's whole vocabulary from here.
 from tuner.training._augment import AugmentConfig  # noqa: F401
-from tuner.training._data_config import DataConfig
+from tuner.training._data_config import DataConfig, gib_to_bytes  # noqa: F401  (gib_to_bytes: re-exported)
 from tuner.training._data_sources import (  # noqa: F401  (DataWarning, describe_source: re-exported)
     DIGITS,
     SPLIT_DIRS,
@@ -37,7 +37,7 @@ from tuner.training._data_sources import (  # noqa: F401  (DataWarning, describe
     user_path,
 )
 from tuner.training._decode import decode_files, require_any_readable, require_readable
-from tuner.training._spill import fits_in_memory, gib_to_bytes, keep, take  # noqa: F401  (gib_to_bytes: re-exported)
+from tuner.training._spill import fits_in_memory, keep, take
 from tuner.training._split import random_split, require_val_images, stratified_split
 
 

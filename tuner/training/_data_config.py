@@ -43,6 +43,11 @@ class DataConfig:
             raise DataError(f"memory_limit must be a non-negative number of bytes, got {self.memory_limit!r}")
 
 
+def gib_to_bytes(gib: float | None) -> int | None:
+    """A --memory-limit in GiB as DataConfig.memory_limit's bytes."""
+    return None if gib is None else int(gib * 2**30)
+
+
 def check_image_size(image_size: Any) -> None:
     if not is_int(image_size) or image_size < MIN_IMAGE_SIZE:
         raise DataError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")

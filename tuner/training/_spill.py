@@ -30,10 +30,6 @@ def fits_in_memory(count: int, config: DataConfig) -> bool:
     return count * 3 * config.image_size**2 <= limit
 
 
-def gib_to_bytes(gib: float | None) -> int | None:
-    return None if gib is None else int(gib * 2**30)
-
-
 def default_memory_limit() -> int:
     """Half of this machine's RAM: the rest is for the model, the loader and other workers."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
