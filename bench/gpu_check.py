@@ -36,7 +36,8 @@ from _common import machine, make_image_folder, timed  # noqa: E402
 import tuner.training._batches  # noqa: E402
 from tuner.training._batches import ImageBatches, TensorBatches, place_images, train_transform  # noqa: E402
 from tuner.service._checkpoints import ArtifactCheckpointer  # noqa: E402
-from tuner.training._data import AugmentConfig, ImageData  # noqa: E402
+from tuner.training._augment import AugmentConfig  # noqa: E402
+from tuner.training._data import ImageData  # noqa: E402
 from tuner.training._features import FeatureCache, FeatureCacheConfig  # noqa: E402
 from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
 from tuner.search._objective import Objective, TrialSettings  # noqa: E402

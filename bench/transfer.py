@@ -599,7 +599,7 @@ def epoch_speeds(folder: Path, data: ImageData, config: BenchConfig, work: Path)
     from torchvision.transforms import v2
 
     from tuner.training._batches import ImageBatches, TensorBatches, train_transform
-    from tuner.training._data import AugmentConfig
+    from tuner.training._augment import AugmentConfig
     from tuner.training._features import FeatureCache, FeatureCacheConfig
     from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode
     from tuner.training._hyperparams import Hyperparams

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tuner.training._batches import ImageBatches, PlacedImages, PlacedSplit, TensorBatches, eval_transform, place_images, train_transform
-from tuner.training._data import AugmentConfig, ImageData
+from tuner.training._augment import AugmentConfig
+from tuner.training._data import ImageData
 from tuner.errors import DataError
 
 MEAN = (0.485, 0.456, 0.406)

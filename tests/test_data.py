@@ -1,4 +1,4 @@
-"""Tests of tuner.training._data: real image files in tmp_path, the bundled digits set, augmentation settings."""
+"""Tests of loading data (tuner.training._data and the modules beside it): real image files, digits, augmentation."""
 
 from __future__ import annotations
 
@@ -12,13 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tuner.training._data import (
-    AugmentConfig,
-    DataConfig,
-    DataWarning,
-    describe_source,
-    load_data,
-)
+from tuner.training._augment import AugmentConfig
+from tuner.training._data import DataConfig, DataWarning, load_data
+from tuner.training._data_sources import describe_source
 from tuner.errors import DataError, TunerError
 
 SIZE = 8  # the smallest allowed image_size keeps decoding fast

@@ -8,7 +8,8 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
-from tuner.training._data import AugmentConfig, DataConfig, ImageData, load_data
+from tuner.training._augment import AugmentConfig
+from tuner.training._data import DataConfig, ImageData, load_data
 from tuner.training._features import FeatureCache, FeatureCacheConfig
 from tuner.training._models import ModelSpec, build_model
 from tuner.search._objective import Objective, TrialSettings

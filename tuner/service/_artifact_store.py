@@ -1,4 +1,4 @@
-"""Where a study's artifacts live: a shared folder or s3://bucket/prefix, opened without torch."""
+"""Where a study's artifacts live (a shared folder or s3://bucket/prefix), their keys, and deleting them; torch-free."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import hashlib
 import re
 from pathlib import Path
 
-from optuna.artifacts import FileSystemArtifactStore
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from tuner.errors import StorageError
 from tuner.service._storage import local_folder
+
+# A trial's user attrs that name its artifacts: its latest checkpoint and its best weights.
+CHECKPOINT_ATTR = "checkpoint"
+BEST_WEIGHTS_ATTR = "best_weights_artifact"
 
 
 def default_artifacts_dir(storage_url: str) -> str:
@@ -67,3 +73,31 @@ def safe_name(name: str) -> str:
     """A file-name-safe form of a study name that cannot climb out of the store (no '/', no '..')."""
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "study"
     return f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def checkpoint_prefix(study_name: str) -> str:
+    """The start of every checkpoint key of a study (tuner.service._checkpoints writes them)."""
+    return f"ckpt-{safe_name(study_name)}"
+
+
+def remove_study_artifacts(study: optuna.Study, storage, location: str) -> int:
+    """Remove every artifact of the study's trials from the store at `location`; the number removed."""
+    store = open_artifact_store(location)
+    keys = set()
+    for trial in study.get_trials(deepcopy=False):
+        keys.update(meta.artifact_id for meta in get_all_artifact_meta(trial, storage=storage))
+        if trial.user_attrs.get(CHECKPOINT_ATTR):
+            keys.add(trial.user_attrs[CHECKPOINT_ATTR])
+    # Checkpoints of a killed worker's last epochs may be referenced by no trial any more.
+    folder = Path(location)
+    prefix = checkpoint_prefix(study.study_name) + "-"
+    if not location.startswith("s3://") and folder.is_dir():
+        keys.update(path.name for path in folder.iterdir() if path.name.startswith(prefix))
+    removed = 0
+    for key in sorted(keys):
+        try:
+            store.remove(key)
+            removed += 1
+        except ArtifactNotFound:
+            pass
+    return removed

@@ -14,12 +14,12 @@ from optuna.trial import TrialState
 from tuner.search._budget import request_stop
 from tuner.errors import SpaceError, StudyError
 from tuner.space._space import SearchSpace
+from tuner.service._artifact_store import remove_study_artifacts
 from tuner.service._storage import StorageSettings, mask_url, open_storage, ping
 from tuner.text import plural
 from tuner.search._study import (
     CONFIG_ATTR,
     CREATED_ATTR,
-    StudyConfig,
     budget_left,
     finished_count,
     read_study,
@@ -188,36 +188,6 @@ def delete(storage_url: str, name: str) -> int:
     """Delete the study and its artifacts (checkpoints, best weights); the files removed."""
     storage = open_existing(storage_url)
     study, config = read_study(storage, name)
-    removed = remove_artifacts(study, storage, config)
+    removed = remove_study_artifacts(study, storage, config.artifacts) if config.artifacts else 0
     optuna.delete_study(study_name=name, storage=storage)
-    return removed
-
-
-def remove_artifacts(study: optuna.Study, storage, config: StudyConfig) -> int:
-    from optuna.artifacts import get_all_artifact_meta
-    from optuna.artifacts.exceptions import ArtifactNotFound
-
-    from tuner.service._artifact_store import open_artifact_store
-    from tuner.service._checkpoints import CHECKPOINT_ATTR, ArtifactCheckpointer
-
-    if not config.artifacts:
-        return 0
-    store = open_artifact_store(config.artifacts)
-    keys = set()
-    for trial in study.get_trials(deepcopy=False):
-        keys.update(meta.artifact_id for meta in get_all_artifact_meta(trial, storage=storage))
-        if trial.user_attrs.get(CHECKPOINT_ATTR):
-            keys.add(trial.user_attrs[CHECKPOINT_ATTR])
-    # Checkpoints of a killed worker's last epochs may be referenced by no trial any more.
-    folder = Path(config.artifacts)
-    prefix = ArtifactCheckpointer(store, study.study_name).prefix + "-"
-    if not config.artifacts.startswith("s3://") and folder.is_dir():
-        keys.update(path.name for path in folder.iterdir() if path.name.startswith(prefix))
-    removed = 0
-    for key in sorted(keys):
-        try:
-            store.remove(key)
-            removed += 1
-        except ArtifactNotFound:
-            pass
     return removed

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tuner.errors import DeviceError, OptionError
 from tuner.progress import PLAIN_ENV
+from tuner.training._device_spec import parse_device
 
 # A child that keeps crashing is given up on after this many restarts.
 MAX_RESTARTS = 5
@@ -57,8 +58,6 @@ def cuda_device(device: str, count: int) -> tuple[str, int]:
         if count == 0:
             raise DeviceError(needs_cuda)
         return "cuda", 0
-    from tuner.training._loop import parse_device  # imports torch: only worker commands get here
-
     parsed = parse_device(device, count)
     if parsed.type != "cuda":
         raise DeviceError(needs_cuda)

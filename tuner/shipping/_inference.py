@@ -9,7 +9,9 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from tuner.training._data import IMAGE_EXTENSIONS, load_labelled, read_image
+from tuner.training._data import load_labelled
+from tuner.training._data_sources import IMAGE_EXTENSIONS
+from tuner.training._decode import read_image
 from tuner.errors import DataError
 from tuner.shipping._model_folder import load_model
 from tuner.progress import Progress

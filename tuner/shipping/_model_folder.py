@@ -12,6 +12,10 @@ import torch
 from torch import nn
 
 from tuner.errors import ModelError
+from tuner.training._batches import eval_transform
+from tuner.training._decode import image_to_tensor
+from tuner.training._models import ModelSpec, build_model
+from tuner.training._sources import LITE0, TIMM_PREFIX
 
 FORMAT = "tuner-model/1"
 INFO_FILE = "model.json"
@@ -26,8 +30,6 @@ AUX_MODELS = ("googlenet", "inception_v3")
 
 def model_kind(name: str) -> str:
     """torchvision, timm (`timm:NAME`), function (`MODULE:FUNCTION`) or the built-in efficientnet_lite0."""
-    from tuner.training._sources import LITE0, TIMM_PREFIX
-
     if name == LITE0:
         return LITE0
     if name.startswith(TIMM_PREFIX):
@@ -96,15 +98,11 @@ class Preprocess:
     """A PIL image (any mode) to the model's input, exactly as training decoded and normalised it."""
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        from tuner.training._batches import eval_transform
-
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.normalize = eval_transform(mean, std)
 
     def __call__(self, image) -> torch.Tensor:
-        from tuner.training._data import image_to_tensor
-
         return self.normalize(image_to_tensor(image, self.image_size))
 
     def __repr__(self) -> str:
@@ -113,8 +111,6 @@ class Preprocess:
 
 def build_plain(info: ModelInfo) -> nn.Module:
     """The architecture with a plain linear head for the model's classes (random weights)."""
-    from tuner.training._models import ModelSpec, build_model
-
     built = build_model(ModelSpec(name=info.model, weights="none", num_classes=len(info.classes)))
     built.model.set_submodule(built.head_name, built.head[1])
     return built.model
@@ -211,6 +207,19 @@ def readme(folder: Path, info: ModelInfo, torchscript: bool) -> str:
         f"{len(info.classes)} classes, {task}; {doc.get('metric')} = {doc.get('value', 0):.4f} "
         f"({doc.get('value_on', 'val')}). Input: RGB, {info.image_size}x{info.image_size}, "
         f"mean {list(info.mean)}, std {list(info.std)}. All details are in {INFO_FILE}.",
+        *_with_tuner(folder, activation),
+    ]
+    build = plain_build_code(info)
+    if build is not None:
+        lines += _without_tuner(folder, build, activation)
+    if torchscript:
+        lines += _torchscript_only(folder, info)
+    return "\n".join(lines) + "\n"
+
+
+def _with_tuner(folder: Path, activation: str) -> list[str]:
+    """The README's section that loads the folder through tuner."""
+    return [
         "",
         "## With tuner",
         "",
@@ -226,42 +235,46 @@ def readme(folder: Path, info: ModelInfo, torchscript: bool) -> str:
         "",
         f"Or from the shell: `tuner predict --model {folder} image.jpg`.",
     ]
-    build = plain_build_code(info)
-    if build is not None:
-        lines += [
-            "",
-            "## Without tuner",
-            "",
-            "```python",
-            f"import json, torch, {build[0]}",
-            "from PIL import Image",
-            "from torchvision.transforms import v2",
-            "",
-            f"info = json.load(open({str(folder / INFO_FILE)!r}))",
-            build[1],
-            f"model.load_state_dict(torch.load({str(folder / WEIGHTS_FILE)!r}, weights_only=True))",
-            "model.eval()",
-            "preprocess = v2.Compose([v2.RGB(), v2.Resize((info['image_size'], info['image_size'])), v2.ToImage(),",
-            "                         v2.ToDtype(torch.float32, scale=True), v2.Normalize(info['mean'], info['std'])])",
-            f"probabilities = model(preprocess(Image.open('image.jpg')).unsqueeze(0)).{activation}[0]",
-            "print(dict(zip(info['classes'], probabilities.tolist())))",
-            "```",
-        ]
-    if torchscript:
-        lines += [
-            "",
-            "## TorchScript (torch only)",
-            "",
-            f"`{TORCHSCRIPT_FILE}` takes float RGB in [0, 1], N x 3 x {info.image_size} x {info.image_size}; "
-            "the normalisation is inside.",
-            "",
-            "```python",
-            "import json, torch",
-            "",
-            "extra = {'model.json': ''}",
-            f"model = torch.jit.load({str(folder / TORCHSCRIPT_FILE)!r}, _extra_files=extra)",
-            "classes = json.loads(extra['model.json'])['classes']",
-            f"logits = model(torch.rand(1, 3, {info.image_size}, {info.image_size}))",
-            "```",
-        ]
-    return "\n".join(lines) + "\n"
+
+
+def _without_tuner(folder: Path, build: tuple[str, str], activation: str) -> list[str]:
+    """The README's section that rebuilds the bare architecture and loads the plain weights."""
+    return [
+        "",
+        "## Without tuner",
+        "",
+        "```python",
+        f"import json, torch, {build[0]}",
+        "from PIL import Image",
+        "from torchvision.transforms import v2",
+        "",
+        f"info = json.load(open({str(folder / INFO_FILE)!r}))",
+        build[1],
+        f"model.load_state_dict(torch.load({str(folder / WEIGHTS_FILE)!r}, weights_only=True))",
+        "model.eval()",
+        "preprocess = v2.Compose([v2.RGB(), v2.Resize((info['image_size'], info['image_size'])), v2.ToImage(),",
+        "                         v2.ToDtype(torch.float32, scale=True), v2.Normalize(info['mean'], info['std'])])",
+        f"probabilities = model(preprocess(Image.open('image.jpg')).unsqueeze(0)).{activation}[0]",
+        "print(dict(zip(info['classes'], probabilities.tolist())))",
+        "```",
+    ]
+
+
+def _torchscript_only(folder: Path, info: ModelInfo) -> list[str]:
+    """The README's section that loads the TorchScript file with torch alone."""
+    return [
+        "",
+        "## TorchScript (torch only)",
+        "",
+        f"`{TORCHSCRIPT_FILE}` takes float RGB in [0, 1], N x 3 x {info.image_size} x {info.image_size}; "
+        "the normalisation is inside.",
+        "",
+        "```python",
+        "import json, torch",
+        "",
+        "extra = {'model.json': ''}",
+        f"model = torch.jit.load({str(folder / TORCHSCRIPT_FILE)!r}, _extra_files=extra)",
+        "classes = json.loads(extra['model.json'])['classes']",
+        f"logits = model(torch.rand(1, 3, {info.image_size}, {info.image_size}))",
+        "```",
+    ]

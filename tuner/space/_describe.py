@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuner.space._space import Branch, fmt
+from tuner.space._model import Branch, fmt
 
 
 def branch_range(branch: Branch) -> str:

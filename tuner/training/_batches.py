@@ -10,7 +10,8 @@ import torch
 from torch.nn import functional as F
 from torchvision.transforms import v2
 
-from tuner.training._data import AugmentConfig, ImageData
+from tuner.training._augment import AugmentConfig
+from tuner.training._data import ImageData
 from tuner.errors import DataError
 
 # RandomResizedCrop's default aspect-ratio range, as log-ratios.

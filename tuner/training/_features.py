@@ -14,7 +14,8 @@ from typing import Iterator, Sequence
 import torch
 
 from tuner.training._batches import ImageBatches, eval_transform, is_random, train_transform
-from tuner.training._data import AugmentConfig, machine_cache_dir
+from tuner.training._augment import AugmentConfig
+from tuner.training._spill import machine_cache_dir
 from tuner.errors import TunerError
 from tuner.progress import Progress
 from tuner.training._loop import Runtime, to_device

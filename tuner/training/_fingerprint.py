@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import DataError
+from tuner.training._data_sources import DIGITS, is_manifest, read_manifest, relative
 
+# ImageData for annotations only: _data imports torch, and service._prepare, which the read-only
+# commands import, imports this module at the top.
 if TYPE_CHECKING:
     from tuner.training._data import ImageData
 
@@ -30,30 +33,26 @@ def data_fingerprint(data: ImageData, source: str) -> dict[str, Any]:
 
 
 def per_class(targets, data: ImageData) -> dict[str, int]:
-    import torch
-
     if data.multilabel:
         counts = targets.sum(dim=0).round().long()
     else:
-        counts = torch.bincount(targets, minlength=data.num_classes)
+        counts = targets.bincount(minlength=data.num_classes)
     return {name: int(count) for name, count in zip(data.classes, counts.tolist())}
 
 
 def content_digest(source: str) -> str:
     """sha256 (16 hex digits) of every file's relative name and size; 'digits' is itself."""
-    from tuner.training._data import DIGITS, _is_manifest, _read_manifest, _relative
-
     if source == DIGITS:
         return DIGITS
     path = Path(source).expanduser()
     digest = hashlib.sha256()
-    if _is_manifest(source):
-        for row in _read_manifest(path):
+    if is_manifest(source):
+        for row in read_manifest(path):
             size = row.path.stat().st_size if row.path.exists() else -1
-            digest.update(f"{_relative(row.path, path)}\0{size}\0{';'.join(row.labels)}\n".encode())
+            digest.update(f"{relative(row.path, path)}\0{size}\0{';'.join(row.labels)}\n".encode())
     else:
-        for relative, size in folder_files(path):
-            digest.update(f"{relative}\0{size}\n".encode())
+        for name, size in folder_files(path):
+            digest.update(f"{name}\0{size}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from tuner.errors import DeviceError, TunerError
+from tuner.training._device_spec import parse_device
 from tuner.training._hyperparams import Hyperparams
 
 T = TypeVar("T")
@@ -56,7 +57,8 @@ def resolve_device(spec: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = parse_device(spec, torch.cuda.device_count())
+    parsed = parse_device(spec, torch.cuda.device_count())
+    device = torch.device(parsed.type, parsed.index)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceError(f"--device {spec}: MPS is not available here (use --device cpu)")
     return device
@@ -67,22 +69,6 @@ def check_compiler(device: torch.device) -> None:
     if device.type == "cpu" and not any(shutil.which(name) for name in ("cc", "gcc", "clang")):
         raise DeviceError("--compile on CPU needs a C compiler (cc, gcc or clang) on PATH: "
                           "install one (e.g. apt-get install gcc) or leave out --compile")
-
-
-def parse_device(spec: str, cuda_count: int) -> torch.device:
-    """An explicit --device (not auto): a known type, and a CUDA index among `cuda_count` GPUs."""
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise DeviceError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {spec!r}") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise DeviceError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {spec!r}")
-    if device.type == "cuda":
-        if cuda_count == 0:
-            raise DeviceError(f"--device {spec}: no CUDA GPU is available here (use --device cpu)")
-        if device.index is not None and device.index >= cuda_count:
-            raise DeviceError(f"--device {spec}: only {cuda_count} CUDA GPU(s) here (cuda:0..cuda:{cuda_count - 1})")
-    return device
 
 
 def make_runtime(device: torch.device) -> Runtime:
