@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+
 import optuna
 from optuna.trial import TrialState
 
@@ -12,7 +13,7 @@ from tuner.service._signals import StopFlag
 
 
 class OtherWorkers:
-    """What this worker waits for when the budget is taken but the study is not over."""
+    """The other workers' trials as this worker sees them near the budget's end, and its wait for them."""
 
     def __init__(self, study: optuna.Study, control: StudyControl, handover: TrialHandover,
                  stop: StopFlag, heartbeat_interval: float) -> None:
