@@ -67,7 +67,8 @@ from tuner.service._prepare import StudyRequest, prepare_study  # noqa: E402
 from tuner.space._space import SearchSpace, load_space, parse_space  # noqa: E402
 from tuner.service._storage import StorageSettings  # noqa: E402
 from tuner.search._study import DEFAULT_PRIOR_WEIGHT, WARM_START  # noqa: E402
-from tuner.service._worker import ExpectedStops, Worker, WorkerOptions  # noqa: E402
+from tuner.service._worker import Worker, WorkerOptions  # noqa: E402
+from tuner.service._worker_log import ExpectedStops  # noqa: E402
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat",

@@ -41,7 +41,8 @@ from tuner.service._results import all_params
 from tuner.space._space import load_space
 from tuner.service._storage import StorageSettings, mask_url, open_storage
 from tuner.search._study import StudyConfig, create_study
-from tuner.service._worker import ExpectedStops, HandBack, OverBudget, TakenOver
+from tuner.service._trial_stops import HandBack, OverBudget, TakenOver
+from tuner.service._worker_log import ExpectedStops
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEAD = {"freeze": "head", "lr": 1e-3}

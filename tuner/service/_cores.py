@@ -57,7 +57,7 @@ class CoreShare:
     spinning OpenMP threads, and an epoch took many times longer than one worker's alone.
     `tuner worker --processes N` sets OMP_NUM_THREADS for its children; workers started
     separately count each other here instead, through a pid file each in a local folder,
-    and every trial starts with max(1, cores // workers) threads (Worker.share_cores). Each
+    and every trial starts with max(1, cores // workers) threads (TorchThreads.share). Each
     worker holds an flock on its file; a killed worker's file is left unlocked, recognised so
     (even if its pid now belongs to another process) and removed.
     """
