@@ -62,7 +62,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, timed  # noqa: E402
 
 from tuner.training._data import DataConfig, ImageData, load_data  # noqa: E402
-from tuner.search._objective import Objective, TrialSettings  # noqa: E402
+from tuner.search._objective import Objective  # noqa: E402
+from tuner.training._settings import TrialSettings  # noqa: E402
 from tuner.service._prepare import StudyRequest, prepare_study  # noqa: E402
 from tuner.space._space import SearchSpace, load_space, parse_space  # noqa: E402
 from tuner.service._storage import StorageSettings  # noqa: E402

@@ -17,7 +17,7 @@ from tuner.training._data import DataWarning
 from tuner.training._models import weights_cache_path
 
 # The data of every run here has one corrupt file; only the first test looks at the warning.
-pytestmark = pytest.mark.filterwarnings("ignore::tuner.data.DataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data.DataWarning")
 
 HEAD_PARAMS = 512 * 2 + 2  # the new Linear(512, 2) of resnet18
 LAYER4_PARAMS = sum(p.numel() for n, p in torchvision.models.resnet18().named_parameters() if n.startswith("layer4."))

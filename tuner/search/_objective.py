@@ -6,7 +6,6 @@ import hashlib
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
@@ -22,6 +21,7 @@ from tuner.training._probe import probe_head
 from tuner.progress import Progress, short_params
 from tuner.space._space import SearchSpace
 from tuner.training._hyperparams import Hyperparams, param_problem
+from tuner.training._settings import TrialSettings
 from tuner.training._loop import (
     Diverged,
     EarlyStopping,
@@ -39,26 +39,6 @@ from tuner.training._loop import (
     train_one_epoch,
     without_oom,
 )
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """Study-wide settings every trial of a study shares."""
-
-    model: str
-    weights: str = "imagenet"
-    image_size: int = 224
-    device: str = "auto"
-    seed: int = 0
-    max_epochs: int | None = None
-    num_workers: int | None = None
-    # Head-only trials train on cached backbone features: K augmented views per image
-    # (0 turns the cache off). The folder is local to the machine.
-    cache_views: int = 4
-    cache_dir: str | None = None
-    # torch.compile the trained network. Machine-local like the device: it changes speed,
-    # not results (beyond float noise), so workers of one study may differ.
-    compile: bool = False
-
 
 class Checkpointer(Protocol):
     """Saves and restores a trial's training state, keyed by the trial's lineage."""

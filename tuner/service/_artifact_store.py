@@ -67,3 +67,12 @@ def safe_name(name: str) -> str:
     """A file-name-safe form of a study name that cannot climb out of the store (no '/', no '..')."""
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "study"
     return f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+# The trial user attr naming its last checkpoint (tuner.service._checkpoints writes it).
+CHECKPOINT_ATTR = "checkpoint"
+
+
+def checkpoint_prefix(study_name: str) -> str:
+    """What every checkpoint key of the study starts with: `tuner delete` finds them by it."""
+    return f"ckpt-{safe_name(study_name)}"

@@ -14,9 +14,8 @@ import torch
 from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from tuner.service._artifact_store import safe_name
+from tuner.service._artifact_store import CHECKPOINT_ATTR, checkpoint_prefix
 
-CHECKPOINT_ATTR = "checkpoint"
 BEST_WEIGHTS_ATTR = "best_weights_artifact"
 RESUME_PROBLEM_ATTR = "resume_problem"
 LOG = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ class ArtifactCheckpointer:
 
     def __init__(self, store, study_name: str) -> None:
         self.store = store
-        self.prefix = f"ckpt-{safe_name(study_name)}"
+        self.prefix = checkpoint_prefix(study_name)
 
     def key(self, lineage: int, epoch: int) -> str:
         return f"{self.prefix}-t{lineage}-e{epoch:04d}.pt"
