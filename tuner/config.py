@@ -125,8 +125,9 @@ class StudyRequest:
 
 
 def default(name: str) -> Any:
-    """The default of a setting, read from the one dataclass field that states it."""
-    for holder in (StudyConfig, MachineOptions, StudyRequest):
+    """The default of a setting, read from the one dataclass field that states it (a flag's:
+    `artifacts` and `data` are this machine's options before they are the stored config's)."""
+    for holder in (MachineOptions, StudyRequest, StudyConfig):
         found = holder.__dataclass_fields__.get(name)
         if found is not None and found.default is not dataclasses.MISSING:
             return found.default
