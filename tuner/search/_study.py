@@ -23,10 +23,6 @@ def study_space(config: StudyConfig) -> SearchSpace:
     return parse_space(config.space_text, source=f"{config.space_name}.yaml", name=config.space_name)
 
 
-def read_config(study: optuna.Study) -> StudyConfig:
-    return config_from_attrs(study.study_name, study.user_attrs)
-
-
 def stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any]:
     """The study's user attrs (its config, its stop counter), in one read."""
     try:
