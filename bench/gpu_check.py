@@ -40,7 +40,8 @@ from tuner.training._augment import AugmentConfig  # noqa: E402
 from tuner.training._data import ImageData  # noqa: E402
 from tuner.training._features import FeatureCache, FeatureCacheConfig  # noqa: E402
 from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
-from tuner.search._objective import Objective, TrialSettings  # noqa: E402
+from tuner.search._objective import Objective  # noqa: E402
+from tuner.training._settings import TrialSettings  # noqa: E402
 from tuner.space._space import parse_space  # noqa: E402
 from tuner.training._hyperparams import Hyperparams  # noqa: E402
 from tuner.training._loop import make_optimizer, make_runtime, train_one_epoch  # noqa: E402

@@ -31,7 +31,8 @@ from _common import machine, next_from  # noqa: E402
 
 from tuner.space._space import load_space  # noqa: E402
 from tuner.service._storage import StorageSettings, engine_kwargs, open_storage  # noqa: E402
-from tuner.search._study import StudyConfig, create_study  # noqa: E402
+from tuner.config import MachineOptions, StudyConfig  # noqa: E402
+from tuner.service._open import create_study, open_for_work  # noqa: E402
 
 POSTGRES = os.environ.get("TUNER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TRIAL_SECONDS = 0.003
@@ -51,7 +52,7 @@ def child(url: str, barrier, results) -> None:
     import torch
 
     from tuner.training._loop import make_runtime
-    from tuner.service._worker import Worker, WorkerOptions
+    from tuner.service._worker import Worker, sampler_seed_for_worker
 
     class FewMsObjective:
         runtime = make_runtime(torch.device("cpu"))
@@ -66,7 +67,8 @@ def child(url: str, barrier, results) -> None:
             return FewMsObjective()
 
     quiet()
-    worker = FewMsWorker(StorageSettings(url=url), "scale", WorkerOptions(device="cpu", quiet=True))
+    worker = FewMsWorker(open_for_work(StorageSettings(url=url), "scale", MachineOptions(device="cpu", quiet=True),
+                                       seed_of=sampler_seed_for_worker))
     barrier.wait()
     results.put(worker.run().trials_run)
 

@@ -33,9 +33,12 @@ from _common import machine, next_from  # noqa: E402
 
 from tuner.space._space import load_space  # noqa: E402
 from tuner.service._storage import StorageSettings, engine_kwargs, open_storage  # noqa: E402
-from tuner.search._study import StudyConfig, create_study, make_sampler  # noqa: E402
+from tuner.config import MachineOptions, StudyConfig  # noqa: E402
+from tuner.search._samplers import make_sampler  # noqa: E402
+from tuner.search._study import study_space  # noqa: E402
+from tuner.service._open import create_study, open_for_work  # noqa: E402
 from tuner.training._loop import make_runtime  # noqa: E402
-from tuner.service._worker import Worker, WorkerOptions  # noqa: E402
+from tuner.service._worker import Worker, sampler_seed_for_worker  # noqa: E402
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -85,7 +88,8 @@ def bare_child(url: str, n_trials: int, barrier, times, *, reliable: bool) -> No
         )
     # The sampler tuner's study uses (TPE, multivariate, grouped, constant liar): this
     # benchmark weighs the worker path around a trial, not the choice of sampler.
-    study = optuna.load_study(study_name="bench", storage=storage, sampler=make_sampler(bench_config(n_trials, ""), 0))
+    config = bench_config(n_trials, "")
+    study = optuna.load_study(study_name="bench", storage=storage, sampler=make_sampler(config, study_space(config), 0))
     callback = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,))
     barrier.wait()  # time the trials, not the interpreter's start-up
     start = time.perf_counter()
@@ -97,7 +101,9 @@ def tuner_child(url: str, n_trials: int, barrier, times) -> None:
     import logging
 
     quiet()
-    worker = NoopWorker(StorageSettings(url=url), "bench", WorkerOptions(device="cpu", quiet=True))
+    # What `tuner worker` opens: the study for work, its sampler seeded per worker.
+    worker = NoopWorker(open_for_work(StorageSettings(url=url), "bench", MachineOptions(device="cpu", quiet=True),
+                                      seed_of=sampler_seed_for_worker))
     barrier.wait()
     start = time.perf_counter()
     worker.run()

@@ -62,12 +62,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, timed  # noqa: E402
 
 from tuner.training._data import DataConfig, ImageData, load_data  # noqa: E402
-from tuner.search._objective import Objective, TrialSettings  # noqa: E402
-from tuner.service._prepare import StudyRequest, prepare_study  # noqa: E402
+from tuner.search._objective import Objective  # noqa: E402
+from tuner.training._settings import TrialSettings  # noqa: E402
+from tuner.config import MachineOptions, StudyRequest, default  # noqa: E402
+from tuner.service._prepare import prepare_study  # noqa: E402
 from tuner.space._space import SearchSpace, load_space, parse_space  # noqa: E402
 from tuner.service._storage import StorageSettings  # noqa: E402
-from tuner.search._study import DEFAULT_PRIOR_WEIGHT, WARM_START  # noqa: E402
-from tuner.service._worker import Worker, WorkerOptions  # noqa: E402
+from tuner.search._warm_start import WARM_START  # noqa: E402
+from tuner.service._worker import Worker  # noqa: E402
 from tuner.service._worker_log import ExpectedStops  # noqa: E402
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -157,7 +159,7 @@ class BenchConfig:
     tuner_pruner: str = "asha"
     tuner_sampler: str = "tpe"
     # tuner's --prior-weight, --startup-trials, --min-resource, --reduction-factor (ablations)
-    tuner_prior_weight: float = DEFAULT_PRIOR_WEIGHT
+    tuner_prior_weight: float = default("prior_weight")
     tuner_startup_trials: int = 10
     tuner_min_resource: int = 1
     tuner_reduction_factor: int = 3
@@ -420,17 +422,16 @@ def run_tuner(ctx: Context, seed: int) -> Trace:
     scratch = ctx.scratch("tuner", seed)
     c = ctx.config
     storage = StorageSettings(url=f"sqlite:///{scratch / 'tuner.db'}")
-    request = StudyRequest(space=c.space, data=str(ctx.folder), model=c.model, image_size=c.image_size,
-                           weights=c.weights, sampler=c.tuner_sampler, pruner=c.tuner_pruner,
-                           n_trials=10 * c.budget_epochs, seed=seed, max_epochs=c.max_epochs,
-                           artifacts=str(scratch / "artifacts"), cache_views=c.cache_views,
-                           prior_weight=c.tuner_prior_weight, startup_trials=c.tuner_startup_trials,
-                           min_resource=c.tuner_min_resource, reduction_factor=c.tuner_reduction_factor,
-                           head_trials=c.tuner_head_trials)
-    prepared = prepare_study(storage, "bench", request, explicit=())
+    request = StudyRequest(space=c.space, data=str(ctx.folder), given=dict(
+        model=c.model, image_size=c.image_size, weights=c.weights, sampler=c.tuner_sampler, pruner=c.tuner_pruner,
+        n_trials=10 * c.budget_epochs, seed=seed, max_epochs=c.max_epochs, cache_views=c.cache_views,
+        prior_weight=c.tuner_prior_weight, startup_trials=c.tuner_startup_trials,
+        min_resource=c.tuner_min_resource, reduction_factor=c.tuner_reduction_factor,
+        head_trials=c.tuner_head_trials))
+    machine = MachineOptions(device="cpu", quiet=True, cache_dir=str(scratch / "cache"),
+                             artifacts=str(scratch / "artifacts"))
     ledger = EpochLedger(c.budget_epochs)
-    options = WorkerOptions(device="cpu", quiet=True, cache_dir=str(scratch / "cache"))
-    worker = BudgetedWorker(storage, "bench", options, reproducible=True, data=prepared.data, ledger=ledger)
+    worker = BudgetedWorker(prepare_study(storage, "bench", request, machine), ledger=ledger)
     # The budget's stop hands the running trial back "for another worker": expected here, not news.
     worker.log.logger.setLevel(logging.ERROR)
     ledger.started = time.perf_counter()

@@ -18,7 +18,8 @@ from tuner.service._checkpoints import BEST_WEIGHTS_ATTR, CHECKPOINT_ATTR, Artif
 from tuner.service._results import dashboard_store
 from tuner.space._space import load_space
 from tuner.service._storage import StorageSettings, open_storage
-from tuner.search._study import StudyConfig, create_study
+from tuner.config import StudyConfig
+from tuner.service._open import create_study
 
 
 def tuner_study(storage, name: str, space: Path, artifacts: Path) -> optuna.Study:

@@ -17,7 +17,8 @@ from tuner.service._checkpoints import BEST_WEIGHTS_ATTR, ArtifactCheckpointer
 from tuner.cli import cli
 from tuner.training._data import DataConfig, DataWarning, load_data
 from tuner.training._models import ModelSpec, build_model
-from tuner.search._objective import Objective, TrialSettings
+from tuner.search._objective import Objective
+from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space
 
 # One epoch of head-only training with fixed hyperparameters: both trials train the same head.

@@ -24,7 +24,8 @@ from optuna.artifacts import FileSystemArtifactStore
 from conftest import cli_invoke as invoke, run_head_only_study
 from tuner.space._space import load_space
 from tuner.service._storage import StorageSettings, open_storage
-from tuner.search._study import StudyConfig, create_study
+from tuner.config import StudyConfig
+from tuner.service._open import create_study
 from tuner.service._study_artifacts import BEST_MODEL, listed, publish_best_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

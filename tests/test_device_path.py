@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 from torch import nn
 
 from tuner.training._data import ImageData
-from tuner.search._objective import Objective, TrialSettings
+from tuner.search._objective import Objective
+from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space
 
 SETTINGS = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu", cache_views=0)

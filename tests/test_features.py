@@ -12,7 +12,8 @@ from tuner.training._augment import AugmentConfig
 from tuner.training._data import DataConfig, ImageData, load_data
 from tuner.training._features import FeatureCache, FeatureCacheConfig
 from tuner.training._models import ModelSpec, build_model
-from tuner.search._objective import Objective, TrialSettings
+from tuner.search._objective import Objective
+from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space
 from tuner.training._loop import make_runtime
 

@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 
 from tuner.service._checkpoints import ArtifactCheckpointer
 from tuner.training._data import DataConfig, DataWarning, load_data
-from tuner.search._objective import Objective, TrialSettings
+from tuner.search._objective import Objective
+from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -179,7 +180,7 @@ def test_a_resumed_gradual_trial_continues_the_schedule(tmp_path, data):
 
 def test_the_warm_start_probes_the_head_of_the_fine_tuning_recipes_where_the_space_can():
     from tuner.space._space import load_space
-    from tuner.search._study import warm_start_params
+    from tuner.search._warm_start import warm_start_params
 
     head, last, full = warm_start_params(load_space("default"))
     assert "head_init" not in head  # inactive for head-only trials

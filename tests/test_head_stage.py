@@ -14,7 +14,11 @@ from tuner.cli import cli
 from tuner.errors import TunerError
 from tuner.search._head_stage import HeadSettledSampler, StageUnpruned, check_head_stage
 from tuner.space._space import load_space, parse_space
-from tuner.search._study import StudyConfig, create_study, make_pruner, make_sampler, study_note
+from tuner.config import StudyConfig
+from tuner.search._note import study_note
+from tuner.search._samplers import make_pruner, make_sampler
+from tuner.search._study import study_space
+from tuner.service._open import create_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -29,6 +33,15 @@ params:
   dropout: {type: float, low: 0.1, high: 0.5}
   weight_decay: {type: float, low: 1.0e-6, high: 1.0e-4, log: true}
 """
+
+
+def sampler_for(config: StudyConfig, seed: int):
+    """The study's sampler, its space parsed from the config's text as a study opens it."""
+    return make_sampler(config, study_space(config), seed)
+
+
+def pruner_for(config: StudyConfig):
+    return make_pruner(config, study_space(config))
 
 
 def config(text: str = SPACE, **kw) -> StudyConfig:
@@ -157,7 +170,7 @@ def test_the_stage_is_enqueued_after_the_warm_start_recipes():
 
 
 def test_no_head_stage_leaves_the_sampler_and_the_note_as_before():
-    assert not isinstance(make_sampler(config(), 0), HeadSettledSampler)
+    assert not isinstance(sampler_for(config(), 0), HeadSettledSampler)
     space = load_space("default")
     plain = StudyConfig(space_name="default", space_text=space.text, data="digits", model="resnet18")
     assert "Head stage" not in study_note(plain, space, "digits")
@@ -188,7 +201,7 @@ def test_a_run_with_a_head_stage_trains_the_stage_then_settles_the_fine_tuning_t
 
 def test_the_stage_trials_are_never_pruned_the_others_are():
     """ASHA judged the stage's head-only trials against fine-tuning trials and pruned them all."""
-    pruner = make_pruner(config(pruner="asha", head_trials=2))
+    pruner = pruner_for(config(pruner="asha", head_trials=2))
     assert isinstance(pruner, StageUnpruned)
     study = optuna.create_study(direction="maximize", pruner=pruner)
     good = study.ask()
@@ -200,4 +213,4 @@ def test_the_stage_trials_are_never_pruned_the_others_are():
     for trial in (staged, plain):
         trial.report(0.1, 1)
     assert (staged.should_prune(), plain.should_prune()) == (False, True)
-    assert not isinstance(make_pruner(config(pruner="asha")), StageUnpruned)
+    assert not isinstance(pruner_for(config(pruner="asha")), StageUnpruned)

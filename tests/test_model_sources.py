@@ -30,7 +30,8 @@ from tuner.cli import cli
 from tuner.training._data import DataConfig, DataWarning, load_data
 from tuner.errors import ModelError
 from tuner.training._models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, UniformMaskDropout, build_model, freeze
-from tuner.search._objective import Objective, TrialSettings
+from tuner.search._objective import Objective
+from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space
 
 LITE0_BLOCKS = 16

@@ -24,7 +24,8 @@ from tuner.training._batches import eval_transform
 from tuner.training._data import DataConfig, DataWarning, ImageData, load_data
 from tuner.errors import SpaceError
 from tuner.training._models import ModelSpec, build_model, count_trainable, weights_cache_path
-from tuner.search._objective import Objective, TrialRun, TrialSettings
+from tuner.search._objective import Objective, TrialRun
+from tuner.training._settings import TrialSettings
 from tuner.space._space import SearchSpace, load_space, parse_space
 from tuner.training._hyperparams import Hyperparams, check_space
 from tuner.training._run import build_run

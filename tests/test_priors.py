@@ -12,9 +12,21 @@ from tuner.errors import SpaceError
 from tuner.search._priors import PriorGuidedSampler, prior_weight
 from tuner.cli._render import space_table
 from tuner.space._space import load_space, parse_space
-from tuner.search._study import StudyConfig, make_sampler, study_note
+from tuner.config import StudyConfig
+from tuner.search._note import study_note
+from tuner.search._samplers import make_pruner, make_sampler
+from tuner.search._study import study_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def sampler_for(config: StudyConfig, seed: int):
+    """The study's sampler, its space parsed from the config's text as a study opens it."""
+    return make_sampler(config, study_space(config), seed)
+
+
+def pruner_for(config: StudyConfig):
+    return make_pruner(config, study_space(config))
 
 
 def parse(body: str):
@@ -203,14 +215,14 @@ def test_make_sampler_wraps_tpe_only_for_a_space_with_priors():
         return StudyConfig(space_name="default", space_text=load_space("default").text, data="digits",
                            model="resnet18", **kw)
 
-    assert isinstance(make_sampler(config(prior_weight=10), 0), PriorGuidedSampler)
+    assert isinstance(sampler_for(config(prior_weight=10), 0), PriorGuidedSampler)
     # The default weight is 0 (measured on bench/transfer.py): the priors are stated, not used.
-    assert isinstance(make_sampler(config(), 0), optuna.samplers.TPESampler)
-    assert isinstance(make_sampler(config(prior_weight=0), 0), optuna.samplers.TPESampler)
-    assert isinstance(make_sampler(config(sampler="random"), 0), optuna.samplers.RandomSampler)
+    assert isinstance(sampler_for(config(), 0), optuna.samplers.TPESampler)
+    assert isinstance(sampler_for(config(prior_weight=0), 0), optuna.samplers.TPESampler)
+    assert isinstance(sampler_for(config(sampler="random"), 0), optuna.samplers.RandomSampler)
     plain = StudyConfig(space_name="t", space_text="params:\n  x: {type: float, low: 0, high: 1}\n",
                         data="digits", model="resnet18")
-    assert isinstance(make_sampler(plain, 0), optuna.samplers.TPESampler)
+    assert isinstance(sampler_for(plain, 0), optuna.samplers.TPESampler)
 
 
 def test_space_show_and_the_dashboard_note_show_the_priors():
@@ -272,14 +284,12 @@ def test_bad_sampler_and_pruner_settings_are_named(field, value, message):
 
 
 def test_pruner_and_sampler_settings_reach_optuna():
-    from tuner.search._study import make_pruner
-
-    pruner = make_pruner(default_config(pruner="hyperband", min_resource=2, reduction_factor=2, max_epochs=8))
+    pruner = pruner_for(default_config(pruner="hyperband", min_resource=2, reduction_factor=2, max_epochs=8))
     study = optuna.create_study(pruner=pruner)
     # Hyperband's brackets come from the resources: log2(8 / 2) + 1 = 3 brackets.
     trial = study.ask()
     trial.report(0.5, 1)
     trial.should_prune()
     assert pruner._n_brackets == 3
-    sampler = make_sampler(default_config(startup_trials=3), 0)
+    sampler = sampler_for(default_config(startup_trials=3), 0)
     assert sampler._n_startup_trials == 3  # plain TPE: the default prior weight is 0

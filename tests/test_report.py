@@ -32,7 +32,8 @@ from tuner.shipping._report import (
 )
 from tuner.space._space import load_space
 from tuner.service._storage import StorageSettings, open_storage
-from tuner.search._study import StudyConfig, create_study
+from tuner.config import StudyConfig
+from tuner.service._open import create_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DISTRIBUTIONS = {"freeze": CategoricalDistribution(["head", "last_blocks"]),

@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 from tuner.cli import cli
 from tuner.space._space import load_space
 from tuner.service._storage import RETRY_OF_ATTR, RetryStaleTrial, StorageSettings, open_storage
-from tuner.search._study import StudyConfig, create_study
+from tuner.config import StudyConfig
+from tuner.service._open import create_study
 
 PARAMS = {"freeze": "head", "lr": 1e-3, "optimizer": "adam", "batch_size": 64, "epochs": 2}
 

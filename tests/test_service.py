@@ -40,7 +40,8 @@ from tuner.errors import StorageError
 from tuner.service._results import all_params
 from tuner.space._space import load_space
 from tuner.service._storage import StorageSettings, mask_url, open_storage
-from tuner.search._study import StudyConfig, create_study
+from tuner.config import StudyConfig
+from tuner.service._open import create_study
 from tuner.service._trial_stops import HandBack, OverBudget, TakenOver
 from tuner.service._worker_log import ExpectedStops
 

@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tuner.cli import cli, explicit_options, storage_settings, worker_settings
+from tuner.cli import cli, machine_options, storage_settings, study_request
 from tuner.training._data import DataConfig, load_data
-from tuner.service._prepare import prepare_study, request_from
+from tuner.service._prepare import prepare_study
 from tuner.service._worker import Worker
 
 pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data.DataWarning")
@@ -31,11 +31,8 @@ def continued_worker(url: str, *args: str) -> tuple[Worker, object]:
     """What `tuner run --study s --storage URL --device cpu ARGS` builds, through the same calls."""
     ctx = cli.commands["run"].make_context("run", ["--study", "s", "--storage", url, "--device", "cpu", *args])
     params = ctx.params
-    prepared = prepare_study(storage_settings(params), "s", request_from(params), explicit_options(ctx),
-                             device="cpu")
-    options = worker_settings({**params, "data": None})
-    worker = Worker(storage_settings(params), "s", options, reproducible=True, data=prepared.data,
-                    config=prepared.config)
+    opened = prepare_study(storage_settings(params), "s", study_request(ctx, params), machine_options(params))
+    worker = Worker(opened)
     return worker, worker.build_objective()
 
 
@@ -220,4 +217,4 @@ def test_one_process_parses_the_space_once(tmp_path, tiny_space):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     create(url, tiny_space)
     worker, objective = continued_worker(url)
-    assert objective.space is worker.config.space()
+    assert objective.space is worker.opened.space

@@ -252,7 +252,8 @@ def uninterrupted(params: dict, number: int) -> tuple[float, dict[int, float]]:
     key = (tuple(sorted(params.items())), number)
     if key not in _BASELINES:
         from tuner.training._data import DataConfig, load_data
-        from tuner.search._objective import Objective, TrialSettings
+        from tuner.search._objective import Objective
+        from tuner.training._settings import TrialSettings
         from tuner.space._space import parse_space
 
         curve: dict[int, float] = {}

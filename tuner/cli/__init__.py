@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -12,9 +11,9 @@ from typing import Any, Callable
 import click
 from click.core import ParameterSource
 
+from tuner.config import PRUNERS, SAMPLERS, STORED_OPTIONS, default
 from tuner.errors import TunerError
 from tuner.service._storage import DEFAULT_STORAGE
-from tuner.search._study import DEFAULT_PRIOR_WEIGHT
 from tuner.text import plural
 
 
@@ -66,13 +65,13 @@ def storage_option(f: Callable) -> Callable:
 
 def heartbeat_options(f: Callable) -> Callable:
     options = [
-        click.option("--heartbeat-interval", type=click.IntRange(min=1), default=30, show_default=True,
+        click.option("--heartbeat-interval", type=click.IntRange(min=1), default=default("heartbeat_interval"), show_default=True,
                      metavar="SECONDS",
                      help="Seconds between a running trial's heartbeats."),
-        click.option("--grace-period", type=click.IntRange(min=2), default=120, show_default=True,
+        click.option("--grace-period", type=click.IntRange(min=2), default=default("grace_period"), show_default=True,
                      metavar="SECONDS",
                      help="Seconds without a heartbeat before a trial counts as dead and is retried."),
-        click.option("--max-retry", type=click.IntRange(min=0), default=3, show_default=True, metavar="N",
+        click.option("--max-retry", type=click.IntRange(min=0), default=default("max_retry"), show_default=True, metavar="N",
                      help="How many times a dead worker's trial is retried from its checkpoint."),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
@@ -81,7 +80,7 @@ def heartbeat_options(f: Callable) -> Callable:
 def study_options(f: Callable) -> Callable:
     """Options that define a study: stored in it, shared by every worker."""
     options = [
-        click.option("--space", default="default", show_default=True, metavar="FILE|NAME",
+        click.option("--space", default=default("space"), show_default=True, metavar="FILE|NAME",
                      help="Search-space file, or the name of a shipped one (tuner space list)."),
         click.option("--data", metavar="DIR|CSV|digits",
                      help="A folder of images (one subfolder per class), a CSV manifest (path,label), "
@@ -95,38 +94,38 @@ def study_options(f: Callable) -> Callable:
                      help="Pretrained weights (offline: torchvision's hub cache, Lite0's bundled file, timm's "
                           "Hugging Face cache, FUNCTION(pretrained=True)), random init, or a state dict file "
                           "(default: from the space file, else imagenet)."),
-        click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+        click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=default("val_fraction"),
                      show_default=True, metavar="FRACTION",
                      help="Share of each class held out for validation when the data has no val/ folder."),
-        click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "cmaes"]), default="tpe", show_default=True,
+        click.option("--sampler", type=click.Choice(SAMPLERS), default=default("sampler"), show_default=True,
                      help="How trials pick their parameters: multivariate TPE, random, Gaussian process or CMA-ES."),
-        click.option("--pruner", type=click.Choice(["hyperband", "median", "asha", "none"]), default="asha",
+        click.option("--pruner", type=click.Choice(PRUNERS), default=default("pruner"),
                      show_default=True, help="Stops unpromising trials on the per-epoch validation metric."),
-        click.option("--n-trials", type=click.IntRange(min=1), default=20, show_default=True, metavar="N",
-                     help="The study's total budget of finished trials, across all workers."),
-        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+        click.option("--n-trials", type=click.IntRange(min=1), default=default("n_trials"), show_default=True,
+                     metavar="N", help="The study's total budget of finished trials, across all workers."),
+        click.option("--seed", type=click.IntRange(min=0), default=default("seed"), show_default=True, metavar="N",
                      help="Study seed; each trial's seed derives from it and the trial number."),
         click.option("--max-epochs", type=click.IntRange(min=1), metavar="N", help="Cap on any sampled epoch count, for quick runs "
                      "(default: from the space file, else none)."),
-        click.option("--no-warm-start", "warm_start", flag_value=False, default=True,
+        click.option("--no-warm-start", "warm_start", flag_value=False, default=default("warm_start"),
                      help="Do not enqueue the seed's recommended configurations as the first trials."),
-        click.option("--prior-weight", type=click.FloatRange(min=0), default=DEFAULT_PRIOR_WEIGHT, show_default=True,
+        click.option("--prior-weight", type=click.FloatRange(min=0), default=default("prior_weight"), show_default=True,
                      metavar="W",
                      help="Trial n follows the space's priors with chance W/(W+n), else the sampler's "
                           "model (0: ignore them; try 10 where you trust the space's priors)."),
-        click.option("--startup-trials", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
+        click.option("--startup-trials", type=click.IntRange(min=0), default=default("startup_trials"), show_default=True, metavar="N",
                      help="Trials the model-based sampler draws at random before its model starts (warm-start "
                           "and prior trials count among them)."),
-        click.option("--min-resource", type=click.IntRange(min=1), default=1, show_default=True, metavar="EPOCHS",
+        click.option("--min-resource", type=click.IntRange(min=1), default=default("min_resource"), show_default=True, metavar="EPOCHS",
                      help="ASHA's and Hyperband's first rung: no trial is pruned before this many epochs."),
-        click.option("--reduction-factor", type=click.IntRange(min=2), default=3, show_default=True, metavar="F",
+        click.option("--reduction-factor", type=click.IntRange(min=2), default=default("reduction_factor"), show_default=True, metavar="F",
                      help="ASHA and Hyperband promote one in F trials at each rung; Hyperband runs one bracket "
                           "per power of F in max-epochs / min-resource."),
-        click.option("--head-trials", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+        click.option("--head-trials", type=click.IntRange(min=0), default=default("head_trials"), show_default=True, metavar="N",
                      help="The head stage: N cheap head-only trials (on cached features, about 1% of a "
                           "fine-tuning trial each) after the warm start's recipes; later fine-tuning "
                           "trials take lr and dropout from the best of them (0: no head stage)."),
-        click.option("--cache-views", type=click.IntRange(min=0), default=4, show_default=True, metavar="K",
+        click.option("--cache-views", type=click.IntRange(min=0), default=default("cache_views"), show_default=True, metavar="K",
                      help="Head-only trials train on cached backbone features of K augmented views "
                           "per image (0: no cache, recompute the backbone every epoch)."),
     ]
@@ -136,7 +135,7 @@ def study_options(f: Callable) -> Callable:
 def worker_options(f: Callable) -> Callable:
     """Machine-local options: each worker may choose its own."""
     options = [
-        click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
+        click.option("--device", default=default("device"), show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
                      help="auto picks CUDA, then MPS, then CPU."),
         click.option("--num-workers", type=click.IntRange(min=0), metavar="N",
                      help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU)."),
@@ -164,24 +163,34 @@ def explicit_options(ctx: click.Context) -> set[str]:
     return {name for name in ctx.params if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
 
 
+# Click's parameter names that differ from the option objects' field names.
+RENAMED = {"compile_model": "compile"}
+HEARTBEAT = ("heartbeat_interval", "grace_period", "max_retry")
+
+
 def storage_settings(params: dict[str, Any]):
+    """The storage URL, and the heartbeat flags where the command has them (checked here, at once)."""
     from tuner.service._storage import StorageSettings
 
-    return StorageSettings(
-        url=params["storage"], heartbeat_interval=params.get("heartbeat_interval", 30),
-        grace_period=params.get("grace_period", 120), max_retry=params.get("max_retry", 3),
-    )
+    return StorageSettings(url=params["storage"], **{k: params[k] for k in HEARTBEAT if k in params})
 
 
-def worker_settings(params: dict[str, Any]):
-    from tuner.service._worker import WorkerOptions
+def machine_options(params: dict[str, Any]):
+    """This machine's options among the command's parameters; the rest keep their defaults."""
+    from tuner.config import MachineOptions
 
-    return WorkerOptions(
-        device=params["device"], data=params.get("data"), artifacts=params.get("artifacts"),
-        num_workers=params.get("num_workers"), timeout=params.get("timeout"), quiet=params.get("quiet", False),
-        cache_dir=params.get("cache_dir"), compile=params.get("compile_model", False),
-        memory_limit_gib=params.get("memory_limit_gib"),
-    )
+    fields = MachineOptions.__dataclass_fields__
+    given = {RENAMED.get(k, k): v for k, v in params.items() if RENAMED.get(k, k) in fields}
+    return MachineOptions(**{k: v for k, v in given.items() if v is not None or fields[k].default is None})
+
+
+def study_request(ctx: click.Context, params: dict[str, Any]):
+    """The space, the data, and the stored settings the user gave explicitly."""
+    from tuner.config import StudyRequest
+
+    explicit = explicit_options(ctx)
+    return StudyRequest(space=params["space"], data=params.get("data"),
+                        given={k: params[k] for k in STORED_OPTIONS if k in explicit})
 
 
 def print_summary(summary) -> None:
@@ -214,21 +223,16 @@ def run(ctx: click.Context, **params: Any) -> None:
       # your images, imagenet weights from the torch hub cache
       tuner run --data path/to/images --n-trials 30
     """
-    from tuner.service._prepare import prepare_study, request_from
+    from tuner.service._prepare import prepare_study
     from tuner.service._worker import Worker
 
-    settings = storage_settings(params)
-    prepared = prepare_study(settings, params["study"], request_from(params), explicit_options(ctx),
-                             device=params["device"])
-    verb = "created" if prepared.created else "continuing"
-    click.echo(f"{verb} study {prepared.name} ({plural(prepared.config.n_trials, 'trial')}, "
-               f"metric {prepared.config.metric})")
-    # The data was loaded (and checked) to create the study: hand it over, not its path,
-    # so it is not decoded twice.
-    options = dataclasses.replace(worker_settings(params), data=None)
-    worker = Worker(settings, prepared.name, options, reproducible=True, data=prepared.data,
-                    config=prepared.config)
-    summary = worker.run()
+    # Opened once, with the data loaded and checked: the worker takes it as it is.
+    opened = prepare_study(storage_settings(params), params["study"], study_request(ctx, params),
+                           machine_options(params))
+    verb = "created" if opened.created else "continuing"
+    click.echo(f"{verb} study {opened.name} ({plural(opened.config.n_trials, 'trial')}, "
+               f"metric {opened.config.metric})")
+    summary = Worker(opened).run()
     print_summary(summary)
     if summary.stopped_by_signal:
         sys.exit(130)
@@ -250,11 +254,11 @@ def create(ctx: click.Context, **params: Any) -> None:
       tuner create --study flowers --data /shared/flowers --storage postgresql+psycopg://u:p@db/tuner \\
           --artifacts /shared/artifacts --n-trials 100
     """
-    from tuner.service._prepare import prepare_study, request_from
+    from tuner.service._prepare import prepare_study
     from tuner.service._storage import mask_url
 
-    prepared = prepare_study(storage_settings(params), params["study"], request_from(params),
-                             explicit_options(ctx), create_only=True)
+    prepared = prepare_study(storage_settings(params), params["study"], study_request(ctx, params),
+                             machine_options(params), create_only=True)
     config = prepared.config
     click.echo(f"created study {prepared.name} in {mask_url(params['storage'])}: "
                f"{config.space_name} space, {config.model}, {plural(config.n_trials, 'trial')}, metric {config.metric}")
@@ -285,10 +289,10 @@ def worker(**params: Any) -> None:
       tuner worker --study flowers --gpus all                # one supervised process per GPU
       tuner worker --study flowers --processes 4 --device cpu
     """
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import open_for_work, require_existing_sqlite
     from tuner.service._storage import StorageSettings
     from tuner.service._supervisor import plan_processes, supervise, visible_gpu_count
-    from tuner.service._worker import Worker
+    from tuner.service._worker import Worker, sampler_seed_for_worker
 
     require_existing_sqlite(params["storage"])
     if params["gpus"] or params["processes"] or params["trials_per_gpu"]:
@@ -298,7 +302,9 @@ def worker(**params: Any) -> None:
         # would show its password to every user of the node.
         os.environ["TUNER_STORAGE"] = params["storage"]
         sys.exit(supervise(plan, worker_argv(params)))
-    summary = Worker(StorageSettings(url=params["storage"]), params["study"], worker_settings(params)).run()
+    opened = open_for_work(StorageSettings(url=params["storage"]), params["study"], machine_options(params),
+                           seed_of=sampler_seed_for_worker)
+    summary = Worker(opened).run()
     print_summary(summary)
     if summary.stopped_by_signal:
         sys.exit(130)
@@ -336,7 +342,7 @@ def status(study: str | None, storage: str, fmt: str) -> None:
     """
     from tuner.cli._render import status_text
     from tuner.service._results import study_status
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import require_existing_sqlite
 
     require_existing_sqlite(storage)
     report = study_status(storage, study)
@@ -357,14 +363,15 @@ def best(study: str, storage: str, fmt: str) -> None:
       tuner best --study flowers --format yaml > best.yaml   # a space that reruns it: --space best.yaml
     """
     from tuner.service._results import best_as_space_yaml, best_summary, epochs_note
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    summary = best_summary(storage, study)
+    opened = open_for_reading(storage, study)
+    summary = best_summary(opened)
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2))
     elif fmt == "yaml":
-        click.echo(best_as_space_yaml(storage, study), nl=False)
+        click.echo(best_as_space_yaml(opened), nl=False)
     else:
         click.echo(f"study {summary['study']}: best {summary['metric']} = {summary['value']:.4f} "
                    f"(trial {summary['number']})")
@@ -388,10 +395,10 @@ def export(study: str, storage: str, fmt: str, out: str | None) -> None:
       tuner export --study flowers --format json | jq '.trials[0]'
     """
     from tuner.service._results import export_trials
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    text = export_trials(storage, study, fmt)
+    text = export_trials(open_for_reading(storage, study), fmt)
     if out:
         with open(out, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
@@ -414,10 +421,10 @@ def report(study: str, storage: str, out: str) -> None:
       tuner report --study flowers --out report && xdg-open report/index.html
     """
     from tuner.shipping._report import write_report
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    result = write_report(storage, study, out)
+    result = write_report(open_for_reading(storage, study), out)
     uploaded = (f"; uploaded {result.uploaded} files as study artifacts (optuna-dashboard: Study Artifacts)"
                 if result.uploaded else "")
     click.echo(f"wrote {result.index}{uploaded}")
@@ -439,7 +446,7 @@ def dashboard(storage: str, host: str, port: int, artifacts: str | None) -> None
       tuner dashboard --storage postgresql+psycopg://u:p@db/tuner --port 8081
     """
     from tuner.service._results import check_port, serve_dashboard
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import require_existing_sqlite
     from tuner.service._storage import mask_url
 
     require_existing_sqlite(storage)
@@ -459,7 +466,7 @@ def dashboard(storage: str, host: str, port: int, artifacts: str | None) -> None
               help="Train on train + val (the usual last step); the metric shown is then not held out.")
 @click.option("--export", "exports", type=click.Choice(["torchscript"]), multiple=True,
               help="Also write model.torchscript.pt, which loads with torch alone.")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
+@click.option("--device", default=default("device"), show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
               help="auto picks CUDA, then MPS, then CPU.")
 @click.option("--data", metavar="DIR|CSV", help="Where this machine finds the data (default: as stored).")
 @click.option("--compile/--no-compile", "compile_model", default=None,
@@ -478,20 +485,18 @@ def retrain(**params: Any) -> None:
       tuner retrain --study s --out model --epochs 30 --export torchscript
     """
     from tuner.progress import progress_for
-    from tuner.shipping._retrain import RetrainRequest, retrain as run_retrain
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.shipping._retrain import RetrainRequest, check_out, retrain as run_retrain
+    from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(params["storage"])
-    request = RetrainRequest(
-        study=params["study"], storage=params["storage"], out=params["out"], epochs=params["epochs"],
-        include_val=params["include_val"], device=params["device"], data=params["data"],
-        compile=params["compile_model"], cache_dir=params["cache_dir"], num_workers=params["num_workers"],
-        torchscript="torchscript" in params["exports"],
-    )
+    request = RetrainRequest(out=params["out"], epochs=params["epochs"], include_val=params["include_val"],
+                             compile=params["compile_model"], torchscript="torchscript" in params["exports"])
+    check_out(request.out)  # a bad --out fails before the study is read
+    opened = open_for_reading(params["storage"], params["study"], machine=machine_options(params))
     progress = progress_for(params["quiet"])
     say = (lambda line: None) if params["quiet"] else (lambda line: click.echo(line, err=True))
     with progress.running():
-        result = run_retrain(request, progress=progress, say=say)
+        result = run_retrain(opened, request, progress=progress, say=say)
     doc = result.doc
     files = ", ".join(f for f in ("weights.pt", "model.json", "README.md", doc["torchscript_file"]) if f)
     click.echo(f"trained {doc['model']} for {doc['epochs_run']} epoch{'s' if doc['epochs_run'] != 1 else ''} "
@@ -517,7 +522,7 @@ def studies(storage: str, fmt: str) -> None:
     """
     from tuner.service._lifecycle import list_studies
     from tuner.cli._render import studies_text
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import require_existing_sqlite
 
     require_existing_sqlite(storage)
     report = list_studies(storage)
@@ -538,10 +543,10 @@ def extend(study: str, storage: str, n_trials: int) -> None:
       tuner worker --study flowers        # then run the new trials
     """
     from tuner.service._lifecycle import extend as extend_study
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    old, new = extend_study(storage, study, n_trials)
+    old, new = extend_study(open_for_reading(storage, study), n_trials)
     click.echo(f"study {study}: budget {old} -> {plural(new, 'trial')}")
 
 
@@ -557,10 +562,10 @@ def stop(study: str, storage: str) -> None:
       tuner worker --study flowers        # later: resumes the handed-back trials
     """
     from tuner.service._lifecycle import stop as stop_study
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    running = stop_study(storage, study)
+    running = stop_study(open_for_reading(storage, study))
     click.echo(f"asked the workers of study {study} to stop ({plural(running, 'trial')} running); "
                f"`tuner worker --study {study}` resumes them later")
 
@@ -581,10 +586,10 @@ def enqueue(study: str, storage: str, params_file: str, fmt: str) -> None:
       tuner enqueue --study flowers --params best.yaml
     """
     from tuner.service._lifecycle import enqueue as enqueue_params
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    params = enqueue_params(storage, study, params_file)
+    params = enqueue_params(open_for_reading(storage, study), params_file)
     if fmt == "json":
         click.echo(json.dumps({"study": study, "params": params}, indent=2))
         return
@@ -607,14 +612,15 @@ def delete(study: str, storage: str, yes: bool) -> None:
     """
     from tuner.service._lifecycle import delete as delete_study
     from tuner.service._lifecycle import describe_for_delete
-    from tuner.service._prepare import require_existing_sqlite
+    from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    trials, artifacts = describe_for_delete(storage, study)
+    opened = open_for_reading(storage, study)
+    trials, artifacts = describe_for_delete(opened)
     if not yes:
         where = f" and its artifacts in {artifacts}" if artifacts else ""
         click.confirm(f"Delete study {study} ({plural(trials, 'trial')}){where}?", abort=True)
-    removed = delete_study(storage, study)
+    removed = delete_study(opened)
     click.echo(f"deleted study {study} ({plural(trials, 'trial')}, {plural(removed, 'artifact file')})")
 
 
@@ -626,7 +632,7 @@ def delete(study: str, storage: str, yes: bool) -> None:
               help="Classes shown per image (multi-label models show every label above 0.5 instead).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="A readable table, CSV rows (image,rank,class,probability) or JSON.")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
+@click.option("--device", default=default("device"), show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
               help="auto picks CUDA, then MPS, then CPU.")
 def predict(folder: str, images: tuple[str, ...], top_k: int, fmt: str, device: str) -> None:
     """The most probable classes of each image, with their probabilities.
@@ -662,7 +668,7 @@ def warn_skipped(count: int, files) -> None:
               help="A readable report, or one JSON object for scripts.")
 @click.option("--confusion-matrix", "plot", type=click.Path(dir_okay=False), default="confusion_matrix.png",
               show_default=True, metavar="FILE", help="Where to write the confusion-matrix PNG.")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
+@click.option("--device", default=default("device"), show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
               help="auto picks CUDA, then MPS, then CPU.")
 def evaluate_command(folder: str, data: str, fmt: str, plot: str, device: str) -> None:
     """Accuracy (macro F1 for multi-label models), per-class precision/recall/F1 and a confusion matrix.

@@ -8,7 +8,6 @@ out of memory to a pruned trial, and keys checkpoints by the trial's lineage.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -22,6 +21,7 @@ from tuner.training._data import ImageData
 from tuner.training._epochs import fit
 from tuner.training._features import FeatureCache, FeatureCacheConfig, default_cache_dir
 from tuner.training._hyperparams import Hyperparams, check_space
+from tuner.training._settings import TrialSettings
 from tuner.training._loop import (
     Diverged,
     OutOfMemory,
@@ -38,26 +38,6 @@ from tuner.training._run import Run, RunInputs, build_run
 from tuner.training._seeds import derive_seed
 from tuner.training._state import TrainingState
 from tuner.training._task import task_of
-
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """Study-wide settings every trial of a study shares."""
-
-    model: str
-    weights: str = "imagenet"
-    image_size: int = 224
-    device: str = "auto"
-    seed: int = 0
-    max_epochs: int | None = None
-    num_workers: int | None = None
-    # Head-only trials train on cached backbone features: K augmented views per image
-    # (0 turns the cache off). The folder is local to the machine.
-    cache_views: int = 4
-    cache_dir: str | None = None
-    # torch.compile the trained network. Machine-local like the device: it changes speed,
-    # not results (beyond float noise), so workers of one study may differ.
-    compile: bool = False
 
 
 class Checkpointer(Protocol):

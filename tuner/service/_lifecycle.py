@@ -11,35 +11,25 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tuner.search._budget import request_stop
 from tuner.errors import SpaceError, StudyError
-from tuner.space._space import SearchSpace
+from tuner.search._budget import request_stop
+from tuner.search._study import CONFIG_ATTR, CREATED_ATTR, budget_left, finished_count
 from tuner.service._artifact_store import remove_study_artifacts
-from tuner.service._storage import StorageSettings, mask_url, open_storage, ping
+from tuner.service._open import OpenedStudy, connect, load_any
+from tuner.service._storage import StorageSettings, mask_url
+from tuner.space._describe import branch_range
+from tuner.space._space import SearchSpace
 from tuner.text import plural
-from tuner.search._study import (
-    CONFIG_ATTR,
-    CREATED_ATTR,
-    budget_left,
-    finished_count,
-    read_study,
-)
 
 ENQUEUED_ATTR = "enqueued"
-
-
-def open_existing(storage_url: str):
-    storage = open_storage(StorageSettings(url=storage_url), heartbeat=False)
-    ping(storage)
-    return storage
 
 
 # --- tuner studies ---------------------------------------------------------------------
 
 def list_studies(storage_url: str) -> dict[str, Any]:
     """Every study of the storage; one that tuner did not create is listed as foreign."""
-    storage = open_existing(storage_url)
-    rows = [study_row(optuna.load_study(study_name=name, storage=storage))
+    storage = connect(StorageSettings(url=storage_url))
+    rows = [study_row(load_any(storage, name))
             for name in optuna.get_all_study_names(storage=storage)]
     return {"storage": mask_url(storage_url), "studies": rows}
 
@@ -79,9 +69,9 @@ def first_start(trials) -> str | None:
 
 # --- tuner extend ----------------------------------------------------------------------
 
-def extend(storage_url: str, name: str, n_trials: int) -> tuple[int, int]:
+def extend(opened: OpenedStudy, n_trials: int) -> tuple[int, int]:
     """Set the study's budget to `n_trials`; running workers read it within an epoch."""
-    study, config = read_study(open_existing(storage_url), name)
+    study, config, name = opened.study, opened.config, opened.name
     finished = finished_count(study)
     if n_trials < max(finished, 1):
         raise StudyError(f"--n-trials {n_trials} is below the {plural(finished, 'trial')} study {name!r} has finished "
@@ -93,9 +83,9 @@ def extend(storage_url: str, name: str, n_trials: int) -> tuple[int, int]:
 
 # --- tuner stop ------------------------------------------------------------------------
 
-def stop(storage_url: str, name: str) -> int:
+def stop(opened: OpenedStudy) -> int:
     """Ask the study's workers to hand their trials back and exit; the number of running trials."""
-    study, _ = read_study(open_existing(storage_url), name)
+    study = opened.study
     # Counted before the request: a worker that sees it at once hands its trial back (FAIL)
     # before a count after the request could see it running.
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -153,8 +143,6 @@ def check_params(space: SearchSpace, params: Mapping[str, Any], task: str, where
             continue
         value = params[key]
         if not branch.contains(value):
-            from tuner.space._describe import branch_range
-
             raise SpaceError(f"{where}: {key} = {value!r} is outside the study's space ({branch_range(branch)})")
         values[key] = value
         if not branch.fixed:
@@ -162,11 +150,11 @@ def check_params(space: SearchSpace, params: Mapping[str, Any], task: str, where
     return sampled
 
 
-def enqueue(storage_url: str, name: str, path: str) -> dict[str, Any]:
+def enqueue(opened: OpenedStudy, path: str) -> dict[str, Any]:
     """Queue a configuration for the study's next free worker; the params it will run with."""
-    study, config = read_study(open_existing(storage_url), name)
+    study, config, name = opened.study, opened.config, opened.name
     task = "multi_label" if config.metric == "val_macro_f1" else "single_label"
-    params = check_params(config.space(), read_params(path), task, f"--params {path}")
+    params = check_params(opened.space, read_params(path), task, f"--params {path}")
     queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     left = budget_left(study, config.n_trials) - queued
     if left <= 0:
@@ -178,16 +166,14 @@ def enqueue(storage_url: str, name: str, path: str) -> dict[str, Any]:
 
 # --- tuner delete ----------------------------------------------------------------------
 
-def describe_for_delete(storage_url: str, name: str) -> tuple[int, str | None]:
+def describe_for_delete(opened: OpenedStudy) -> tuple[int, str | None]:
     """How many trials the study has and where its artifacts are: what the prompt shows."""
-    study, config = read_study(open_existing(storage_url), name)
-    return len(study.get_trials(deepcopy=False)), config.artifacts or None
+    return len(opened.study.get_trials(deepcopy=False)), opened.config.artifacts or None
 
 
-def delete(storage_url: str, name: str) -> int:
+def delete(opened: OpenedStudy) -> int:
     """Delete the study and its artifacts (checkpoints, best weights); the files removed."""
-    storage = open_existing(storage_url)
-    study, config = read_study(storage, name)
-    removed = remove_study_artifacts(study, storage, config.artifacts) if config.artifacts else 0
-    optuna.delete_study(study_name=name, storage=storage)
+    config = opened.config
+    removed = remove_study_artifacts(opened.study, opened.storage, config.artifacts) if config.artifacts else 0
+    optuna.delete_study(study_name=opened.name, storage=opened.storage)
     return removed

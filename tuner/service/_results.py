@@ -16,14 +16,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import OptionError, StudyError
 from tuner.service._artifact_store import open_artifact_store
-from tuner.service._storage import StorageSettings, mask_url, open_storage, ping
-from tuner.search._study import CONFIG_ATTR, StudyConfig, read_config, read_study, stored_config
-
-
-def open_readonly(storage_url: str):
-    storage = open_storage(StorageSettings(url=storage_url), heartbeat=False)
-    ping(storage)
-    return storage
+from tuner.config import StudyConfig
+from tuner.search._study import CONFIG_ATTR, stored_config
+from tuner.service._open import OpenedStudy, connect, load_any
+from tuner.service._storage import StorageSettings, mask_url
 
 
 def all_params(trial: FrozenTrial) -> dict[str, Any]:
@@ -39,7 +35,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
 
 
 def study_status(storage_url: str, name: str | None) -> dict[str, Any]:
-    storage = open_readonly(storage_url)
+    storage = connect(StorageSettings(url=storage_url))
     if name is not None:
         stored_config(storage, name)  # an unknown study: one clear error, listing the known ones
     names = [name] if name else optuna.get_all_study_names(storage=storage)
@@ -52,7 +48,7 @@ BOOKKEEPING = ("handed_back", "over_budget", "retried", "duplicate")
 
 def one_status(storage, name: str) -> dict[str, Any]:
     # No sampler or pruner: status only reads (and a foreign study has no config to build them).
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = load_any(storage, name)
     trials = study.get_trials(deepcopy=False)
     states = {state.name: 0 for state in TrialState}
     for trial in trials:
@@ -157,10 +153,10 @@ def epochs_note(epochs: dict[str, Any]) -> str:
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def best_summary(storage_url: str, name: str) -> dict[str, Any]:
+def best_summary(opened: OpenedStudy) -> dict[str, Any]:
     """The best trial as it ran: `params.epochs` is the count trained (`epochs` has the rest)."""
-    study, config = read_study(open_readonly(storage_url), name)
-    best = best_trial(study)
+    name, config = opened.name, opened.config
+    best = best_trial(opened.study)
     params = dict(sorted(all_params(best).items()))
     epochs = epochs_that_ran(best, config.max_epochs)
     if epochs is not None:
@@ -176,15 +172,15 @@ def best_summary(storage_url: str, name: str) -> dict[str, Any]:
     }
 
 
-def best_as_space_yaml(storage_url: str, name: str) -> str:
+def best_as_space_yaml(opened: OpenedStudy) -> str:
     """A search-space file fixing every parameter at the value the best trial ran with: `--space` takes it.
 
     `epochs` is the count the trial planned after the study's cap (early stopping ends it
     where it ended before, and a schedule like cosine spans the same epochs), and the
     settings carry the study's model, weights, image size and cap.
     """
-    study, config = read_study(open_readonly(storage_url), name)
-    best = best_trial(study)
+    name, config = opened.name, opened.config
+    best = best_trial(opened.study)
     params = all_params(best)
     epochs = epochs_that_ran(best, config.max_epochs)
     if epochs is not None:
@@ -213,11 +209,10 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
-def export_trials(storage_url: str, name: str, fmt: str) -> str:
-    study, _ = read_study(open_readonly(storage_url), name)
-    records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
+def export_trials(opened: OpenedStudy, fmt: str) -> str:
+    records = [trial_record(t) for t in opened.study.get_trials(deepcopy=False)]
     if fmt == "json":
-        return json.dumps({"study": name, "trials": records}, indent=2, default=str) + "\n"
+        return json.dumps({"study": opened.name, "trials": records}, indent=2, default=str) + "\n"
     return records_to_csv(records)
 
 
@@ -256,7 +251,7 @@ def artifact_locations(storage, explicit: str | None) -> list[str]:
     locations: list[str] = []
     for name in optuna.get_all_study_names(storage=storage):
         try:
-            config = read_config(optuna.load_study(study_name=name, storage=storage))
+            config = stored_config(storage, name)
         except StudyError:
             continue
         if config.artifacts and config.artifacts not in locations:
@@ -333,7 +328,7 @@ def check_port(host: str, port: int) -> None:
 def serve_dashboard(storage_url: str, host: str, port: int, artifacts: str | None) -> None:
     import optuna_dashboard
 
-    storage = open_readonly(storage_url)
+    storage = connect(StorageSettings(url=storage_url))
     try:
         optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=dashboard_store(storage, artifacts))
     except OSError as exc:

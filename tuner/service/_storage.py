@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
+from tuner.config import default
 from tuner.errors import StorageError
 
 DEFAULT_STORAGE = "sqlite:///tuner.db"
@@ -35,11 +36,10 @@ class StorageSettings:
     """How workers share a study: the database URL and the heartbeat that detects dead workers."""
 
     url: str = DEFAULT_STORAGE
-    # Trials take minutes: a heartbeat every 30 s, and a trial whose worker has been
-    # silent for 2 minutes is declared dead and retried.
-    heartbeat_interval: int = 30
-    grace_period: int = 120
-    max_retry: int = 3
+    # A study stores its own (tuner.config.StudyConfig, where the defaults are stated and why).
+    heartbeat_interval: int = default("heartbeat_interval")
+    grace_period: int = default("grace_period")
+    max_retry: int = default("max_retry")
     connect_timeout: int = 10
 
     def __post_init__(self) -> None:
@@ -235,6 +235,21 @@ class ResilientRDBStorage(RDBStorage):
         self.changing_state = threading.local()
         super().__init__(*args, **kwargs)
 
+    def start_heartbeat(self, settings: StorageSettings) -> None:
+        """Turn on the heartbeat and stale-trial retry of `settings` in this open storage.
+
+        A study being joined stores its heartbeat settings, which are read through a storage:
+        opening a second one to use them cost a second engine and connection pool per worker.
+        Optuna 5's RDBStorage.__init__ only stores these settings in these public attributes,
+        which the heartbeat thread and fail_stale_trials read at each use (through
+        get_heartbeat_interval, get_heartbeat_stale_trial_callback and _get_stale_trial_ids),
+        so setting them as __init__ would is the same as passing them to it.
+        """
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.grace_period = settings.grace_period
+        self.heartbeat_stale_trial_callback = RetryStaleTrial(max_retry=settings.max_retry)
+        self.failed_trial_callback = self.heartbeat_stale_trial_callback
+
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         # Popping a queued trial reads its state and writes RUNNING: one step (see lock_at_begin).
         self.changing_state.active = True
@@ -248,25 +263,20 @@ for _name in RETRIED_METHODS:
     setattr(ResilientRDBStorage, _name, retrying(getattr(ResilientRDBStorage, _name), _name))
 
 
-def open_storage(settings: StorageSettings, *, heartbeat: bool = True) -> RDBStorage:
+def open_storage(settings: StorageSettings, *, heartbeat: bool = True) -> ResilientRDBStorage:
     """Connect to the storage, creating its tables if needed; a clear StorageError otherwise."""
     url = normalize_url(settings.url)
-    options: dict = {}
-    if heartbeat:
-        options = {
-            "heartbeat_interval": settings.heartbeat_interval,
-            "grace_period": settings.grace_period,
-            "heartbeat_stale_trial_callback": RetryStaleTrial(max_retry=settings.max_retry),
-        }
     try:
         use_write_ahead_log(url)
-        storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs(url, settings.connect_timeout), **options)
+        storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs(url, settings.connect_timeout))
     except (OperationalError, SQLAlchemyError, ImportError) as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {short_reason(exc)}") from None
     except sqlite3.Error as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {exc}") from None
     if sqlite_file(url) is not None:
         lock_at_begin(storage)
+    if heartbeat:
+        storage.start_heartbeat(settings)
     return storage
 
 

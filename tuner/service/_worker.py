@@ -5,47 +5,32 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, replace
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
 
+from tuner.config import StudyConfig
 from tuner.progress import progress_for
 from tuner.search._budget import StudyControl
-from tuner.search._objective import Objective, TrialSettings
-from tuner.search._study import StudyConfig, config_from_attrs, load_study, stored_attrs
+from tuner.search._objective import Objective
 from tuner.service._artifact_store import open_artifact_store
 from tuner.service._checkpoints import ArtifactCheckpointer
 from tuner.service._handover import TrialHandover
+from tuner.service._open import OpenedStudy
 from tuner.service._other_workers import OtherWorkers
+from tuner.service._prepare import load_checked_data
 from tuner.service._reporting import Reporter, WorkerSummary
 from tuner.service._signals import StopFlag
-from tuner.service._storage import StorageSettings, local_folder, mask_url, open_storage, ping
+from tuner.service._storage import mask_url
 from tuner.service._torch_threads import TorchThreads
 from tuner.service._trial_end import TrialEnd
 from tuner.service._trial_stops import EXPECTED_STOPS, HANDED_BACK_ATTR, HandBack, TakenOver, refuse_start
 from tuner.service._worker_log import ExpectedStops, make_logger
-from tuner.training._data import DataConfig, ImageData, gib_to_bytes, load_data
-from tuner.training._fingerprint import check_same_data
 from tuner.training._loop import resolve_device
 from tuner.training._models import ModelSpec
 from tuner.training._seeds import derive_seed
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """Machine-local settings a worker may choose without changing the study."""
-
-    device: str = "auto"
-    data: str | None = None
-    artifacts: str | None = None
-    num_workers: int | None = None
-    timeout: float | None = None
-    quiet: bool = False
-    cache_dir: str | None = None
-    compile: bool = False
-    memory_limit_gib: float | None = None  # decoded images above it are memory-mapped from disk
+from tuner.training._settings import trial_settings
 
 
 def worker_name(device: str) -> str:
@@ -58,41 +43,27 @@ class Worker:
     Here: joining the study (the constructor, build_objective), then the trial loop (run on).
     """
 
-    def __init__(self, storage: StorageSettings, study_name: str, options: WorkerOptions,
-                 *, reproducible: bool = False, data: ImageData | None = None,
-                 config: StudyConfig | None = None) -> None:
-        """`reproducible` seeds the sampler with the study seed (a lone `tuner run`);
-        otherwise each worker mixes in its host and pid so workers explore differently.
-        `config` is the study's stored config when this process has just read or created
-        it (`tuner run`): its parsed space is reused."""
-        self.options = options
-        self.study_name = study_name
+    def __init__(self, opened: OpenedStudy) -> None:
+        """`opened`: the study as this process opened it for work (tuner.service._open), its
+        sampler seeded by the study seed for a lone `tuner run`, else per worker (see
+        sampler_seed_for_worker) so that workers explore differently."""
+        self.opened = opened
+        self.options = opened.machine
+        self.study_name = opened.name
         self.stop = StopFlag()
         self.stop.announce = self.announce_stop
-        # Read the study's own heartbeat settings before opening the storage that uses them:
-        # one read of the study's attrs, and the study loaded once.
-        plain = open_storage(storage, heartbeat=False)
-        ping(plain)
-        attrs = stored_attrs(plain, study_name)
-        config = config or config_from_attrs(study_name, attrs)
-        plain.engine.dispose()  # its pooled connection would stay open beside the worker's own
-        self.storage_settings = replace(
-            storage, heartbeat_interval=config.heartbeat_interval,
-            grace_period=config.grace_period, max_retry=config.max_retry,
-        )
-        self.storage = open_storage(self.storage_settings)
-        seed = config.seed if reproducible else sampler_seed_for_worker(config)
-        self.study, self.config = load_study(self.storage, study_name, sampler_seed=seed, config=config)
-        self.control = StudyControl(self.study, self.storage, config.n_trials, attrs)
-        self.data = data if options.data is None else None
-        self.store = open_artifact_store(options.artifacts or config.artifacts)
-        self.checkpointer = ArtifactCheckpointer(self.store, study_name)
-        self.name = worker_name(options.device)
-        self.log = make_logger(self.name, options.quiet)
+        self.storage_settings = opened.settings  # the URL and the study's own heartbeat settings
+        self.storage = opened.storage
+        self.study, self.config = opened.study, opened.config
+        self.control = StudyControl(self.study, self.storage, self.config.n_trials, opened.attrs)
+        self.store = open_artifact_store(self.options.artifacts or self.config.artifacts)
+        self.checkpointer = ArtifactCheckpointer(self.store, self.study_name)
+        self.name = worker_name(self.options.device)
+        self.log = make_logger(self.name, self.options.quiet)
         # A live display on a terminal; plain log lines (as before) in a pipe or with --quiet.
-        self.progress = progress_for(options.quiet)
+        self.progress = progress_for(self.options.quiet)
         self.handover = TrialHandover(self.study, self.log, self.storage_settings.grace_period)
-        self.report = Reporter(self.study, self.control, self.log, config.metric, self.progress, study_name)
+        self.report = Reporter(self.study, self.control, self.log, self.config.metric, self.progress, self.study_name)
         self.objective: Objective | None = None
         self.trials_run = 0
         self.current: int | None = None  # number of the trial running here, until Optuna tells it
@@ -106,31 +77,18 @@ class Worker:
                                    self.storage_settings.heartbeat_interval)
 
     def build_objective(self) -> Objective:
-        config = self.config
-        # The device first: a bad one fails before seconds of decoding.
-        resolve_device(self.options.device)
-        # The study stores the model's name only: a worker whose machine cannot import it
-        # (a MODULE:FUNCTION that is not here, timm not installed) stops before any trial.
-        ModelSpec(config.model, weights=config.weights)
-        data = self.data
+        opened = self.opened
+        data = opened.data
         if data is None:
-            source = self.options.data or config.data
-            data = load_data(DataConfig(
-                source=source, image_size=config.image_size,
-                val_fraction=config.val_fraction, seed=config.seed,
-                memory_limit=gib_to_bytes(self.options.memory_limit_gib),
-                spill_dir=local_folder(self.storage_settings.url, "decoded"),
-            ))
-            # Other data (another folder, more classes) would finish the budget on it silently.
-            check_same_data(config.data_fingerprint, data, source)
-        settings = TrialSettings(
-            model=config.model, weights=config.weights, image_size=config.image_size,
-            device=self.options.device, seed=config.seed, max_epochs=config.max_epochs,
-            num_workers=self.options.num_workers, cache_views=config.cache_views,
-            cache_dir=self.options.cache_dir, compile=self.options.compile,
-        )
+            # Joined without preparing (`tuner worker`): the device first, so a bad one fails
+            # before seconds of decoding. The study stores the model's name only: a worker
+            # whose machine cannot import it (a MODULE:FUNCTION that is not here, timm not
+            # installed) stops before any trial.
+            resolve_device(self.options.device)
+            ModelSpec(self.config.model, weights=self.config.weights)
+            data = load_checked_data(opened)
         return Objective(
-            config.space(), data, settings, checkpointer=self.checkpointer,
+            opened.space, data, trial_settings(self.config, self.options), checkpointer=self.checkpointer,
             on_epoch=self.on_epoch, keep_best=self.keep_best, progress=self.progress,
         )
 

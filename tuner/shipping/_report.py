@@ -14,9 +14,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StudyError
 from tuner.service._artifact_store import open_artifact_store
-from tuner.service._results import all_params, open_readonly
+from tuner.service._open import OpenedStudy
+from tuner.service._results import all_params
 from tuner.service._study_artifacts import publish_report
-from tuner.search._study import read_study
 
 # Below this many completed trials, parameter importances are mostly noise: the page says so.
 FEW_TRIALS = 10
@@ -61,13 +61,12 @@ def best_number(trials: Sequence[Finished], maximize: bool) -> int | None:
     return (max if maximize else min)(complete, key=lambda t: t.value).number
 
 
-def write_report(storage_url: str, name: str, out: str) -> "ReportResult":
+def write_report(opened: OpenedStudy, out: str) -> "ReportResult":
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed on a headless node
 
-    storage = open_readonly(storage_url)
-    study, config = read_study(storage, name)
+    study, config, storage, name = opened.study, opened.config, opened.storage, opened.name
     trials = finished_trials(study)
     if not trials:
         raise StudyError(f"study {name!r} has no finished trial yet")

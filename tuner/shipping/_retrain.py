@@ -10,34 +10,31 @@ from typing import Any, Callable
 import optuna
 import torch
 
-from tuner.training._data import DataConfig, ImageData, load_data
-from tuner.training._fingerprint import check_same_data
+from tuner.config import StudyConfig
 from tuner.errors import OptionError, TunerError
-from tuner.shipping._model_folder import FORMAT, THRESHOLD, model_kind, write_folder
-from tuner.search._objective import Objective, TrialSettings
 from tuner.progress import Progress
+from tuner.search._objective import Objective
+from tuner.service._open import OpenedStudy
+from tuner.service._results import all_params, best_trial
+from tuner.shipping._model_folder import FORMAT, THRESHOLD, model_kind, write_folder
+from tuner.space._space import Branch, SearchSpace
+from tuner.training._data import ImageData, load_data
+from tuner.training._fingerprint import check_same_data
 from tuner.training._loop import OutOfMemory
 from tuner.training._run import Run
+from tuner.training._settings import TrialSettings, data_config, trial_settings
 from tuner.training._task import task_of
-from tuner.service._results import all_params, best_trial, open_readonly
-from tuner.space._space import Branch, SearchSpace
-from tuner.search._study import StudyConfig, read_study
 
 
 @dataclass(frozen=True)
 class RetrainRequest:
-    """What `tuner retrain` was asked for; None means "as the study and its best trial ran"."""
+    """What `tuner retrain` was asked for beyond this machine's options; None means "as the
+    study and its best trial ran"."""
 
-    study: str
-    storage: str
     out: str
     epochs: int | None = None
     include_val: bool = False
-    device: str = "auto"
-    data: str | None = None
     compile: bool | None = None
-    cache_dir: str | None = None
-    num_workers: int | None = None
     torchscript: bool = False
 
 
@@ -76,25 +73,20 @@ def check_out(out: str) -> Path:
     return folder
 
 
-def retrain(request: RetrainRequest, *, progress: Progress | None = None,
+def retrain(opened: OpenedStudy, request: RetrainRequest, *, progress: Progress | None = None,
             say: Callable[[str], None] = lambda line: None) -> RetrainResult:
     """Train the best trial's configuration once more and write the model folder."""
     folder = check_out(request.out)
-    study, config = read_study(open_readonly(request.storage), request.study)
-    best = best_trial(study)
+    config, machine = opened.config, opened.machine
+    best = best_trial(opened.study)
     epochs = request.epochs or best.user_attrs.get("best_epoch") or all_params(best).get("epochs") or 10
-    source = request.data or config.data
-    data = load_data(DataConfig(source, config.image_size, config.val_fraction, config.seed))
+    # No spill folder beside the storage: retraining may run far from it (~/.cache/tuner/decoded).
+    data = load_data(data_config(config, machine, spill_dir=None))
     # Other data than the study's would give a model the search never saw: refused, as for workers.
-    check_same_data(config.data_fingerprint, data, source)
+    check_same_data(config.data_fingerprint, data, machine.data or config.data)
     if request.include_val:
         data = with_val_in_train(data)
-    compiled = bool(best.user_attrs.get("compiled", False)) if request.compile is None else request.compile
-    settings = TrialSettings(
-        model=config.model, weights=config.weights, image_size=config.image_size, device=request.device,
-        seed=config.seed, max_epochs=None, num_workers=request.num_workers, cache_views=config.cache_views,
-        cache_dir=request.cache_dir, compile=compiled,
-    )
+    settings = retrain_settings(config, opened, best, request)
 
     def on_epoch(trial, epoch: int, total: int, metric: float) -> None:
         line = f"epoch {epoch}/{total} {config.metric}={metric:.4f}"
@@ -102,10 +94,10 @@ def retrain(request: RetrainRequest, *, progress: Progress | None = None,
             progress.show("metric", f"last epoch: {line}")
         say(line)
 
-    say(f"retraining trial {best.number} of study {request.study}: {config.model}, {epochs} epoch"
+    say(f"retraining trial {best.number} of study {opened.name}: {config.model}, {epochs} epoch"
         f"{'s' if epochs != 1 else ''} on {'train+val' if request.include_val else 'train'} "
         f"({len(data.train_targets)} images)")
-    objective = Objective(with_fixed_epochs(config.space(), epochs), data, settings, on_epoch=on_epoch,
+    objective = Objective(with_fixed_epochs(opened.space, epochs), data, settings, on_epoch=on_epoch,
                           progress=progress)
     # The lineage gives the trial's own seed: on the CPU, the same data trains the same model.
     trial = optuna.trial.FixedTrial({**best.params, "epochs": epochs},
@@ -125,14 +117,23 @@ def retrain(request: RetrainRequest, *, progress: Progress | None = None,
     # with val in training the metric says nothing, and the last epoch's weights are it.
     state = trained.model.state_dict() if request.include_val else trained.state.best_state
     weights_epoch = len(trained.state.history) if request.include_val else trained.state.stopper.best_epoch
-    doc = describe(request, config, best, trained, data, epochs, weights_epoch,
+    doc = describe(opened, request, best, trained, data, epochs, weights_epoch,
                    value if not request.include_val else trained.state.history[-1]["metric"])
     return RetrainResult(folder, write_folder(folder, state, doc, torchscript=request.torchscript))
 
 
-def describe(request: RetrainRequest, config: StudyConfig, best, run: Run, data: ImageData, epochs: int,
+def retrain_settings(config: StudyConfig, opened: OpenedStudy, best, request: RetrainRequest) -> TrialSettings:
+    """The study's trial settings on this machine, compiled as the best trial ran unless told,
+    and without the study's epoch cap: retraining runs the epochs it is given."""
+    compiled = bool(best.user_attrs.get("compiled", False)) if request.compile is None else request.compile
+    machine = dataclasses.replace(opened.machine, compile=compiled)
+    return dataclasses.replace(trial_settings(config, machine), max_epochs=None)
+
+
+def describe(opened: OpenedStudy, request: RetrainRequest, best, run: Run, data: ImageData, epochs: int,
              weights_epoch: int, value: float) -> dict[str, Any]:
     """model.json's content: the model, its inputs and outputs, and where it came from."""
+    config = opened.config
     return {
         "format": FORMAT,
         "model": config.model,
@@ -147,7 +148,7 @@ def describe(request: RetrainRequest, config: StudyConfig, best, run: Run, data:
         "metric": config.metric,
         "value": value,
         "value_on": "train+val (not held out)" if request.include_val else "val",
-        "study": request.study,
+        "study": opened.name,
         "trial": best.number,
         "trial_value": best.value,
         "params": {**all_params(best), "epochs": epochs},
@@ -156,7 +157,7 @@ def describe(request: RetrainRequest, config: StudyConfig, best, run: Run, data:
         "weights_epoch": weights_epoch,
         "include_val": request.include_val,
         "train_images": len(data.train_targets),
-        "data": request.data or config.data,
+        "data": opened.machine.data or config.data,
         "pretrained": config.weights,
         "compiled": run.inputs.compile,
         "feature_cache": run.features is not None,
