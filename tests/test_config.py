@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 import tuner.search._study
 import tuner.space._space
-from tuner.cli import RENAMED, cli
+from tuner.cli import cli
+from tuner.cli._options import RENAMED
 from tuner.config import (PRUNERS, SAMPLERS, SPACE_SETTINGS, STORED_OPTIONS, MachineOptions, StudyConfig,
                           StudyRequest, default, requested_settings)
 from tuner.service._open import open_for_work

@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tuner.cli import cli, machine_options, storage_settings, study_request
+from tuner.cli import cli
+from tuner.cli._options import machine_options, storage_settings, study_request
 from tuner.training._data import DataConfig, load_data
 from tuner.service._prepare import prepare_study
 from tuner.service._worker import Worker

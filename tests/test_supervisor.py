@@ -10,7 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tuner.cli import cli, worker_argv
+from tuner.cli import cli
+from tuner.cli._study_commands import worker_argv
 from tuner.errors import DeviceError, OptionError
 from tuner.service._supervisor import ChildSpec, child_env, plan_processes
 

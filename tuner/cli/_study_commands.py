@@ -1,0 +1,143 @@
+"""Commands that run a study: run (create or join, then train here), create, worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from tuner.cli._options import (heartbeat_options, machine_options, storage_option, storage_settings,
+                                study_options, study_request, worker_options)
+from tuner.text import plural
+
+
+@click.command()
+@click.option("--study", metavar="NAME", help="Study name (default: from the space and data, e.g. default-digits).")
+@storage_option
+@study_options
+@heartbeat_options
+@worker_options
+@click.pass_context
+def run(ctx: click.Context, **params: Any) -> None:
+    """Create the study if absent (or join it), then run trials in this process.
+
+    \b
+    Examples:
+      # a quick demo on the built-in digits, from EfficientNet-Lite0's bundled ImageNet weights (CPU)
+      tuner run --data digits --model efficientnet_lite0 --space feature_extraction --image-size 64 --n-trials 10
+      # your images, imagenet weights from the torch hub cache
+      tuner run --data path/to/images --n-trials 30
+    """
+    from tuner.service._prepare import prepare_study
+    from tuner.service._worker import Worker
+
+    # Opened once, with the data loaded and checked: the worker takes it as it is.
+    opened = prepare_study(storage_settings(params), params["study"], study_request(ctx, params),
+                           machine_options(params))
+    verb = "created" if opened.created else "continuing"
+    click.echo(f"{verb} study {opened.name} ({plural(opened.config.n_trials, 'trial')}, "
+               f"metric {opened.config.metric})")
+    summary = Worker(opened).run()
+    print_summary(summary)
+    if summary.stopped_by_signal:
+        sys.exit(130)
+
+
+@click.command()
+@click.option("--study", required=True, metavar="NAME", help="Name of the new study.")
+@storage_option
+@study_options
+@heartbeat_options
+@click.option("--artifacts", metavar="DIR", help="Checkpoint/weights store shared by the workers "
+              "(default: beside the SQLite file).")
+@click.pass_context
+def create(ctx: click.Context, **params: Any) -> None:
+    """Create a study that stores its whole config; workers then join with --study alone.
+
+    \b
+    Examples:
+      tuner create --study flowers --data /shared/flowers --storage postgresql+psycopg://u:p@db/tuner \\
+          --artifacts /shared/artifacts --n-trials 100
+    """
+    from tuner.service._prepare import prepare_study
+    from tuner.service._storage import mask_url
+
+    prepared = prepare_study(storage_settings(params), params["study"], study_request(ctx, params),
+                             machine_options(params), create_only=True)
+    config = prepared.config
+    click.echo(f"created study {prepared.name} in {mask_url(params['storage'])}: "
+               f"{config.space_name} space, {config.model}, {plural(config.n_trials, 'trial')}, metric {config.metric}")
+    click.echo(f"start workers with: tuner worker --study {prepared.name} --storage URL")
+
+
+@click.command()
+@click.option("--study", required=True, metavar="NAME", help="The study to join.")
+@storage_option
+@worker_options
+@click.option("--data", metavar="DIR|CSV", help="Where this machine finds the study's data (default: as stored).")
+@click.option("--gpus", metavar="all|0,1,3", help="One worker process per GPU (N with --trials-per-gpu), "
+              "supervised and restarted on a crash.")
+@click.option("--processes", type=click.IntRange(min=1), metavar="N", help="Run N supervised worker processes on --device.")
+@click.option("--trials-per-gpu", type=click.IntRange(min=1), metavar="N",
+              help="Run N supervised worker processes per GPU (of --gpus, or of --device cuda[:K]), so N "
+                   "trials of small models train at once on each GPU.")
+def worker(**params: Any) -> None:
+    """Join a study with nothing but its name and storage, and run trials until the budget is spent.
+
+    Workers started one by one on a machine share its cores: each trial runs max(1, cores //
+    live tuner workers of this machine) torch threads (counted through pid files in
+    $TUNER_WORKERS_DIR, default a folder in the temp dir). Set OMP_NUM_THREADS to choose instead.
+
+    \b
+    Examples:
+      tuner worker --study flowers --storage postgresql+psycopg://u:p@db/tuner
+      tuner worker --study flowers --gpus all                # one supervised process per GPU
+      tuner worker --study flowers --processes 4 --device cpu
+    """
+    from tuner.service._open import open_for_work, require_existing_sqlite
+    from tuner.service._storage import StorageSettings
+    from tuner.service._supervisor import plan_processes, supervise, visible_gpu_count
+    from tuner.service._worker import Worker, sampler_seed_for_worker
+
+    require_existing_sqlite(params["storage"])
+    if params["gpus"] or params["processes"] or params["trials_per_gpu"]:
+        plan = plan_processes(params["gpus"], params["processes"], params["device"], visible_gpu_count(),
+                              params["trials_per_gpu"])
+        # The children read the URL from the environment: on their command lines `ps`
+        # would show its password to every user of the node.
+        os.environ["TUNER_STORAGE"] = params["storage"]
+        sys.exit(supervise(plan, worker_argv(params)))
+    opened = open_for_work(StorageSettings(url=params["storage"]), params["study"], machine_options(params),
+                           seed_of=sampler_seed_for_worker)
+    summary = Worker(opened).run()
+    print_summary(summary)
+    if summary.stopped_by_signal:
+        sys.exit(130)
+
+
+def worker_argv(params: dict[str, Any]) -> list[str]:
+    """The command line of one child worker, without --gpus/--processes/--trials-per-gpu/--device."""
+    argv = ["worker", "--study", params["study"]]
+    for name in ("num_workers", "timeout", "artifacts", "data", "cache_dir"):
+        if params.get(name) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(params[name])]
+    if params.get("memory_limit_gib") is not None:
+        argv += ["--memory-limit", str(params["memory_limit_gib"])]
+    if params.get("compile_model"):
+        argv.append("--compile")
+    if params.get("quiet"):
+        argv.append("--quiet")
+    return argv
+
+
+def print_summary(summary) -> None:
+    click.echo(f"finished {summary.finished}/{plural(summary.n_trials, 'trial')} "
+               f"({summary.trials_run} run by this process)")
+    if summary.best_value is None:
+        click.echo("no finished trial yet")
+        return
+    click.echo(f"best value {summary.best_value:.4f} (trial {summary.best_number})")
+    for name, value in sorted(summary.best_params.items()):
+        click.echo(f"  {name}: {value}")
