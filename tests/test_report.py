@@ -21,15 +21,8 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from tuner.cli import cli
-from tuner.shipping._report import (
-    NotAvailable,
-    curves_figure,
-    finished_trials,
-    history_figure,
-    importances_figure,
-    parallel_figure,
-    too_few_trials,
-)
+from tuner.shipping._report_data import finished_trials, measure_importances, too_few_trials
+from tuner.shipping._report_figures import curves_figure, history_figure, importances_figure, parallel_figure
 from tuner.space._space import load_space
 from tuner.service._storage import StorageSettings, open_storage
 from tuner.config import StudyConfig
