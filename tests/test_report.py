@@ -291,10 +291,10 @@ def test_key_parameters_are_the_most_important_else_the_usual_ones(importances, 
 def test_every_value_from_the_study_is_escaped():
     evil = "<script>alert(1)</script>"
     row = Row(0, "complete", 0.5, False, 2, "completed", {"<b>p</b>": evil, "lr": 0.000123456})
-    text = page(Summary('<i>s</i> & "q"', "<m>", "maximize", {"complete": 1}, row), [row], ["<b>p</b>"],
-                [Section("History", "h.png", "<u>note</u>", (1000, 550))])
+    text = page(Summary('<i>s</i> & "q"', "<m>", "maximize", {"complete": 1}, row), [row],
+                (["<b>p</b>"], "<s>why</s>"), [Section("History", "h.png", "<u>note</u>", (1000, 550))])
     assert "<script>alert" not in text and "<b>p</b>" not in text and "<i>s</i>" not in text
-    assert "<m>" not in text and "<u>" not in text
+    assert "<m>" not in text and "<u>" not in text and "<s>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "Study &lt;i&gt;s&lt;/i&gt; &amp; &quot;q&quot;" in text
     assert "<td>0.0001235</td>" in text  # the best configuration at 4 significant digits
     assert '<img src="h.png" alt="History" width="1000" height="550">' in text

@@ -15,8 +15,7 @@ from tuner.service._artifact_store import open_artifact_store
 from tuner.service._open import OpenedStudy
 from tuner.service._study_artifacts import publish_report
 from tuner.shipping._report_data import (
-    PARALLEL_PARAMS,
-    TABLE_PARAMS,
+    KEY_PARAMS,
     Finished,
     Importances,
     NotAvailable,
@@ -60,20 +59,20 @@ def write_report(opened: OpenedStudy, out: str) -> ReportResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         importances = measure_importances(study)
-        parallel = key_params(trials, importances, PARALLEL_PARAMS)
+        key = key_params(trials, importances, KEY_PARAMS)
         plots: list[tuple[str, str, Callable[[], Any]]] = [
             ("optimization_history", "Optimization history", lambda: history_figure(trials, config.metric, maximize)),
             ("learning_curves", "Learning curves", lambda: curves_figure(trials, config.metric, maximize)),
             ("parallel_coordinate", "Parallel coordinates",
-             lambda: (parallel_figure(trials, study, config.metric, maximize, parallel)[0],
-                      parallel_note(trials, importances, parallel))),
+             lambda: (parallel_figure(trials, study, config.metric, maximize, key)[0],
+                      key_note(trials, importances, key))),
             ("param_importances", "Parameter importances", lambda: importances_figure(importances, config.metric)),
         ]
         sections = [render(folder, slug, title, make) for slug, title, make in plots]
     rows = table_rows(study)
     index = folder / "index.html"
-    index.write_text(page(summary(opened, rows), rows, key_params(trials, importances, TABLE_PARAMS), sections),
-                     encoding="utf-8")
+    columns = (key, key_note(trials, importances, key))
+    index.write_text(page(summary(opened, rows), rows, columns, sections), encoding="utf-8")
     images = [folder / s.image for s in sections if s.image]
     uploaded = upload(study, opened.storage, config.artifacts, [index, *images])
     return ReportResult(index, uploaded)
@@ -91,8 +90,8 @@ def summary(opened: OpenedStudy, rows: list[Row]) -> Summary:
     return Summary(opened.name, opened.config.metric, opened.config.direction, counts, best)
 
 
-def parallel_note(trials: list[Finished], importances: Importances, shown: list[str]) -> str:
-    """Which parameters the plot shows, and why those."""
+def key_note(trials: list[Finished], importances: Importances, shown: list[str]) -> str:
+    """Which parameters the table and the parallel coordinates show, and why those."""
     total = len(varying(trials))
     if total <= len(shown):
         return f"Every parameter that varies ({total}), most important first." if importances.values else ""

@@ -18,9 +18,9 @@ MIN_COMPLETED = 2
 # ... and compares the top 10% of the completed trials with all of them: below 10 that top is
 # the single best trial, so the importances are mostly noise. The page says so.
 FEW_TRIALS = 10
-# The parallel coordinates draw this many parameters (more make unreadable, crossing lines);
-# the trial table shows a few more.
-PARALLEL_PARAMS, TABLE_PARAMS = 5, 7
+# The parallel coordinates draw this many parameters (more make unreadable, crossing lines), and
+# the trial table shows them as its columns (more do not fit a screen's width).
+KEY_PARAMS = 5
 # Before importances exist, the parameters the transfer-learning advice says matter most.
 USUALLY_IMPORTANT = ("freeze", "lr", "backbone_lr", "optimizer", "weight_decay", "batch_size", "dropout",
                      "scheduler", "label_smoothing")

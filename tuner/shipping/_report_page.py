@@ -16,13 +16,13 @@ from tuner.text import significant
 
 STYLE = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;background:#f6f8fa;margin:0}
-main{max-width:1040px;margin:0 auto;padding:24px 20px 48px}
+main{max-width:1080px;margin:0 auto;padding:24px 20px 48px}
 h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:0 0 10px}
 .meta{color:#57606a;margin:0 0 16px}
 section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:16px 20px;margin:0 0 18px}
 nav{margin:0 0 18px}nav a{margin-right:14px;color:#0969da;text-decoration:none}
 table{border-collapse:collapse;font-size:14px}
-th,td{padding:4px 10px;border-bottom:1px solid #eaeef2;text-align:left;white-space:nowrap}
+th,td{padding:4px 8px;border-bottom:1px solid #eaeef2;text-align:left;white-space:nowrap}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .scroll{overflow-x:auto;max-height:640px;overflow-y:auto}
 table.sortable th{position:sticky;top:0;background:#f6f8fa;cursor:pointer;user-select:none}
@@ -96,8 +96,10 @@ def sort_key(value: Any) -> str:
     return e(repr(value) if isinstance(value, float) else value)
 
 
-def page(summary: Summary, rows: Sequence[Row], columns: Sequence[str], sections: Sequence[Section]) -> str:
-    blocks = [header(summary), best_block(summary), trials_block(summary, rows, columns)]
+def page(summary: Summary, rows: Sequence[Row], columns: tuple[Sequence[str], str],
+         sections: Sequence[Section]) -> str:
+    """`columns`: the parameters the trial table shows, and a note on why those."""
+    blocks = [header(summary), best_block(summary), trials_block(summary, rows, *columns)]
     blocks += ['<div id="plots">', *(plot_block(s) for s in sections), "</div>"]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -134,7 +136,7 @@ def best_block(summary: Summary) -> str:
             "report's <code>--storage</code>).</p></section>")
 
 
-def trials_block(summary: Summary, rows: Sequence[Row], columns: Sequence[str]) -> str:
+def trials_block(summary: Summary, rows: Sequence[Row], columns: Sequence[str], why: str) -> str:
     heads = ['<th class="n">#</th>', "<th>state</th>", f'<th class="n">{e(summary.metric)}</th>',
              '<th class="n">epochs</th>', "<th>stop reason</th>"] + [f"<th>{e(c)}</th>" for c in columns]
     best = summary.best.number if summary.best else None
@@ -142,7 +144,7 @@ def trials_block(summary: Summary, rows: Sequence[Row], columns: Sequence[str]) 
     return (f'<section id="trials"><h2>Trials</h2>\n<div class="scroll"><table class="sortable" id="trial-table">'
             f"<thead><tr>{''.join(heads)}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>\n"
             '<p class="note">Click a column header to sort. A pruned trial\'s value (grey) is its last epoch\'s.'
-            f"{' The best trial is highlighted.' if best is not None else ''}</p></section>")
+            f"{' The best trial is highlighted.' if best is not None else ''} {e(why)}</p></section>")
 
 
 def trial_row(row: Row, columns: Sequence[str], best: bool) -> str:
