@@ -1,6 +1,8 @@
 """`tuner report` on studies whose trials are written here (complete, pruned, early-stopped): the figures'
 structure (a step line, integer epochs, labelled categorical axes, the importances' trial count),
-the page, a study with no finished trial, and no library warning on the terminal."""
+the page (in headless Chromium: a screenshot, one table row per trial, sorting on a click; every study
+value escaped), what importances need while they are not available, a study with no finished trial,
+and no library warning on the terminal."""
 
 from __future__ import annotations
 
