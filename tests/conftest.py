@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -268,3 +270,34 @@ def run_head_only_study(root: Path, study: str) -> str:
                       "--artifacts", str(root / "artifacts"), "--device", "cpu", "--quiet"])
     assert ran.exit_code == 0, ran.output
     return url
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Headless Chromium's path. In CI (CI=true, or TUNER_REQUIRE_BROWSER=1 as .ci/run sets) it must be
+    there; elsewhere a browser test skips without it."""
+    if CHROMIUM is None:
+        if os.environ.get("CI", "").lower() == "true" or os.environ.get("TUNER_REQUIRE_BROWSER") == "1":
+            pytest.fail("CI needs Chromium for the browser tests (.ci/run installs it: apt-get install chromium)")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    return CHROMIUM
+
+
+def headless(chromium: str, *args: str) -> str:
+    """Run headless Chromium with these arguments (--dump-dom URL, --screenshot=PNG URL); its stdout."""
+    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", *args],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.fixture
+def test_artifacts(tmp_path) -> Path:
+    """Where a test leaves files for people to look at (screenshots): $TUNER_TEST_ARTIFACTS (.ci/run sets
+    it to test-artifacts/), else the test's temporary folder."""
+    folder = Path(os.environ.get("TUNER_TEST_ARTIFACTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

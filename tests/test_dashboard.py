@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,16 +20,12 @@ import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore
 
-from conftest import cli_invoke as invoke, run_head_only_study
+from conftest import cli_invoke as invoke, headless, run_head_only_study
 from tuner.space._space import load_space
 from tuner.service._storage import StorageSettings, open_storage
 from tuner.config import StudyConfig
 from tuner.service._open import create_study
 from tuner.service._study_artifacts import BEST_MODEL, listed, publish_best_model
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 
 
 def free_port() -> int:
@@ -105,20 +100,11 @@ def test_the_run_and_the_report_leave_one_best_model_and_one_report_as_study_art
         "report-optimization_history.png", "report-parallel_coordinate.png", "report-param_importances.png"]
 
 
-def render(url: str, budget_ms: int = 20000) -> str:
-    done = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
-        capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+def render(chromium: str, url: str, budget_ms: int = 20000) -> str:
+    return headless(chromium, f"--virtual-time-budget={budget_ms}", "--dump-dom", url)
 
 
-def test_a_real_browser_shows_the_study_its_trials_and_its_artifacts(finished):
-    if CHROMIUM is None:
-        if os.environ.get("CI", "").lower() == "true" or os.environ.get("TUNER_REQUIRE_BROWSER") == "1":
-            pytest.fail("CI needs Chromium for the browser test (.ci/run installs it: apt-get install chromium)")
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
+def test_a_real_browser_shows_the_study_its_trials_and_its_artifacts(finished, chromium):
     root, url = finished
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -128,12 +114,12 @@ def test_a_real_browser_shows_the_study_its_trials_and_its_artifacts(finished):
         studies = wait_for_dashboard(port, server)
         (summary,) = studies["study_summaries"]
         base = f"http://127.0.0.1:{port}/dashboard/studies/{summary['study_id']}"
-        page = render(base)
+        page = render(chromium, base)
         assert "shown" in page and "Study Artifacts" in page
         best = optuna.load_study(study_name="shown", storage=url).best_trial
         assert f"{BEST_MODEL}{best.number}.pt" in page
         assert "report-index.html" in page and "report-parallel_coordinate.png" in page
-        trials = render(f"{base}/trials")
+        trials = render(chromium, f"{base}/trials")
         assert "Trial 0" in trials and "Trial 1" in trials
     finally:
         server.terminate()

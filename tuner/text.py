@@ -1,4 +1,4 @@
-"""Wording helpers shared by messages: counts with their noun in the right number."""
+"""Wording helpers shared by messages: counts with their noun in the right number, numbers at a few digits."""
 
 from __future__ import annotations
 
@@ -6,3 +6,10 @@ from __future__ import annotations
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """`1 trial`, `2 trials`, `0 trials` (nouns: an irregular plural)."""
     return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
+
+
+def significant(value: object, digits: int = 4) -> str:
+    """A float at `digits` significant digits (`0.4927`, `1.235e-05`); anything else as str()."""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)

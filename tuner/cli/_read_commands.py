@@ -97,7 +97,7 @@ def export(study: str, storage: str, fmt: str, out: str | None) -> None:
 @storage_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs and index.html.")
 def report(study: str, storage: str, out: str) -> None:
-    """PNG plots (history, learning curves, parallel coordinates, importances) and an index.html.
+    """index.html (the best configuration, a sortable table of every trial) and PNG plots of a study.
 
     The report is also uploaded as study artifacts (optuna-dashboard's Study Artifacts).
 
