@@ -3,7 +3,10 @@
 On one CUDA GPU (an H100/H200 needs well under 5 minutes) it prints a PASS or FAIL line for
 each branch of the device path (FAIL with the error), then benchmark (e): resnet50 at 224 px,
 tuner's trainer against a plain fp32 loop, target >= 2x images/s, and the same for
-EfficientNet-Lite0 where that model is known.
+EfficientNet-Lite0 where that model is known. Among the branches, those only a GPU can show in
+full: the memory of a real worker's pruned trial freed while the worker lives, a real
+out-of-memory error in the probe's feature extraction, and fp16 with a GradScaler as a GPU
+without native bf16 runs it.
 
 `--cpu-smoke` runs the same code on a CPU with tiny models at 16-32 px: the branches that need
 CUDA print SKIP, the others run as they would on the GPU (bf16 and fp16 autocast, the
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -35,7 +39,11 @@ from _common import machine, make_image_folder, timed  # noqa: E402
 
 import tuner.training._batches  # noqa: E402
 from tuner.training._batches import ImageBatches, TensorBatches, place_images, train_transform  # noqa: E402
+from tuner.config import MachineOptions  # noqa: E402
 from tuner.service._checkpoints import ArtifactCheckpointer  # noqa: E402
+from tuner.service._open import open_for_work  # noqa: E402
+from tuner.service._storage import StorageSettings  # noqa: E402
+from tuner.service._worker import Worker  # noqa: E402
 from tuner.training._augment import AugmentConfig  # noqa: E402
 from tuner.training._data import ImageData  # noqa: E402
 from tuner.training._features import FeatureCache, FeatureCacheConfig  # noqa: E402
@@ -114,12 +122,12 @@ def settings(setup: Setup, **overrides) -> TrialSettings:
 @contextlib.contextmanager
 def images_in_host_memory() -> Iterator[None]:
     """place_images keeps the images on the host (pinned per batch) instead of the GPU."""
-    share = tuner.batches.DEVICE_SHARE
-    tuner.batches.DEVICE_SHARE = 0.0
+    share = tuner.training._batches.DEVICE_SHARE
+    tuner.training._batches.DEVICE_SHARE = 0.0
     try:
         yield
     finally:
-        tuner.batches.DEVICE_SHARE = share
+        tuner.training._batches.DEVICE_SHARE = share
 
 
 def one_trial(objective: Objective, n_trials: int = 1) -> list[optuna.trial.FrozenTrial]:
@@ -310,6 +318,176 @@ def resume_branch(setup: Setup, data: ImageData) -> str:
     return f"written on {first.user_attrs['device']}, resumed on cpu: " + completed(resumed)
 
 
+# --- memory after a pruned trial, out of memory in the probe, fp16 without native bf16 -----------
+
+# MODULE:FUNCTION models (bench/gpu_check writes them into its folder): each records a weak
+# reference to every network it builds, so that a branch can tell whether a trial's model lives on.
+USER_MODELS = '''\
+import weakref
+
+import torch
+from torch import nn
+
+BUILT = []
+
+
+class Net(nn.Module):
+    """A wide layer (WIDTH units; 4096 on CUDA: with its gradients and Adam's state, the 256 MiB
+    a kept model would hold)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.wide = nn.Sequential(nn.Linear(4, WIDTH), nn.ReLU(), nn.Linear(WIDTH, WIDTH), nn.ReLU())
+        self.fc = nn.Linear(WIDTH, 1000)
+
+    def forward(self, x):
+        return self.fc(self.wide(torch.flatten(self.pool(self.conv(x)), 1)))
+
+
+class Diverging(Net):
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+class OutOfMemoryInEval(Net):
+    """Runs out of memory in a no-grad eval pass, as the probe's feature extraction runs the
+    backbone: on CUDA for real (1 TiB asked of the caching allocator), on a CPU by raising
+    the error CUDA would."""
+
+    def forward(self, x):
+        if not torch.is_grad_enabled() and not self.training:
+            if x.is_cuda:
+                torch.empty(2**40, dtype=torch.uint8, device=x.device)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated on CPU)")
+        return super().forward(x)
+
+
+def _built(net):
+    BUILT.append(weakref.ref(net))
+    return net
+
+
+def diverging(pretrained):
+    return _built(Diverging())
+
+
+def oom_in_eval(pretrained):
+    return _built(OutOfMemoryInEval())
+'''
+
+
+def user_models(setup: Setup) -> str:
+    """The module of USER_MODELS, importable from the check's folder; its name. Narrow on a CPU
+    (a smoke run only needs the code to run), wide on CUDA (a kept model must show in memory)."""
+    name = "gpu_check_models"
+    path = setup.folder / f"{name}.py"
+    if not path.exists():
+        path.write_text(USER_MODELS.replace("WIDTH", "4096" if setup.cuda else "64"))
+        sys.path.insert(0, str(setup.folder))
+    return name
+
+
+def allocated_mib(setup: Setup) -> float:
+    gc.collect()
+    return torch.cuda.memory_allocated() / 2**20 if setup.cuda else 0.0
+
+
+def all_freed(module: str) -> None:
+    gc.collect()
+    built = sys.modules[module].BUILT
+    alive = sum(model() is not None for model in built)
+    if not built or alive:
+        raise AssertionError(f"{alive} of {len(built)} model(s) built still alive")
+
+
+def pruned_memory_branch(setup: Setup) -> str:
+    """A real worker's diverged (PRUNED) trial: while the worker lives on (as it would while
+    waiting for others), the trial's model is gone, and on CUDA so is its memory."""
+    module = user_models(setup)
+    folder = setup.folder / "pruned"
+    folder.mkdir()
+    (folder / "space.yaml").write_text("params:\n  freeze: {type: fixed, value: full}\n  lr: {type: fixed, value: "
+                                       "0.001}\n  epochs: {type: fixed, value: 1}\n  batch_size: {type: fixed, value: 8}\n")
+    images = make_image_folder(folder / "images", classes=2, per_class=12, size=setup.size)
+    url = f"sqlite:///{folder / 'study.db'}"
+    from tuner.cli import cli
+
+    cli.main(["create", "--study", "pruned", "--storage", url, "--space", str(folder / "space.yaml"), "--data",
+              str(images), "--weights", "none", "--model", f"{module}:diverging", "--image-size", str(setup.size),
+              "--n-trials", "1", "--no-warm-start", "--cache-views", "0"], standalone_mode=False)
+    before = allocated_mib(setup)
+    worker = Worker(open_for_work(StorageSettings(url=url), "pruned", MachineOptions(device=setup.device, quiet=True)))
+    worker.run()
+    (trial,) = worker.study.trials
+    if (trial.state, trial.user_attrs.get("stop_reason")) != (optuna.trial.TrialState.PRUNED, "diverged"):
+        raise AssertionError(f"trial ended {trial.state.name}/{trial.user_attrs.get('stop_reason')}")
+    all_freed(module)
+    note = f"PRUNED/diverged on {trial.user_attrs['device']}, its model freed while the worker lives"
+    if setup.cuda:
+        # Images on the GPU (tiny here) and cuBLAS's workspaces may stay; the model, its
+        # gradients and Adam's state (about 256 MiB) may not.
+        kept = allocated_mib(setup) - before
+        if kept > 96:
+            raise AssertionError(f"{kept:.0f} MiB still allocated after the pruned trial")
+        note += f"; {kept:.0f} MiB left allocated"
+    return note
+
+
+def probe_oom_branch(setup: Setup, data: ImageData) -> str:
+    """Out of memory in the probe's feature extraction (freeze=full, head_init=probe): the trial
+    ends PRUNED/oom, its memory is freed, and the next trial of the same objective runs."""
+    module = user_models(setup)
+    sys.modules.pop(module, None)  # a fresh BUILT list
+    probe_space = space(freeze="full", head_init="probe")
+    objective = Objective(probe_space, data, replace(settings(setup), model=f"{module}:oom_in_eval"))
+    before = allocated_mib(setup)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=1)
+    (trial,) = study.trials
+    if (trial.state, trial.user_attrs.get("stop_reason")) != (optuna.trial.TrialState.PRUNED, "oom"):
+        raise AssertionError(f"probe out of memory ended {trial.state.name}/{trial.user_attrs.get('stop_reason')}")
+    all_freed(module)
+    note = f"PRUNED/oom on {trial.user_attrs['device']}, model freed"
+    if setup.cuda:
+        kept = allocated_mib(setup) - before
+        if kept > 96:
+            raise AssertionError(f"{kept:.0f} MiB still allocated after the probe's out of memory")
+        note += f"; {kept:.0f} MiB left allocated"
+    (fitting,) = one_trial(Objective(probe_space, data, settings(setup)))
+    return note + "; next trial: " + completed(fitting)
+
+
+@contextlib.contextmanager
+def emulated_bf16_only() -> Iterator[None]:
+    """What a V100 or T4 answers: bf16 only by emulation."""
+    supported = torch.cuda.is_bf16_supported
+    torch.cuda.is_bf16_supported = lambda including_emulation=True: including_emulation
+    try:
+        yield
+    finally:
+        torch.cuda.is_bf16_supported = supported
+
+
+def fp16_without_bf16_branch(setup: Setup, data: ImageData) -> str:
+    """On a GPU without native bf16, make_runtime picks fp16 with a GradScaler (never emulated
+    bf16): a probed full fine-tune and a head-only trial on cached features complete in it."""
+    if not setup.cuda:
+        raise Skip("needs CUDA")
+    notes = []
+    for name, params, views in (("probe+full", {"freeze": "full", "head_init": "probe"}, 0),
+                                ("head cache=on", {"freeze": "head"}, 1)):
+        cache_dir = Path(tempfile.mkdtemp(prefix="features-", dir=setup.folder))
+        with emulated_bf16_only():
+            objective = Objective(space(**params), data, settings(setup, cache_views=views, cache_dir=str(cache_dir)))
+        if objective.runtime.amp_dtype != torch.float16 or objective.runtime.grad_scaler() is None:
+            raise AssertionError(f"runtime {objective.runtime} on a GPU without native bf16")
+        (trial,) = one_trial(objective)
+        notes.append(f"{name}: {completed(trial)}")
+    return "float16 + GradScaler; " + "; ".join(notes)
+
+
 # --- benchmark (e) --------------------------------------------------------------------------------
 
 def images_per_second(step: Callable[[], None], batches: int, batch: int) -> float:
@@ -426,6 +604,9 @@ def branches(setup: Setup) -> list[tuple[str, Callable[[], str | None]]]:
         ("compile freeze=head cache=on", trial_branch(setup, data, freeze_="head", cache=True, compile_=True,
                                                       needs_cuda=True)),
         ("oom huge batch -> PRUNED/oom, worker goes on", lambda: oom_branch(setup)),
+        ("oom in the probe's feature extraction -> PRUNED/oom", lambda: probe_oom_branch(setup, data)),
+        ("pruned trial frees its model while the worker lives", lambda: pruned_memory_branch(setup)),
+        ("amp=fp16+GradScaler on a GPU without native bf16", lambda: fp16_without_bf16_branch(setup, data)),
         ("two trials per device", lambda: two_per_device_branch(setup)),
         ("resume across devices (cuda -> cpu)", lambda: resume_branch(setup, data)),
         (f"benchmark (e) {bench_model}", benchmark_branch(setup, bench_model, bench_size, bench_images, bench_batch,

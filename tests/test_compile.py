@@ -6,6 +6,8 @@ whole resnet18 takes minutes on 2 CPU cores. The full-model path wraps its netwo
 
 from __future__ import annotations
 
+import sys
+
 import optuna
 import pytest
 import torch
@@ -58,6 +60,8 @@ def test_a_compiled_trial_completes_like_the_eager_one_with_plain_checkpoint_key
 
     assert (compiled.state, compiled.user_attrs["stop_reason"]) == (TrialState.COMPLETE, "completed")
     assert (compiled.user_attrs["compiled"], eager.user_attrs["compiled"]) == (True, False)
+    # It really ran compiled (torch did not fall back at its recompile limit); an eager trial says nothing.
+    assert compiled.user_attrs["compile_fell_back"] is False and "compile_fell_back" not in eager.user_attrs
     assert compiled.user_attrs["feature_cache"] is True
     # Same seed, same head init, same cached view: only float noise may differ.
     [eager_epoch], [compiled_epoch] = eager.user_attrs["history"], compiled.user_attrs["history"]
@@ -109,3 +113,32 @@ def test_compile_on_cpu_without_a_c_compiler_fails_before_any_trial(data, tmp_pa
         Objective(space, data, settings)
     assert str(excinfo.value) == ("--compile on CPU needs a C compiler (cc, gcc or clang) on PATH: "
                                   "install one (e.g. apt-get install gcc) or leave out --compile")
+
+
+def test_compile_on_cuda_without_triton_fails_before_any_trial(monkeypatch):
+    from tuner.errors import DeviceError
+    from tuner.training._loop import check_compiler
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` fails, as where it is not installed
+    with pytest.raises(DeviceError, match=r"^--compile on CUDA needs Triton, which does not import here \(.*\): "
+                                          r"install the triton that matches this torch \(pip install triton\) "
+                                          r"or leave out --compile$"):
+        check_compiler(torch.device("cuda"))
+
+
+def test_a_run_past_dynamo_s_recompile_limit_is_reported_as_fallen_back(monkeypatch):
+    """What the trial's compile_fell_back attr reads: torch's own count of recompile-limit hits.
+    (Dynamo's cheap eager backend and a limit of 1 here: inductor would take a minute.)"""
+    from tuner.training._loop import RECOMPILE_LIMIT, compile_network, recompile_limit_hits
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    compile_network(torch.nn.Linear(2, 2))
+    assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT  # raised for the process, and said so
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    before = recompile_limit_hits()
+    net = torch.compile(torch.nn.Linear(2, 2), backend="eager", dynamic=False)
+    with torch.no_grad():
+        for rows in (1, 2, 3):  # a new shape each call: a recompile each, past the limit of 1
+            net(torch.ones(rows, 2))
+    assert recompile_limit_hits() > before

@@ -163,7 +163,9 @@ class TrialRun:
             without_oom(lambda: self.restore(trial))
             if wants_probe(run.hp) and not run.state.resumed:
                 # A resumed trial's head was probed (and trained on) before its checkpoint.
-                trial.set_user_attr("probe", {**probe(run).as_attr(), "trial": trial.number})
+                # Its feature extraction runs the backbone on the device: out of memory there too.
+                result = without_oom(lambda: probe(run))
+                trial.set_user_attr("probe", {**result.as_attr(), "trial": trial.number})
             reason = fit(run, TrialSupervisor(trial, self.objective, self.origin))
         except Diverged:
             reason = "diverged"
@@ -214,6 +216,9 @@ class TrialRun:
         trial.set_user_attr("best_epoch", state.stopper.best_epoch)
         trial.set_user_attr("train_seconds", round(seconds, 3))
         trial.set_user_attr("history", state.history)
+        if self.objective.settings.compile:
+            # torch falls back to running uncompiled with one log line only: said here.
+            trial.set_user_attr("compile_fell_back", self.training.compile_fell_back())
 
 
 class TrialSupervisor:

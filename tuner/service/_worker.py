@@ -70,7 +70,6 @@ class Worker:
         # (the epoch being trained or finished now, epochs in all) of the current trial: what a
         # first Ctrl-C says it will finish before the hand-back.
         self.epoch = (1, 0)
-        self.objective_error: BaseException | None = None  # what the objective itself raised last
         self.threads = TorchThreads(self.log)
         self.trial_end = TrialEnd(self.study, self.storage, self.store, self.checkpointer, self.control, self.handover)
         self.others = OtherWorkers(self.study, self.control, self.handover, self.stop,
@@ -138,7 +137,7 @@ class Worker:
                     callbacks=[self.after_trial], gc_after_trial=self.objective.runtime.is_cuda,
                 )
             except Exception as error:
-                if self.current is None or error is self.objective_error or not self.handover.taken_over(
+                if self.current is None or raised_by_objective(error) or not self.handover.taken_over(
                         self.current):
                     raise
                 self.current = None
@@ -150,7 +149,7 @@ class Worker:
     def run_trial(self, trial: optuna.Trial) -> float:
         refuse_start(trial, self.study, self.control.n_trials, self.stop.set)
         self.trials_run += 1
-        self.current, self.objective_error = trial.number, None
+        self.current = trial.number
         self.epoch = (trial.user_attrs.get("epoch", 0) + 1, trial.user_attrs.get("epochs", 0))
         self.threads.share()
         trial.set_user_attr("worker", self.name)
@@ -158,10 +157,9 @@ class Worker:
         try:
             return self.objective(trial)
         except optuna.exceptions.UpdateFinishedTrialError as error:
-            self.objective_error = TakenOver(f"trial {trial.number} was ended by another worker")
-            raise self.objective_error from error
+            raise mark_objective_error(TakenOver(f"trial {trial.number} was ended by another worker")) from error
         except Exception as error:
-            self.objective_error = error
+            mark_objective_error(error)
             raise
 
     def on_epoch(self, trial: optuna.Trial, epoch: int, epochs: int, metric: float) -> None:
@@ -204,6 +202,23 @@ class Worker:
 
     def summary(self) -> WorkerSummary:
         return self.report.summary(self.trials_run, self.stop.set and self.stop.by_signal)
+
+
+OBJECTIVE_ERROR_MARK = "tuner_raised_by_objective"
+
+
+def mark_objective_error(error: BaseException) -> BaseException:
+    """Mark `error` as the objective's own, rather than storage's after the trial was taken over.
+
+    A mark on the error, not the error kept by the worker: its traceback holds the trial's
+    frames, and with them the model, optimizer, gradients and loader processes, which must be
+    freed as soon as Optuna is done with the error (a pruned or diverged trial's too)."""
+    setattr(error, OBJECTIVE_ERROR_MARK, True)
+    return error
+
+
+def raised_by_objective(error: BaseException) -> bool:
+    return getattr(error, OBJECTIVE_ERROR_MARK, False)
 
 
 def sampler_seed_for_worker(config: StudyConfig) -> int:

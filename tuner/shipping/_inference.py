@@ -15,7 +15,7 @@ from tuner.training._decode import read_image
 from tuner.errors import DataError
 from tuner.shipping._model_folder import load_model
 from tuner.progress import Progress
-from tuner.training._loop import make_runtime, resolve_device, to_device
+from tuner.training._loop import Runtime, make_runtime, place_model, resolve_device, to_device
 
 BATCH = 64
 
@@ -52,10 +52,10 @@ def image_files(inputs: Sequence[str]) -> list[Path]:
 class Runner:
     """A loaded model on a device, turning uint8 image batches into probabilities."""
 
-    def __init__(self, folder: str, device: str) -> None:
-        self.model = load_model(folder)
-        self.runtime = make_runtime(resolve_device(device))
-        self.model.to(self.runtime.device)
+    def __init__(self, folder: str, runtime: Runtime) -> None:
+        self.runtime = runtime
+        # In the layout its inputs get (to_device): channels_last on a GPU, for both.
+        self.model = place_model(load_model(folder), runtime)
         self.normalize = self.model.preprocess.normalize
         self.size = self.model.preprocess.image_size
 
@@ -90,7 +90,7 @@ def decode(files: Sequence[Path], size: int) -> tuple[torch.Tensor, list[Path], 
 def predict(folder: str, inputs: Sequence[str], *, top_k: int, device: str = "auto",
             progress: Progress | None = None) -> tuple[list[Prediction], list[Path]]:
     """Top-k classes of each readable image (multi-label: every label at or above the threshold)."""
-    runner = Runner(folder, device)
+    runner = Runner(folder, make_runtime(resolve_device(device)))
     files = image_files(inputs)
     images, kept, skipped = decode(files, runner.size)
     if not kept:
@@ -124,7 +124,7 @@ def predictions_rows(predictions: Sequence[Prediction]) -> Iterator[tuple[str, i
 def evaluate_model(folder: str, source: str, *, device: str = "auto",
                    progress: Progress | None = None) -> dict[str, Any]:
     """Accuracy (or macro F1), per-class precision/recall/F1/support and the confusion matrix."""
-    runner = Runner(folder, device)
+    runner = Runner(folder, make_runtime(resolve_device(device)))
     model = runner.model
     labelled = load_labelled(source, runner.size, model.classes, model.multilabel)
     probabilities = runner.probabilities(labelled.images, progress or Progress())

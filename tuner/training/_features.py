@@ -9,8 +9,9 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Hashable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from tuner.training._batches import ImageBatches, eval_transform, is_random, train_transform
@@ -55,12 +56,33 @@ class CachedFeatures:
         return self.train_views[index % len(self.train_views)]
 
 
+# Bytes hashed at a time: a large data set (or one memory-mapped from its spill file) is read
+# in slices, never copied whole into RAM.
+DIGEST_CHUNK = 16 * 2**20
+
+
 def tensor_digest(*tensors: torch.Tensor) -> str:
+    """A digest of the tensors' shapes and bytes (in row-major order), hashed slice by slice.
+
+    The slices' bytes follow each other exactly as the whole tensor's would: the digest is the
+    one of the whole tensor's bytes, and a cache key made from it keeps its meaning."""
     digest = hashlib.blake2b(digest_size=16)
     for tensor in tensors:
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        for part in row_slices(tensor.detach(), DIGEST_CHUNK):
+            # A contiguous CPU slice is a view (no copy); a GPU or strided one copies this slice only.
+            digest.update(part.cpu().contiguous().numpy().reshape(-1).view(np.uint8))
     return digest.hexdigest()
+
+
+def row_slices(tensor: torch.Tensor, chunk_bytes: int) -> Iterator[torch.Tensor]:
+    """Consecutive slices of `tensor` along its first dimension, of about chunk_bytes each."""
+    if tensor.dim() == 0 or len(tensor) == 0:
+        yield tensor
+        return
+    rows = max(1, chunk_bytes // max(1, tensor[0].numel() * tensor.element_size()))
+    for start in range(0, len(tensor), rows):
+        yield tensor[start:start + rows]
 
 
 def backbone_digest(model: torch.nn.Module, head: torch.nn.Module) -> str:
@@ -84,6 +106,7 @@ class FeatureCache:
         self.runtime = runtime
         self.memory: dict[str, CachedFeatures] = {}
         self.digested: tuple[object, str] | None = None  # (data, digest of its pixels)
+        self.backbones: dict[Hashable, str] = {}  # the weights' source -> backbone_digest
 
     def views(self, aug: AugmentConfig) -> int:
         """Without random augmentation every view would be the same tensor: cache one."""
@@ -98,9 +121,13 @@ class FeatureCache:
         parts = (model_name, backbone, data_digest, image_size, aug, tuple(mean), tuple(std), views, precision)
         return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
-    def get(self, built, model_name: str, data, image_size: int, aug: AugmentConfig) -> CachedFeatures:
+    def get(self, built, model_name: str, data, image_size: int, aug: AugmentConfig, *,
+            source: Hashable | None = None) -> CachedFeatures:
+        """The features of `built`'s backbone. `source`: where its weights come from (model,
+        weights and seed: RunInputs.backbone_source), the same for every untrained backbone of
+        a study; given, the backbone's digest is computed once for it, not on every trial."""
         data_digest = self.data_digest(data)
-        key = self.key(model_name, backbone_digest(built.model, built.head), data_digest, image_size,
+        key = self.key(model_name, self.backbone_digest(built, source), data_digest, image_size,
                        aug, built.mean, built.std)
         if key not in self.memory:
             # Keep one entry: a study has one backbone and a few augmentation settings at most.
@@ -117,6 +144,16 @@ class FeatureCache:
         if self.digested is None or self.digested[0] is not data:
             self.digested = (data, tensor_digest(data.train_images, data.val_images))
         return self.digested[1]
+
+    def backbone_digest(self, built, source: Hashable | None) -> str:
+        """backbone_digest of `built`, once per source: the key stays the digest of the weights
+        (a file edited between two studies gets new features), but the weights are read (from
+        the GPU, for a head-only trial) only by the first trial of a study in this process."""
+        if source is None:
+            return backbone_digest(built.model, built.head)
+        if source not in self.backbones:
+            self.backbones = {source: backbone_digest(built.model, built.head)}  # one study, one backbone
+        return self.backbones[source]
 
     def load_or_compute(self, key: str, built, data, image_size: int, aug: AugmentConfig) -> CachedFeatures:
         path = self.config.directory / f"{key}.pt"

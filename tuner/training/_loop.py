@@ -65,10 +65,47 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def check_compiler(device: torch.device) -> None:
-    """torch.compile on CPU generates C++; without a compiler every trial would fail at its first step."""
+    """torch.compile generates C++ on a CPU and Triton kernels on CUDA: without the compiler
+    for the device, every trial would fail at its first step."""
     if device.type == "cpu" and not any(shutil.which(name) for name in ("cc", "gcc", "clang")):
         raise DeviceError("--compile on CPU needs a C compiler (cc, gcc or clang) on PATH: "
                           "install one (e.g. apt-get install gcc) or leave out --compile")
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401  (only whether it imports)
+        except ImportError as error:
+            raise DeviceError(f"--compile on CUDA needs Triton, which does not import here ({error}): "
+                              "install the triton that matches this torch (pip install triton) "
+                              "or leave out --compile") from None
+
+
+# Dynamo counts the recompiles of each code object (a model's forward) for the whole process,
+# and past its limit (8 by default) runs that code uncompiled, with one log line. A trial's own
+# recompiles (train and eval mode, a new batch size, each step of gradual unfreezing) stay
+# well under this limit; those of earlier trials are dropped before each trial (compile_network).
+RECOMPILE_LIMIT = 32
+RECOMPILE_LIMIT_HIT = "Dynamo recompile limit exceeded"
+
+
+def compile_network(net: nn.Module) -> nn.Module:
+    """torch.compile(net), with dynamo's caches and recompile counts of earlier trials dropped.
+
+    Each trial builds a fresh module (another freeze, head or batch size): the code earlier
+    trials compiled would rarely be reused, and would count against the recompile limit
+    until torch silently stopped compiling. `torch._dynamo.config.recompile_limit` is raised
+    to RECOMPILE_LIMIT (never lowered) for this process.
+    """
+    torch._dynamo.reset()
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(net)
+
+
+def recompile_limit_hits() -> int:
+    """How often, in this process, dynamo hit its recompile limit and ran the code uncompiled."""
+    from torch._dynamo.utils import counters  # torch's own counters; loaded with torch.compile
+
+    return sum(n for key, n in counters["unimplemented"].items() if key.startswith(RECOMPILE_LIMIT_HIT))
 
 
 def make_runtime(device: torch.device) -> Runtime:
@@ -79,10 +116,22 @@ def make_runtime(device: torch.device) -> Runtime:
         # Tensor.pin_memory(), caching-allocator calls) would otherwise create a context on
         # GPU 0, and hold memory there, for a worker told to run on cuda:N.
         torch.cuda.set_device(device)
-    # The input size is fixed for a study: cuDNN can pick its fastest kernels once.
+    # cuDNN benchmarks the algorithms of each new input shape once per process and keeps the
+    # fastest. The image size is fixed for a study; the batch sizes are a few values of the
+    # space, and the last, partial batch of evaluation and feature extraction adds one shape
+    # each: a few dozen shapes in all, each tuned once (a fraction of a second per
+    # convolution) and reused by every later epoch and trial of this worker. The faster
+    # kernels (often 10-30% on convolutions) pay for that within the first epochs.
     torch.backends.cudnn.benchmark = True
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return Runtime(device, amp_dtype=dtype, channels_last=True)
+    return Runtime(device, amp_dtype=amp_dtype(), channels_last=True)
+
+
+def amp_dtype() -> torch.dtype:
+    """bf16 where this GPU runs it natively (Ampere and later); else fp16, with a GradScaler.
+
+    is_bf16_supported() counts emulated bf16 by default: a V100 or T4 would say yes and
+    then run bf16 several times slower than its fp16 tensor cores."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def make_optimizer(hp: Hyperparams, backbone: list[nn.Parameter], head: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -162,6 +211,16 @@ def make_loss(hp: Hyperparams, targets: torch.Tensor, num_classes: int, multilab
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=hp.label_smoothing)
 
 
+def place_model(model: nn.Module, runtime: Runtime) -> nn.Module:
+    """The model on the runtime's device, in the memory layout its inputs get (to_device):
+    channels_last weights with NCHW inputs (or the reverse) make every convolution convert
+    one of them first."""
+    model = model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def to_device(batch: Iterable[torch.Tensor], runtime: Runtime) -> list[torch.Tensor]:
     out = []
     for tensor in batch:
@@ -172,10 +231,19 @@ def to_device(batch: Iterable[torch.Tensor], runtime: Runtime) -> list[torch.Ten
     return out
 
 
+# What an allocation failure says when it is a plain RuntimeError rather than torch's
+# OutOfMemoryError: the CPU allocator; a CUDA call that ran out of device memory; cuBLAS
+# (CUBLAS_STATUS_ALLOC_FAILED), cuSOLVER, cuFFT (CUFFT_ALLOC_FAILED) and cuDNN before 9
+# (CUDNN_STATUS_ALLOC_FAILED); cuDNN 9 (CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED,
+# ..._HOST_ALLOCATION_FAILED). torch words them "CUDA error: <status> when calling ..." and
+# "cuDNN error: <status>".
+ALLOCATION_FAILURES = ("can't allocate memory", "CUDA error: out of memory", "_ALLOC_FAILED", "_ALLOCATION_FAILED")
+
+
 def oom_message(exc: BaseException) -> str | None:
-    """The first line of an out-of-memory error (CUDA's, or the CPU allocator's); None for any other."""
-    cpu_oom = isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-    if not isinstance(exc, torch.OutOfMemoryError) and not cpu_oom:
+    """The first line of an out-of-memory error (torch's, or an allocation failure above); None for any other."""
+    allocation_failed = isinstance(exc, RuntimeError) and any(text in str(exc) for text in ALLOCATION_FAILURES)
+    if not isinstance(exc, torch.OutOfMemoryError) and not allocation_failed:
         return None
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 

@@ -50,9 +50,12 @@ def probe_head(head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: t
     features, targets = train
     batches = TensorBatches((features, targets), batch_size, shuffle=True, generator=generator,
                             drop_last=len(features) > batch_size)
+    # Under fp16 autocast the head's small gradients underflow to zero without loss scaling,
+    # as the trial's own training would: the probe scales its loss the same way.
+    scaler = runtime.grad_scaler()
     head.train()
     for _ in range(PROBE_EPOCHS):
-        train_one_epoch(head, batches, loss_fn, optimizer, runtime)
+        train_one_epoch(head, batches, loss_fn, optimizer, runtime, scaler)
     result = evaluate(head, TensorBatches(val, batch_size), loss_fn, runtime, multilabel)
     head.train()
     return ProbeResult(PROBE_EPOCHS, time.monotonic() - started, result.metric)
@@ -80,7 +83,8 @@ def probe_features(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = run.inputs
     plain = AugmentConfig()
     if inputs.cache is not None:
-        features = inputs.cache.get(run.built, inputs.model, run.data, inputs.image_size, plain)
+        features = inputs.cache.get(run.built, inputs.model, run.data, inputs.image_size, plain,
+                                    source=inputs.backbone_source)
         return features.view(0), features.val
     mean, std = run.built.mean, run.built.std
     train = extract(run.built, run.data.train_images, eval_transform(mean, std), run.runtime)

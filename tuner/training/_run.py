@@ -14,10 +14,13 @@ from tuner.training._hyperparams import Hyperparams
 from tuner.training._loop import (
     EarlyStopping,
     Runtime,
+    compile_network,
     free_device_memory,
     make_loss,
     make_optimizer,
     make_scheduler,
+    place_model,
+    recompile_limit_hits,
 )
 from tuner.training._models import BuiltModel, ModelSpec, build_model, freeze, reset_parameters, set_train_mode
 from tuner.training._seeds import derive_seed
@@ -42,6 +45,11 @@ class RunInputs:
     compile: bool
     progress: Progress
 
+    @property
+    def backbone_source(self) -> tuple[str, str, int]:
+        """Where every run's untrained backbone comes from: build_run seeds it by the study's seed."""
+        return self.model, self.weights, self.seed
+
 
 class Run:
     """One run's parts: the network and its loss, its batches, and the TrainingState training changes."""
@@ -62,6 +70,12 @@ class Run:
         self.state: TrainingState | None = None
         self.train_loader: ImageBatches | TensorBatches | None = None
         self.val_loader: ImageBatches | TensorBatches | None = None
+        self.recompile_hits: int | None = None  # dynamo's count when this run's network was compiled
+
+    def compile_fell_back(self) -> bool:
+        """Whether torch stopped compiling during this run (it hit its recompile limit) and ran
+        code uncompiled; False for a run that was never compiled."""
+        return self.recompile_hits is not None and recompile_limit_hits() > self.recompile_hits
 
     def epoch_loader(self, epoch: int) -> ImageBatches | TensorBatches:
         """This epoch's training batches: images, or one cached view of their features."""
@@ -136,9 +150,7 @@ def build_run(inputs: RunInputs, hp: Hyperparams, seed: int) -> Run:
     torch.manual_seed(seed)
     reset_parameters(run.built.head)
     backbone, head = freeze(run.built, hp.freeze, hp.unfreeze_blocks)
-    run.model = run.built.model.to(inputs.runtime.device)
-    if inputs.runtime.channels_last:
-        run.model = run.model.to(memory_format=torch.channels_last)
+    run.model = place_model(run.built.model, inputs.runtime)
     run.aug = AugmentConfig.from_params(hp.__dict__)
     run.features = cached_features(run)
     # With cached features only the head runs; otherwise the whole model does.
@@ -146,7 +158,8 @@ def build_run(inputs: RunInputs, hp: Hyperparams, seed: int) -> Run:
     if inputs.compile:
         # Only the network that runs is wrapped: run.model stays the plain module, so
         # state_dict() and checkpoints keep their keys (no `_orig_mod.` prefix).
-        run.net = torch.compile(run.net)
+        run.recompile_hits = recompile_limit_hits()
+        run.net = compile_network(run.net)
     optimizer = make_optimizer(hp, backbone, head)
     scheduler = make_scheduler(hp, optimizer)
     scaler = inputs.runtime.grad_scaler()
@@ -167,4 +180,5 @@ def cached_features(run: Run) -> CachedFeatures | None:
     if run.hp.freeze != "head" or run.inputs.cache is None:
         return None
     inputs = run.inputs
-    return inputs.cache.get(run.built, inputs.model, inputs.data, inputs.image_size, run.aug)
+    return inputs.cache.get(run.built, inputs.model, inputs.data, inputs.image_size, run.aug,
+                            source=inputs.backbone_source)
