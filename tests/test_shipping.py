@@ -358,7 +358,8 @@ def test_predict_and_evaluate_the_retrained_digits_model(shipped, tmp_path):
     _, _, out, _, _ = shipped
     folder = digit_images(tmp_path / "digits")
     evaluated = invoke(["evaluate", "--model", str(out), "--data", str(folder), "--format", "json",
-                        "--confusion-matrix", str(tmp_path / "cm.png"), "--device", "cpu"])
+                        "--confusion-matrix", str(tmp_path / "cm.png"), "--reliability-diagram",
+                        str(tmp_path / "reliability.png"), "--device", "cpu"])
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.stdout)
     assert (report["images"], report["skipped"]) == (8, 1)
