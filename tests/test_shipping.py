@@ -299,7 +299,8 @@ def test_evaluate_reports_accuracy_per_class_metrics_and_a_confusion_matrix(tmp_
     (tmp_path / "test" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     plot = tmp_path / "cm.png"
     result = invoke(["evaluate", "--model", str(model), "--data", str(tmp_path / "test"), "--format", "json",
-                     "--confusion-matrix", str(plot), "--device", "cpu"])
+                     "--confusion-matrix", str(plot), "--reliability-diagram", str(tmp_path / "r.png"),
+                     "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert (report["metric"], report["value"], report["images"], report["skipped"]) == ("accuracy", 0.6, 5, 1)
@@ -308,6 +309,11 @@ def test_evaluate_reports_accuracy_per_class_metrics_and_a_confusion_matrix(tmp_
         {"class": "dog", "precision": 0.6, "recall": 1.0, "f1": pytest.approx(0.75), "support": 3},
         {"class": "fox", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}]
     assert report["confusion"] == [[0, 2, 0], [0, 3, 0], [0, 0, 0]]
+    # Every image in one bin at confidence p(dog), right 3 times of 5; no temperature in the folder (T = 1).
+    p = softmax([0.0, 2.0, 1.0])[1]
+    assert (report["temperature"], report["ece_bins"]) == (1.0, 15)
+    assert report["ece_before"] == report["ece_after"] == pytest.approx(abs(0.6 - p), abs=1e-6)
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
     assert report["confusion_matrix_png"] == str(plot)
     assert result.stderr == f"Warning: skipped 1 unreadable file: {tmp_path / 'test' / 'dog' / 'broken.png'}\n"
     assert plot.read_bytes()[:8] == PNG_MAGIC
