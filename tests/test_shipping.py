@@ -60,22 +60,30 @@ def shipped(tmp_path_factory):
     return root, url, out, best, result
 
 
-def test_retrain_include_val_trains_the_best_epochs_on_train_plus_val(shipped):
+def test_retrain_include_val_trains_the_best_epochs_on_train_plus_val_less_a_calibration_slice(shipped):
     root, url, out, best, result = shipped
     doc = json.loads((out / "model.json").read_text())
     epochs = best.user_attrs["best_epoch"]
+    # 20% of val (360 images: 20% of each digit's) stays out of training to fit the temperature.
+    held = doc["calibration"]["images"]
+    assert held == 72
     assert result.stdout == (
-        f"trained resnet18 for {epochs} epoch{'s' if epochs != 1 else ''} on {DIGITS} images: "
-        f"val_accuracy = {doc['value']:.4f} (train+val (not held out)); "
+        f"trained resnet18 for {epochs} epoch{'s' if epochs != 1 else ''} on {DIGITS - held} images: "
+        f"val_accuracy = {doc['value']:.4f} (held-out 20% of val); "
         f"wrote {out} (weights.pt, model.json, README.md, model.torchscript.pt)\n")
-    # Progress as it goes, on stderr: what it trains, then one line per epoch.
+    # Progress as it goes, on stderr: what it trains, one line per epoch, then the temperature.
     lines = result.stderr.splitlines()
     assert lines[0] == (f"retraining trial {best.number} of study s: resnet18, {epochs} epoch"
-                        f"{'s' if epochs != 1 else ''} on train+val ({DIGITS} images)")
-    assert [re.sub(r"=\d\.\d{4}$", "=X", line) for line in lines[1:]] == [
+                        f"{'s' if epochs != 1 else ''} on train+val ({DIGITS - held} images)")
+    assert [re.sub(r"=\d\.\d{4}$", "=X", line) for line in lines[1:-1]] == [
         f"epoch {e}/{epochs} val_accuracy=X" for e in range(1, epochs + 1)]
+    calibration = doc["calibration"]
+    assert lines[-1] == (f"temperature {doc['temperature']} fitted on a held-out 20% of val (72 images, left out "
+                         f"of training): expected calibration error {calibration['ece_before']:.4f} -> "
+                         f"{calibration['ece_after']:.4f}")
+    assert calibration["temperature"] == doc["temperature"] and calibration["nll_after"] <= calibration["nll_before"]
     assert (doc["epochs"], doc["epochs_run"], doc["weights_epoch"]) == (epochs, epochs, epochs)
-    assert doc["include_val"] is True and doc["train_images"] == DIGITS
+    assert doc["include_val"] is True and doc["train_images"] == DIGITS - held
     assert doc["params"] == {**all_params(best), "epochs": epochs}
     # The study's cache views (head-only trials train on cached features) and compile setting.
     assert doc["feature_cache"] is True and doc["compiled"] is False
@@ -291,7 +299,8 @@ def test_evaluate_reports_accuracy_per_class_metrics_and_a_confusion_matrix(tmp_
     (tmp_path / "test" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     plot = tmp_path / "cm.png"
     result = invoke(["evaluate", "--model", str(model), "--data", str(tmp_path / "test"), "--format", "json",
-                     "--confusion-matrix", str(plot), "--device", "cpu"])
+                     "--confusion-matrix", str(plot), "--reliability-diagram", str(tmp_path / "r.png"),
+                     "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert (report["metric"], report["value"], report["images"], report["skipped"]) == ("accuracy", 0.6, 5, 1)
@@ -300,6 +309,11 @@ def test_evaluate_reports_accuracy_per_class_metrics_and_a_confusion_matrix(tmp_
         {"class": "dog", "precision": 0.6, "recall": 1.0, "f1": pytest.approx(0.75), "support": 3},
         {"class": "fox", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}]
     assert report["confusion"] == [[0, 2, 0], [0, 3, 0], [0, 0, 0]]
+    # Every image in one bin at confidence p(dog), right 3 times of 5; no temperature in the folder (T = 1).
+    p = softmax([0.0, 2.0, 1.0])[1]
+    assert (report["temperature"], report["ece_bins"]) == (1.0, 15)
+    assert report["ece_before"] == report["ece_after"] == pytest.approx(abs(0.6 - p), abs=1e-6)
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
     assert report["confusion_matrix_png"] == str(plot)
     assert result.stderr == f"Warning: skipped 1 unreadable file: {tmp_path / 'test' / 'dog' / 'broken.png'}\n"
     assert plot.read_bytes()[:8] == PNG_MAGIC
@@ -315,15 +329,22 @@ def test_evaluate_table_and_multilabel_macro_f1_from_a_csv(tmp_path):
     manifest.write_text("path,label\n" + "".join(
         f"imgs/{p.name},{label}\n" for p, label in zip(images, ["a;c", "a", "b"])))
     result = invoke(["evaluate", "--model", str(model), "--data", str(manifest), "--device", "cpu",
-                     "--confusion-matrix", str(tmp_path / "cm.png")])
+                     "--confusion-matrix", str(tmp_path / "cm.png"), "--reliability-diagram", str(tmp_path / "r.png")])
     assert result.exit_code == 0, result.output
     # a: tp 2 fp 1 -> p 2/3 r 1 f1 0.8; b: tp 0 fn 1 -> 0; c: tp 1 fp 2 -> p 1/3 r 1 f1 0.5.
     lines = result.stdout.splitlines()
     assert lines[0] == f"macro_f1 {(0.8 + 0 + 0.5) / 3:.4f} on 3 images"
-    rows = [line.split() for line in lines[1:] if line.strip() and not set(line.strip()) <= {"─"}]
+    rows = [line.split() for line in lines[1:-2] if line.strip() and not set(line.strip()) <= {"─"}]
     assert rows == [["class", "precision", "recall", "f1", "support"],
                     ["a", "0.6667", "1.0000", "0.8000", "2"], ["b", "0.0000", "0.0000", "0.0000", "1"],
-                    ["c", "0.3333", "1.0000", "0.5000", "1"], ["wrote", str(tmp_path / "cm.png")]]
+                    ["c", "0.3333", "1.0000", "0.5000", "1"]]
+    # 9 yes/no decisions: a (yes) and b (no) at confidence sigmoid(3), right 4 times of 6 (bin 15);
+    # c (yes) at sigmoid(0.5), right once of 3 (bin 10). No temperature in the folder: T = 1.
+    high, low = torch.tensor([3.0, 0.5]).sigmoid().double().tolist()
+    ece = (6 * abs(4 / 6 - high) + 3 * abs(1 / 3 - low)) / 9
+    assert lines[-2] == (f"expected calibration error (15 bins): {ece:.4f} before, {ece:.4f} after "
+                         "temperature 1.0")
+    assert lines[-1] == f"wrote {tmp_path / 'cm.png'}, {tmp_path / 'r.png'}"
 
 
 @pytest.mark.parametrize("make, message", [
@@ -343,7 +364,8 @@ def test_predict_and_evaluate_the_retrained_digits_model(shipped, tmp_path):
     _, _, out, _, _ = shipped
     folder = digit_images(tmp_path / "digits")
     evaluated = invoke(["evaluate", "--model", str(out), "--data", str(folder), "--format", "json",
-                        "--confusion-matrix", str(tmp_path / "cm.png"), "--device", "cpu"])
+                        "--confusion-matrix", str(tmp_path / "cm.png"), "--reliability-diagram",
+                        str(tmp_path / "reliability.png"), "--device", "cpu"])
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.stdout)
     assert (report["images"], report["skipped"]) == (8, 1)

@@ -92,7 +92,9 @@ def evaluation_text(report: dict[str, Any]) -> str:
     head = f"{report['metric']} {report['value']:.4f} on {report['images']} images{skipped}"
     rows = [(r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"])
             for r in report["classes"]]
-    return head + "\n" + simple_table(None, ("class", "precision", "recall", "f1", "support"), rows)
+    ece = (f"expected calibration error ({report['ece_bins']} bins): {report['ece_before']:.4f} before, "
+           f"{report['ece_after']:.4f} after temperature {report['temperature']}")
+    return head + "\n" + simple_table(None, ("class", "precision", "recall", "f1", "support"), rows) + "\n" + ece
 
 
 def study_line(study: dict[str, Any]) -> str:

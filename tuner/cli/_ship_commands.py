@@ -69,10 +69,14 @@ def retrain(**params: Any) -> None:
               help="A readable report, or one JSON object for scripts.")
 @click.option("--confusion-matrix", "plot", type=click.Path(dir_okay=False), default="confusion_matrix.png",
               show_default=True, metavar="FILE", help="Where to write the confusion-matrix PNG.")
+@click.option("--reliability-diagram", "reliability_plot", type=click.Path(dir_okay=False),
+              default="reliability_diagram.png", show_default=True, metavar="FILE",
+              help="Where to write the reliability-diagram PNG (calibration before and after the temperature).")
 @click.option("--device", default=default("device"), show_default=True, metavar="auto|cpu|cuda|cuda:N|mps",
               help="auto picks CUDA, then MPS, then CPU.")
-def evaluate_command(folder: str, data: str, fmt: str, plot: str, device: str) -> None:
-    """Accuracy (macro F1 for multi-label models), per-class precision/recall/F1 and a confusion matrix.
+def evaluate_command(folder: str, data: str, fmt: str, plot: str, reliability_plot: str, device: str) -> None:
+    """Accuracy (macro F1 for multi-label models), per-class precision/recall/F1, a confusion matrix, and the
+    expected calibration error before and after the model's temperature, with a reliability diagram.
 
     \b
     Examples:
@@ -81,7 +85,7 @@ def evaluate_command(folder: str, data: str, fmt: str, plot: str, device: str) -
     """
     from pathlib import Path
 
-    from tuner.shipping._inference import confusion_png, evaluate_model
+    from tuner.shipping._inference import confusion_png, evaluate_model, reliability_png
     from tuner.progress import progress_for
     from tuner.cli._render import evaluation_text
 
@@ -91,11 +95,13 @@ def evaluate_command(folder: str, data: str, fmt: str, plot: str, device: str) -
     if report["skipped"]:
         warn_skipped(report["skipped"], report["skipped_files"])
     written = confusion_png(report, Path(plot))
+    diagram = reliability_png(report, Path(reliability_plot))
     if fmt == "json":
-        click.echo(json.dumps({**report, "confusion_matrix_png": str(written)}, indent=2))
+        click.echo(json.dumps({**report, "confusion_matrix_png": str(written),
+                               "reliability_diagram_png": str(diagram)}, indent=2))
     else:
         click.echo(evaluation_text(report))
-        click.echo(f"wrote {written}")
+        click.echo(f"wrote {written}, {diagram}")
 
 
 @click.command()

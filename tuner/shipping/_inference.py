@@ -13,6 +13,7 @@ from tuner.training._data import load_labelled
 from tuner.training._data_sources import IMAGE_EXTENSIONS
 from tuner.training._decode import read_image
 from tuner.errors import DataError
+from tuner.shipping._calibration import BINS, activation, confidences, expected_calibration_error, reliability
 from tuner.shipping._model_folder import load_model
 from tuner.progress import Progress
 from tuner.training._loop import Runtime, make_runtime, place_model, resolve_device, to_device
@@ -50,27 +51,29 @@ def image_files(inputs: Sequence[str]) -> list[Path]:
 
 
 class Runner:
-    """A loaded model on a device, turning uint8 image batches into probabilities."""
+    """A loaded model on a device, turning uint8 image batches into logits and probabilities."""
 
-    def __init__(self, folder: str, runtime: Runtime) -> None:
+    def __init__(self, folder: str, runtime: Runtime, *, calibrated: bool = True) -> None:
         self.runtime = runtime
         # In the layout its inputs get (to_device): channels_last on a GPU, for both.
-        self.model = place_model(load_model(folder), runtime)
+        self.model = place_model(load_model(folder, calibrated=calibrated), runtime)
         self.normalize = self.model.preprocess.normalize
         self.size = self.model.preprocess.image_size
 
     @torch.no_grad()
-    def probabilities(self, images: torch.Tensor, progress: Progress) -> torch.Tensor:
+    def logits(self, images: torch.Tensor, progress: Progress) -> torch.Tensor:
         out = []
         with progress.steps("images", len(images)) as advance:
             for start in range(0, len(images), BATCH):
                 batch = self.normalize(images[start:start + BATCH])
                 (batch,) = to_device((batch,), self.runtime)
                 with self.runtime.autocast():
-                    logits = self.model(batch).float()
-                out.append((logits.sigmoid() if self.model.multilabel else logits.softmax(1)).cpu())
+                    out.append(self.model(batch).float().cpu())
                 advance(len(batch))
         return torch.cat(out) if out else torch.zeros(0, len(self.model.classes))
+
+    def probabilities(self, images: torch.Tensor, progress: Progress) -> torch.Tensor:
+        return activation(self.logits(images, progress), self.model.multilabel)
 
 
 def decode(files: Sequence[Path], size: int) -> tuple[torch.Tensor, list[Path], list[Path]]:
@@ -123,17 +126,31 @@ def predictions_rows(predictions: Sequence[Prediction]) -> Iterator[tuple[str, i
 
 def evaluate_model(folder: str, source: str, *, device: str = "auto",
                    progress: Progress | None = None) -> dict[str, Any]:
-    """Accuracy (or macro F1), per-class precision/recall/F1/support and the confusion matrix."""
-    runner = Runner(folder, make_runtime(resolve_device(device)))
+    """Accuracy (or macro F1), per-class precision/recall/F1/support, the confusion matrix, and the
+    expected calibration error before and after the model's temperature, with its reliability bins."""
+    runner = Runner(folder, make_runtime(resolve_device(device)), calibrated=False)
     model = runner.model
     labelled = load_labelled(source, runner.size, model.classes, model.multilabel)
-    probabilities = runner.probabilities(labelled.images, progress or Progress())
+    logits = runner.logits(labelled.images, progress or Progress())
+    # T > 0 leaves the argmax and the sign of every logit (the 0.5 threshold) as they were.
+    probabilities = activation(logits, model.multilabel)
     if model.multilabel:
         report = multilabel_report(probabilities >= model.threshold, labelled.targets > 0.5, model.classes)
     else:
         report = single_label_report(probabilities.argmax(1), labelled.targets, model.classes)
     return {"model": str(folder), "data": source, "images": len(labelled.targets),
-            "skipped": len(labelled.skipped), "skipped_files": [str(p) for p in labelled.skipped], **report}
+            "skipped": len(labelled.skipped), "skipped_files": [str(p) for p in labelled.skipped], **report,
+            **calibration_report(logits, labelled.targets, model)}
+
+
+def calibration_report(logits: torch.Tensor, targets: torch.Tensor, model) -> dict[str, Any]:
+    """ECE (15 bins) and reliability bins of the raw logits and of logits / temperature."""
+    temperature = torch.tensor(model.temperature if isinstance(model.temperature, list) else [model.temperature])
+    before = confidences(activation(logits, model.multilabel), targets, model.multilabel)
+    after = confidences(activation(logits / temperature, model.multilabel), targets, model.multilabel)
+    return {"temperature": model.temperature, "ece_bins": BINS,
+            "ece_before": expected_calibration_error(*before), "ece_after": expected_calibration_error(*after),
+            "reliability": {"before": reliability(*before), "after": reliability(*after)}}
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -212,6 +229,35 @@ def confusion_png(report: dict[str, Any], path: Path) -> Path:
         for (row, column), count in np.ndenumerate(counts):
             axes.text(column, row, str(count), ha="center", va="center", fontsize=8,
                       color="white" if shade[row, column] > 0.5 else "black")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def reliability_png(report: dict[str, Any], path: Path) -> Path:
+    """The reliability diagram: accuracy against confidence per bin, before and after the temperature."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 5.0))
+    width = 1 / report["ece_bins"]
+    for key, color, shift in (("before", "tab:orange", -0.25), ("after", "tab:blue", 0.25)):
+        rows = [row for row in report["reliability"][key] if row["count"]]
+        axes.bar([(row["low"] + row["high"]) / 2 + shift * width for row in rows],
+                 [row["accuracy"] for row in rows], width=width / 2, color=color, edgecolor="black", linewidth=0.4,
+                 label=f"{key}: ECE {report[f'ece_{key}']:.4f}")
+    axes.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    what = "label decisions" if report["metric"] == "macro_f1" else "top class"
+    axes.set_xlabel(f"confidence ({what}, {report['ece_bins']} bins)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(f"Reliability: temperature {report['temperature']}, {report['images']} images", fontsize=10)
+    axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

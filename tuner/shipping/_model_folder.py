@@ -64,6 +64,8 @@ class ModelInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     doc: dict
+    # logits / temperature are the calibrated logits: one T, or one per label; (1.0,) before calibration.
+    temperature: tuple[float, ...] = (1.0,)
 
     @property
     def kind(self) -> str:
@@ -74,9 +76,19 @@ class ModelInfo:
         try:
             return cls(model=str(doc["model"]), head=str(doc["head"]), classes=tuple(map(str, doc["classes"])),
                        multilabel=doc["task"] == "multi_label", image_size=int(doc["image_size"]),
-                       mean=tuple(map(float, doc["mean"])), std=tuple(map(float, doc["std"])), doc=dict(doc))
+                       mean=tuple(map(float, doc["mean"])), std=tuple(map(float, doc["std"])), doc=dict(doc),
+                       temperature=read_temperature(doc, where))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{where}: not a tuner model description ({type(exc).__name__}: {exc})") from None
+
+
+def read_temperature(doc: Mapping[str, Any], where: str) -> tuple[float, ...]:
+    """model.json's temperature: a positive number, or one per class; a folder written before has none (1)."""
+    value = doc.get("temperature", 1.0)
+    values = tuple(map(float, value if isinstance(value, list) else [value]))
+    if not values or not all(0 < t < float("inf") for t in values) or len(values) not in (1, len(doc["classes"])):
+        raise ModelError(f"{where}: temperature must be a positive number or one per class, got {value!r}")
+    return values
 
 
 def read_info(folder: str | Path) -> ModelInfo:
@@ -116,12 +128,25 @@ def build_plain(info: ModelInfo) -> nn.Module:
     return built.model
 
 
-def load_model(folder: str | Path) -> nn.Module:
+class Temperature:
+    """A forward hook that divides the model's logits by its temperature: calibrated probabilities."""
+
+    def __init__(self, temperature: Sequence[float]) -> None:
+        self.temperature = torch.tensor(list(temperature))
+
+    def __call__(self, module: nn.Module, inputs, logits: torch.Tensor) -> torch.Tensor:
+        return logits / self.temperature.to(logits.device, logits.dtype)
+
+
+def load_model(folder: str | Path, *, calibrated: bool = True) -> nn.Module:
     """The model of a folder written by `tuner retrain`, on the CPU in eval mode.
 
-    It carries `.classes`, `.multilabel`, `.threshold`, `.info` (model.json) and
-    `.preprocess` (a PIL image to its input tensor). They are kept out of the module tree
-    (object.__setattr__), so state_dict(), .to() and repr stay the architecture's own.
+    Its logits are divided by model.json's temperature (a forward hook), so softmax (sigmoid
+    for multi-label models) gives calibrated probabilities; `calibrated=False` gives the
+    logits as trained. It carries `.classes`, `.multilabel`, `.threshold`, `.temperature`,
+    `.info` (model.json) and `.preprocess` (a PIL image to its input tensor). They are kept
+    out of the module tree (object.__setattr__), so state_dict(), .to() and repr stay the
+    architecture's own.
     """
     info = read_info(folder)
     model = build_plain(info)
@@ -135,29 +160,36 @@ def load_model(folder: str | Path) -> nn.Module:
         raise ModelError(f"--model {folder}: cannot load {weights.name} into {info.model} "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     model.eval()
+    if calibrated:
+        model.register_forward_hook(Temperature(info.temperature))
+    temperature = info.temperature[0] if len(info.temperature) == 1 else list(info.temperature)
     for name, value in (("classes", list(info.classes)), ("multilabel", info.multilabel),
-                        ("threshold", THRESHOLD if info.multilabel else None), ("info", info.doc),
+                        ("threshold", THRESHOLD if info.multilabel else None), ("temperature", temperature),
+                        ("info", info.doc),
                         ("preprocess", Preprocess(info.image_size, info.mean, info.std))):
         object.__setattr__(model, name, value)
     return model
 
 
 class Normalized(nn.Module):
-    """The exported model: float RGB in [0, 1] in, logits out; the normalisation is inside."""
+    """The exported model: float RGB in [0, 1] in, calibrated logits (logits / temperature) out;
+    the normalisation and the temperature are inside."""
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 temperature: Sequence[float] = (1.0,)) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1))
+        self.register_buffer("temperature", torch.tensor(list(temperature)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
+        return self.model((images - self.mean) / self.std) / self.temperature
 
 
 def export_torchscript(folder: Path, model: nn.Module, info: ModelInfo) -> Path:
     """A traced TorchScript file that needs only torch: model.json travels inside it as an extra file."""
-    wrapper = Normalized(model, info.mean, info.std).eval()
+    wrapper = Normalized(model, info.mean, info.std, info.temperature).eval()
     example = torch.rand(1, 3, info.image_size, info.image_size)
     with torch.no_grad(), warnings.catch_warnings():
         # torch.jit is in maintenance; its deprecation notes are not the user's business here.
@@ -227,7 +259,7 @@ def _with_tuner(folder: Path, activation: str) -> list[str]:
         "import tuner",
         "from PIL import Image",
         "",
-        f"model = tuner.load_model({str(folder)!r})  # eval mode, on the CPU",
+        f"model = tuner.load_model({str(folder)!r})  # eval mode, on the CPU, logits / temperature",
         "x = model.preprocess(Image.open('image.jpg')).unsqueeze(0)",
         f"probabilities = model(x).{activation}[0]",
         "print(dict(zip(model.classes, probabilities.tolist())))",
@@ -254,7 +286,10 @@ def _without_tuner(folder: Path, build: tuple[str, str], activation: str) -> lis
         "model.eval()",
         "preprocess = v2.Compose([v2.RGB(), v2.Resize((info['image_size'], info['image_size'])), v2.ToImage(),",
         "                         v2.ToDtype(torch.float32, scale=True), v2.Normalize(info['mean'], info['std'])])",
-        f"probabilities = model(preprocess(Image.open('image.jpg')).unsqueeze(0)).{activation}[0]",
+        "# Fitted by tuner retrain: dividing by it makes the probabilities calibrated.",
+        "temperature = torch.tensor(info.get('temperature', 1.0))",
+        "logits = model(preprocess(Image.open('image.jpg')).unsqueeze(0)) / temperature",
+        f"probabilities = logits.{activation}[0]",
         "print(dict(zip(info['classes'], probabilities.tolist())))",
         "```",
     ]
@@ -267,7 +302,7 @@ def _torchscript_only(folder: Path, info: ModelInfo) -> list[str]:
         "## TorchScript (torch only)",
         "",
         f"`{TORCHSCRIPT_FILE}` takes float RGB in [0, 1], N x 3 x {info.image_size} x {info.image_size}; "
-        "the normalisation is inside.",
+        "the normalisation is inside, and so is the temperature: its logits are calibrated.",
         "",
         "```python",
         "import json, torch",

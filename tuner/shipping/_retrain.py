@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import optuna
 import torch
@@ -16,14 +16,21 @@ from tuner.progress import Progress
 from tuner.search._objective import Objective
 from tuner.service._open import OpenedStudy
 from tuner.service._results import all_params, best_trial
+from tuner.shipping._calibration import Calibration, calibrate
 from tuner.shipping._model_folder import FORMAT, THRESHOLD, model_kind, write_folder
 from tuner.space._space import Branch, SearchSpace
 from tuner.training._data import ImageData, load_data
+from tuner.training._epochs import val_logits
 from tuner.training._fingerprint import check_same_data
 from tuner.training._loop import OutOfMemory
 from tuner.training._run import Run
+from tuner.training._seeds import derive_seed
 from tuner.training._settings import TrialSettings, data_config, trial_settings
 from tuner.training._task import task_of
+
+
+# Under --include-val, this share of val stays out of training: the temperature is fitted on it.
+CALIBRATION_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -56,12 +63,20 @@ def with_fixed_epochs(space: SearchSpace, epochs: int) -> SearchSpace:
     return dataclasses.replace(space, params=params)
 
 
-def with_val_in_train(data: ImageData) -> ImageData:
-    """Train on train + val; val stays as it is, so the per-epoch metric is no longer held out."""
+def with_val_in_train(data: ImageData, seed: int) -> ImageData:
+    """Train on train + val less a held-out slice of val (CALIBRATION_SHARE of it, at least one image),
+    which becomes val: the temperature is fitted on images the model never trained on, and the
+    per-epoch metric is held out too."""
+    count = len(data.val_targets)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    held = max(1, round(count * CALIBRATION_SHARE))
+    kept, slice_ = order[held:].sort().values, order[:held].sort().values
     return dataclasses.replace(
         data,
-        train_images=torch.cat([data.train_images, data.val_images]),
-        train_targets=torch.cat([data.train_targets, data.val_targets]),
+        train_images=torch.cat([data.train_images, data.val_images[kept]]),
+        train_targets=torch.cat([data.train_targets, data.val_targets[kept]]),
+        val_images=data.val_images[slice_],
+        val_targets=data.val_targets[slice_],
         on_disk=False,
     )
 
@@ -75,7 +90,7 @@ def check_out(out: str) -> Path:
 
 def retrain(opened: OpenedStudy, request: RetrainRequest, *, progress: Progress | None = None,
             say: Callable[[str], None] = lambda line: None) -> RetrainResult:
-    """Train the best trial's configuration once more and write the model folder."""
+    """Train the best trial's configuration once more, fit its temperature and write the model folder."""
     folder = check_out(request.out)
     config, machine = opened.config, opened.machine
     best = best_trial(opened.study)
@@ -85,8 +100,28 @@ def retrain(opened: OpenedStudy, request: RetrainRequest, *, progress: Progress 
     # Other data than the study's would give a model the search never saw: refused, as for workers.
     check_same_data(config.data_fingerprint, data, machine.data or config.data)
     if request.include_val:
-        data = with_val_in_train(data)
-    settings = retrain_settings(config, opened, best, request)
+        data = with_val_in_train(data, derive_seed(config.seed, "calibration"))
+    say(f"retraining trial {best.number} of study {opened.name}: {config.model}, {epochs} epoch"
+        f"{'s' if epochs != 1 else ''} on {'train+val' if request.include_val else 'train'} "
+        f"({len(data.train_targets)} images)")
+    trained, value = train_best(opened, request, best, data, epochs, progress, say)
+    # On held-out val the best epoch's weights are the model (the search chose by them);
+    # with val in training the last epoch's weights are it.
+    state = trained.model.state_dict() if request.include_val else trained.state.best_state
+    weights_epoch = len(trained.state.history) if request.include_val else trained.state.stopper.best_epoch
+    calibration = calibrate_shipped(trained, state, request)
+    say(f"temperature {calibration.temperature} fitted on {calibration.fitted_on}: expected calibration "
+        f"error {calibration.ece_before:.4f} -> {calibration.ece_after:.4f}")
+    doc = describe(opened, request, best, trained, data, epochs, weights_epoch,
+                   value if not request.include_val else trained.state.history[-1]["metric"])
+    doc = {**doc, "temperature": calibration.temperature, "calibration": calibration.as_doc()}
+    return RetrainResult(folder, write_folder(folder, state, doc, torchscript=request.torchscript))
+
+
+def train_best(opened: OpenedStudy, request: RetrainRequest, best, data: ImageData, epochs: int,
+               progress: Progress | None, say: Callable[[str], None]) -> tuple[Run, float]:
+    """The best trial's configuration trained for `epochs` on `data`: the run and its best metric."""
+    config = opened.config
 
     def on_epoch(trial, epoch: int, total: int, metric: float) -> None:
         line = f"epoch {epoch}/{total} {config.metric}={metric:.4f}"
@@ -94,9 +129,7 @@ def retrain(opened: OpenedStudy, request: RetrainRequest, *, progress: Progress 
             progress.show("metric", f"last epoch: {line}")
         say(line)
 
-    say(f"retraining trial {best.number} of study {opened.name}: {config.model}, {epochs} epoch"
-        f"{'s' if epochs != 1 else ''} on {'train+val' if request.include_val else 'train'} "
-        f"({len(data.train_targets)} images)")
+    settings = retrain_settings(config, opened, best, request)
     objective = Objective(with_fixed_epochs(opened.space, epochs), data, settings, on_epoch=on_epoch,
                           progress=progress)
     # The lineage gives the trial's own seed: on the CPU, the same data trains the same model.
@@ -112,14 +145,17 @@ def retrain(opened: OpenedStudy, request: RetrainRequest, *, progress: Progress 
     except optuna.TrialPruned as stopped:
         raise TunerError(f"retraining trial {best.number} stopped: {stopped} (try fewer --epochs, or "
                          "another trial's parameters through tuner best --format yaml)") from None
-    trained = run.training
-    # On held-out val the best epoch's weights are the model (the search chose by them);
-    # with val in training the metric says nothing, and the last epoch's weights are it.
-    state = trained.model.state_dict() if request.include_val else trained.state.best_state
-    weights_epoch = len(trained.state.history) if request.include_val else trained.state.stopper.best_epoch
-    doc = describe(opened, request, best, trained, data, epochs, weights_epoch,
-                   value if not request.include_val else trained.state.history[-1]["metric"])
-    return RetrainResult(folder, write_folder(folder, state, doc, torchscript=request.torchscript))
+    return run.training, value
+
+
+def calibrate_shipped(trained: Run, state: Mapping[str, torch.Tensor], request: RetrainRequest) -> Calibration:
+    """The temperature of the weights that ship, fitted on their val logits: val itself, or under
+    --include-val the slice of val held out of training."""
+    trained.model.load_state_dict(state)
+    logits, targets = val_logits(trained)
+    where = (f"a held-out {CALIBRATION_SHARE:.0%} of val ({len(targets)} images, left out of training)"
+             if request.include_val else f"val ({len(targets)} images, not trained on)")
+    return calibrate(logits, targets, trained.data.multilabel, where)
 
 
 def retrain_settings(config: StudyConfig, opened: OpenedStudy, best, request: RetrainRequest) -> TrialSettings:
@@ -147,7 +183,7 @@ def describe(opened: OpenedStudy, request: RetrainRequest, best, run: Run, data:
         "std": list(run.built.std),
         "metric": config.metric,
         "value": value,
-        "value_on": "train+val (not held out)" if request.include_val else "val",
+        "value_on": f"held-out {CALIBRATION_SHARE:.0%} of val" if request.include_val else "val",
         "study": opened.name,
         "trial": best.number,
         "trial_value": best.value,

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from tuner.training._loop import Diverged, Evaluation, evaluate, step_scheduler, train_one_epoch
+from tuner.training._loop import Diverged, Evaluation, evaluate, step_scheduler, to_device, train_one_epoch
 from tuner.training._run import Run
 from tuner.training._seeds import derive_seed
 from tuner.training._state import TrainingState
@@ -104,3 +104,17 @@ def stop_reason(run: Run, supervisor: Supervisor) -> str | None:
     if run.state.stopper.should_stop:
         return "early_stopped"
     return None
+
+
+@torch.no_grad()
+def val_logits(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's logits (float, on the CPU) and the targets over the validation batches, in eval mode:
+    what a calibration fits on, from whatever weights the model holds now."""
+    run.net.eval()
+    outputs, truths = [], []
+    for inputs, targets in run.val_loader:
+        (inputs,) = to_device((inputs,), run.runtime)
+        with run.runtime.autocast():
+            outputs.append(run.net(inputs).float().cpu())
+        truths.append(targets.cpu())
+    return torch.cat(outputs), torch.cat(truths)
