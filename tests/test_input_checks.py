@@ -1,0 +1,76 @@
+"""Inputs a new user tried: a huge --image-size, bad manifest labels, an empty --study, the best -> enqueue round
+trip under --max-epochs, and imagenet weights with no cached file. Each is refused with one `Error:` line before
+anything is written, or works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torchvision
+
+from tests.test_bad_inputs import assert_one_error, run_args, storage_untouched
+from tuner.cli import cli
+from tuner.errors import ModelError
+from tuner.service._prepare import check_input_size
+from tuner.training._data import DataConfig, load_data
+from tuner.training._spill import Room
+from click.testing import CliRunner
+
+GIB = 2**30
+
+# --- 1. an input size whose decoded data cannot fit ------------------------------------------
+
+ROOM = Room(limit=1 * GIB, disk_free=10 * GIB, ram=4 * GIB, spill_dir=Path("/spill"))
+
+
+@pytest.mark.parametrize(
+    "count,size,problem",
+    [
+        (1000, 512, None),  # 0.73 GiB: in RAM
+        (1000, 1024, None),  # 2.9 GiB: over the limit, and twice it fits on the spill's disk
+        (1000, 1337, None),  # the largest size that fits, as the message below says
+        (1000, 2048,
+         "image size 2048 px: 1000 images decode to 11.7 GiB (images x 3 x 2048^2 bytes), more than the 1.0 GiB they "
+         "may hold in RAM (--memory-limit) and more than half the 10.0 GiB free for the spill file in /spill; "
+         "at most 1337 px fits (--image-size)"),
+        (1, 20000,
+         "image size 20000 px: decoding one image at 20000 px takes about 4.5 GiB of RAM, more than this machine's "
+         "4.0 GiB; at most 18918 px fits (--image-size)"),
+        (10**9, 8,
+         "image size 8 px: 1000000000 images decode to 178.8 GiB (images x 3 x 8^2 bytes), more than the 1.0 GiB "
+         "they may hold in RAM (--memory-limit) and more than half the 10.0 GiB free for the spill file in /spill; "
+         "no image size fits (--image-size)"),
+    ],
+    ids=["in RAM", "spilled to disk", "largest", "neither", "one image over RAM", "no size fits"],
+)
+def test_what_fits_in_ram_and_on_the_spill_disk(count, size, problem):
+    assert ROOM.problem(count, size) == problem
+
+
+def test_a_huge_image_size_is_refused_at_once_and_writes_nothing(tmp_path):
+    """It used to decode for 107 s until the kernel killed the process at 22.5 GB, without a word."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = CliRunner().invoke(cli, run_args(url, **{"--image-size": "100000"}))
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: image size 100000 px: 1797 images decode to 49.0 TiB "
+                           "(images x 3 x 100000^2 bytes), more than the "), line
+    assert line.endswith(" px fits (--image-size)"), line
+    assert_one_error(result, line)
+    assert storage_untouched(url)
+    assert not (tmp_path / "study-decoded").exists()
+
+
+def test_a_size_over_the_memory_limit_that_fits_on_disk_is_accepted(tmp_path):
+    data = load_data(DataConfig("digits", 16, memory_limit=0, spill_dir=str(tmp_path)))
+    assert data.on_disk and data.train_images.shape[1:] == (3, 16, 16)
+
+
+def test_a_model_whose_forward_cannot_fit_in_ram_is_refused_before_the_dry_run():
+    """Found on the meta device: the dry forward pass itself would have been killed."""
+    network = torchvision.models.resnet18(num_classes=2)
+    with pytest.raises(ModelError, match=r"^resnet18 at 60000 px: one image's forward keeps about [0-9.]+ TiB "
+                                         r"\(input and activations, for the backward pass\), more than this "
+                                         r"machine's [0-9.]+ GiB of RAM \(--image-size\)$"):
+        check_input_size(network, "resnet18", 60000)
+    check_input_size(network, "resnet18", 32)  # a sane size still passes
