@@ -74,3 +74,49 @@ def test_a_model_whose_forward_cannot_fit_in_ram_is_refused_before_the_dry_run()
                                          r"machine's [0-9.]+ GiB of RAM \(--image-size\)$"):
         check_input_size(network, "resnet18", 60000)
     check_input_size(network, "resnet18", 32)  # a sane size still passes
+
+
+# --- 2. manifest labels and rows -------------------------------------------------------------
+
+
+def _manifest(tmp: Path, body: str) -> Path:
+    from PIL import Image
+
+    for index in range(4):
+        Image.new("RGB", (12, 12), (index * 60, 0, 0)).save(tmp / f"{index}.png")
+    path = tmp / "list.csv"
+    path.write_text("path,label\n0.png,bag\n1.png,bag\n" + body)
+    return path
+
+
+MANIFEST_ERRORS = [
+    ("empty label between separators", '2.png,sneaker;;bag\n3.png,sneaker\n',
+     "row 4: empty label in 'sneaker;;bag' (labels are separated by ';')"),
+    ("trailing separator", '2.png,sneaker;\n3.png,sneaker\n',
+     "row 4: empty label in 'sneaker;' (labels are separated by ';')"),
+    ("commas in a quoted label", '2.png,"sneaker,,bag"\n3.png,sneaker\n',
+     "row 4: label 'sneaker,,bag' contains ','; separate several labels with ';' (cat;dog)"),
+    ("unquoted commas: more fields than the header", '2.png,sneaker,,bag\n3.png,sneaker\n',
+     "row 4: 4 fields, but the header has 2 (extra: '', 'bag'); separate several labels with ';' (cat;dog)"),
+    ("same image, another label", '2.png,sneaker\n3.png,sneaker\n./1.png,sneaker\n',
+     "row 6: image 1.png is already listed in row 3 (labels 'bag' there, 'sneaker' here); list each image once, "
+     "with all its labels separated by ';'"),
+    ("same image, same label", '2.png,sneaker\n3.png,sneaker\n1.png,bag\n',
+     "row 6: image 1.png is already listed in row 3 (labels 'bag' there, 'bag' here); list each image once, "
+     "with all its labels separated by ';'"),
+]
+
+
+@pytest.mark.parametrize("label,body,message", MANIFEST_ERRORS, ids=[case[0] for case in MANIFEST_ERRORS])
+def test_bad_manifest_rows_are_one_error_and_write_nothing(label, body, message, tmp_path):
+    manifest = _manifest(tmp_path, body)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = CliRunner().invoke(cli, run_args(url, **{"--data": str(manifest)}))
+    assert_one_error(result, f"Error: CSV manifest {manifest} {message}")
+    assert storage_untouched(url)
+
+
+def test_a_good_manifest_still_loads(tmp_path):
+    manifest = _manifest(tmp_path, "2.png,sneaker; bag\n3.png,sneaker;sneaker\n")
+    data = load_data(DataConfig(str(manifest), 16, val_fraction=0.5))
+    assert data.classes == ("bag", "sneaker") and data.multilabel
