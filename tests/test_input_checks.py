@@ -120,3 +120,25 @@ def test_a_good_manifest_still_loads(tmp_path):
     manifest = _manifest(tmp_path, "2.png,sneaker; bag\n3.png,sneaker;sneaker\n")
     data = load_data(DataConfig(str(manifest), 16, val_fraction=0.5))
     assert data.classes == ("bag", "sneaker") and data.multilabel
+
+
+# --- 3. an empty --study ----------------------------------------------------------------------
+
+STUDY_COMMANDS = ["run", "create", "worker", "status", "best", "export", "report", "extend", "stop", "enqueue",
+                  "delete", "retrain"]
+
+
+def test_the_table_names_every_command_that_takes_study():
+    taking = {name for name, command in cli.commands.items()
+              if any("--study" in param.opts for param in command.params)}
+    assert taking == set(STUDY_COMMANDS)
+
+
+@pytest.mark.parametrize("command", STUDY_COMMANDS)
+@pytest.mark.parametrize("name", ["", "  "], ids=["empty", "blank"])
+def test_an_empty_study_name_is_refused_by_every_command(command, name, tmp_path):
+    """`run --study ""` used to run under the automatic name; `best --study ""` looked for a study called ''."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = CliRunner().invoke(cli, [command, "--study", name, "--storage", url])
+    assert_one_error(result, "Error: Invalid value for '--study': a study name must not be empty", 2)
+    assert storage_untouched(url)
