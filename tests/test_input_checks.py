@@ -142,3 +142,69 @@ def test_an_empty_study_name_is_refused_by_every_command(command, name, tmp_path
     result = CliRunner().invoke(cli, [command, "--study", name, "--storage", url])
     assert_one_error(result, "Error: Invalid value for '--study': a study name must not be empty", 2)
     assert storage_untouched(url)
+
+
+# --- 4. best --format yaml -> enqueue under --max-epochs --------------------------------------
+
+
+def test_best_yaml_of_a_capped_study_enqueues_and_reruns(tmp_path):
+    """A study capped at 1 epoch over a 3..4 space: best writes `epochs: 1` (what the trial ran), which enqueue
+    refused as outside the space. It is inside the space as the study runs it, so it queues, and reruns."""
+    import yaml
+
+    from tests.conftest import HEAD_ONLY_SPACE, cli_invoke
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(HEAD_ONLY_SPACE.replace("low: 2\n    high: 3", "low: 3\n    high: 4"))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["--study", "s", "--storage", url]
+    ran = cli_invoke(["run", *common, "--space", str(space), "--data", "digits", "--image-size", "16",
+                      "--weights", "none", "--max-epochs", "1", "--n-trials", "1", "--device", "cpu", "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    best = cli_invoke(["best", *common, "--format", "yaml"])
+    assert best.exit_code == 0, best.output
+    params = yaml.safe_load(best.stdout)["params"]
+    assert params["epochs"] == {"type": "fixed", "value": 1}
+    (tmp_path / "best.yaml").write_text(best.stdout)
+
+    assert cli_invoke(["extend", *common, "--n-trials", "2"]).exit_code == 0
+    queued = cli_invoke(["enqueue", *common, "--params", str(tmp_path / "best.yaml"), "--format", "json"])
+    assert queued.exit_code == 0, queued.output
+    worked = cli_invoke(["worker", *common, "--device", "cpu", "--quiet"])
+    assert worked.exit_code == 0, worked.output
+    again = cli_invoke(["export", *common, "--format", "json"])
+    second = __import__("json").loads(again.stdout)["trials"][1]
+    assert second["state"] == "COMPLETE" and second["user_attrs"]["epochs_run"] == 1
+    expected = {name: entry["value"] for name, entry in params.items() if name in second["params"]}
+    assert {**second["params"], "epochs": 1} == expected
+
+
+EPOCH_SPACES = {
+    "range": "params:\n  epochs: {type: int, low: 5, high: 10}\n",
+    "choices": "params:\n  epochs: {type: categorical, choices: [20, 8, 12]}\n",
+}
+
+
+@pytest.mark.parametrize(
+    "space,value,cap,outcome",
+    [
+        ("range", 2, 2, {"epochs": 5}),  # the cap: the smallest value that runs it
+        ("range", 7, 2, {"epochs": 7}),  # in the space: as given
+        ("range", 7, None, {"epochs": 7}),
+        ("choices", 6, 6, {"epochs": 8}),
+        ("range", 3, 4, "epochs = 3 is outside the study's space (5 .. 10, at most 4 run under --max-epochs)"),
+        ("range", 12, 12, "epochs = 12 is outside the study's space (5 .. 10, at most 12 run under --max-epochs)"),
+        ("range", 2, None, "epochs = 2 is outside the study's space (5 .. 10)"),
+    ],
+)
+def test_epochs_are_checked_against_the_space_as_the_capped_study_runs_it(space, value, cap, outcome):
+    from tuner.errors import SpaceError
+    from tuner.service._lifecycle import check_params
+    from tuner.space._space import parse_space
+
+    parsed = parse_space(EPOCH_SPACES[space], source="s.yaml", name="s")
+    if isinstance(outcome, dict):
+        assert check_params(parsed, {"epochs": value}, "single_label", "p", cap) == outcome
+    else:
+        with pytest.raises(SpaceError, match=f"^p: {__import__('re').escape(outcome)}$"):
+            check_params(parsed, {"epochs": value}, "single_label", "p", cap)
