@@ -14,14 +14,17 @@ from tuner.cli import cli
 from tuner.errors import ModelError
 from tuner.service._prepare import check_input_size
 from tuner.training._data import DataConfig, load_data
-from tuner.training._spill import Room
 from click.testing import CliRunner
 
 GIB = 2**30
 
 # --- 1. an input size whose decoded data cannot fit ------------------------------------------
 
-ROOM = Room(limit=1 * GIB, disk_free=10 * GIB, ram=4 * GIB, spill_dir=Path("/spill"))
+
+def room():
+    from tuner.training._spill import Room
+
+    return Room(limit=1 * GIB, disk_free=10 * GIB, ram=4 * GIB, spill_dir=Path("/spill"))
 
 
 @pytest.mark.parametrize(
@@ -45,7 +48,7 @@ ROOM = Room(limit=1 * GIB, disk_free=10 * GIB, ram=4 * GIB, spill_dir=Path("/spi
     ids=["in RAM", "spilled to disk", "largest", "neither", "one image over RAM", "no size fits"],
 )
 def test_what_fits_in_ram_and_on_the_spill_disk(count, size, problem):
-    assert ROOM.problem(count, size) == problem
+    assert room().problem(count, size) == problem
 
 
 def test_a_huge_image_size_is_refused_at_once_and_writes_nothing(tmp_path):
@@ -208,3 +211,60 @@ def test_epochs_are_checked_against_the_space_as_the_capped_study_runs_it(space,
     else:
         with pytest.raises(SpaceError, match=f"^p: {__import__('re').escape(outcome)}$"):
             check_params(parsed, {"epochs": value}, "single_label", "p", cap)
+
+
+# --- 5. imagenet weights: read from the hub cache, never downloaded ---------------------------
+
+
+@pytest.fixture
+def network_calls(offline_hub, monkeypatch):
+    """Every name lookup or connection attempted (each still fails: there is no network)."""
+    import socket
+
+    calls: list[tuple] = []
+
+    def record(*args, **kwargs):
+        calls.append(args)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket, "create_connection", record)
+    monkeypatch.setattr(socket, "getaddrinfo", record)
+    return calls
+
+
+def _create(url: str):
+    return CliRunner().invoke(cli, ["create", "--study", "s", "--storage", url, "--data", "digits", "--model",
+                                    "resnet18", "--weights", "imagenet", "--image-size", "32"])
+
+
+def test_imagenet_weights_without_a_cached_file_are_one_error_and_no_download(tmp_path, offline_hub, network_calls):
+    """torchvision used to print `Downloading: "https://download.pytorch.org/models/resnet18-f37072fd.pth"` and try."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = _create(url)
+    cached = offline_hub / "resnet18-f37072fd.pth"
+    message = (f"Error: cannot load imagenet weights for resnet18 (no cached file; tuner never downloads): put the "
+               f"file https://download.pytorch.org/models/resnet18-f37072fd.pth at {cached}, or pass --weights none "
+               "(random init) or --weights PATH (a local state dict)")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [message]
+    assert "Downloading" not in result.output
+    assert network_calls == []
+    assert not (tmp_path / "torch").exists()  # not even the cache folder a download would make
+    assert storage_untouched(url)
+
+
+def test_imagenet_weights_load_from_the_cached_file_offline(tmp_path, offline_hub, network_calls):
+    import torch
+
+    from tuner.training._models import ModelSpec, build_model
+
+    torch.manual_seed(5)
+    saved = torchvision.models.resnet18().state_dict()
+    offline_hub.mkdir(parents=True)
+    torch.save(saved, offline_hub / "resnet18-f37072fd.pth")
+
+    result = _create(f"sqlite:///{tmp_path / 'study.db'}")
+    assert result.exit_code == 0, result.output
+    built = build_model(ModelSpec("resnet18", weights="imagenet", num_classes=10))
+    assert torch.equal(built.model.conv1.weight, saved["conv1.weight"])
+    assert network_calls == [] and "Downloading" not in result.output
