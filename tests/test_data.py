@@ -319,7 +319,8 @@ def _csv_empty_label(tmp: Path):
 
 def _csv_single_label(tmp: Path):
     rgb(tmp / "ok.png", (1, 2, 3))
-    path = write_csv(tmp / "m.csv", ["path,label", "ok.png,a", "ok.png,a;a"])
+    rgb(tmp / "ok2.png", (1, 2, 3))
+    path = write_csv(tmp / "m.csv", ["path,label", "ok.png,a", "ok2.png,a;a"])
     return str(path), {}, f"CSV manifest {path}: needs at least 2 distinct labels, found 1 ('a')"
 
 

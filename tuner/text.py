@@ -1,4 +1,4 @@
-"""Wording helpers shared by messages: counts with their noun in the right number, numbers at a few digits."""
+"""Wording helpers shared by messages: counts with their noun in the right number, numbers at a few digits, sizes in bytes."""
 
 from __future__ import annotations
 
@@ -13,3 +13,13 @@ def significant(value: object, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def byte_size(count: float) -> str:
+    """`512 B`, `1.5 GiB`, `49.0 TiB`: binary units, as --memory-limit's GiB."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    power = 0
+    while count >= 1024 and power < len(units) - 1:
+        count /= 1024
+        power += 1
+    return f"{count:.0f} B" if power == 0 else f"{count:.1f} {units[power]}"

@@ -6,12 +6,12 @@ import json
 
 import click
 
-from tuner.cli._options import storage_option
+from tuner.cli._options import STUDY_NAME, storage_option
 from tuner.text import plural
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study whose budget changes.")
+@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study whose budget changes.")
 @storage_option
 @click.option("--n-trials", type=click.IntRange(min=1), required=True, metavar="N",
               help="The new budget (at least the finished trials).")
@@ -32,7 +32,7 @@ def extend(study: str, storage: str, n_trials: int) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study whose workers stop.")
+@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study whose workers stop.")
 @storage_option
 def stop(study: str, storage: str) -> None:
     """Stop the study's workers: each finishes its epoch, hands its trial back and exits 0.
@@ -52,7 +52,7 @@ def stop(study: str, storage: str) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study that gets the configuration.")
+@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study that gets the configuration.")
 @storage_option
 @click.option("--params", "params_file", required=True, metavar="FILE.yaml",
               help="name: value lines, or the output of tuner best --format yaml.")
@@ -80,7 +80,7 @@ def enqueue(study: str, storage: str, params_file: str, fmt: str) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study to delete.")
+@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study to delete.")
 @storage_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete(study: str, storage: str, yes: bool) -> None:

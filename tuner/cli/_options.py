@@ -12,6 +12,20 @@ from tuner.config import PRUNERS, SAMPLERS, STORED_OPTIONS, MachineOptions, Stud
 from tuner.service._storage import DEFAULT_STORAGE, StorageSettings
 
 
+class StudyName(click.ParamType):
+    """--study: any name but an empty one, which would silently mean the automatic name or no study."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not str(value).strip():
+            self.fail("a study name must not be empty", param, ctx)
+        return str(value)
+
+
+STUDY_NAME = StudyName()
+
+
 def storage_option(f: Callable) -> Callable:
     return click.option(
         "--storage", envvar="TUNER_STORAGE", default=DEFAULT_STORAGE, show_default=True, metavar="URL",

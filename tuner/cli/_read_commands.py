@@ -9,11 +9,11 @@ import json
 
 import click
 
-from tuner.cli._options import storage_option
+from tuner.cli._options import STUDY_NAME, storage_option
 
 
 @click.command()
-@click.option("--study", metavar="NAME", help="Only this study (default: every study in the storage).")
+@click.option("--study", type=STUDY_NAME, metavar="NAME", help="Only this study (default: every study in the storage).")
 @storage_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="A readable summary, or one JSON object for scripts.")
@@ -35,7 +35,7 @@ def status(study: str | None, storage: str, fmt: str) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study whose best trial is shown.")
+@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study whose best trial is shown.")
 @storage_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
               help="yaml prints a search-space file that fixes every parameter to the best value.")
@@ -66,7 +66,7 @@ def best(study: str, storage: str, fmt: str) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study whose trials are exported.")
+@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study whose trials are exported.")
 @storage_option
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
               help="One CSV row per trial, or one JSON object.")
@@ -93,7 +93,7 @@ def export(study: str, storage: str, fmt: str, out: str | None) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study to report on.")
+@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study to report on.")
 @storage_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs and index.html.")
 def report(study: str, storage: str, out: str) -> None:

@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
-from tuner.cli._options import (heartbeat_options, machine_options, storage_option, storage_settings,
+from tuner.cli._options import (STUDY_NAME, heartbeat_options, machine_options, storage_option, storage_settings,
                                 study_options, study_request, worker_options)
 from tuner.text import plural
 
 
 @click.command()
-@click.option("--study", metavar="NAME", help="Study name (default: from the space and data, e.g. default-digits).")
+@click.option("--study", type=STUDY_NAME, metavar="NAME", help="Study name (default: from the space and data, e.g. default-digits).")
 @storage_option
 @study_options
 @heartbeat_options
@@ -46,7 +46,7 @@ def run(ctx: click.Context, **params: Any) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="Name of the new study.")
+@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="Name of the new study.")
 @storage_option
 @study_options
 @heartbeat_options
@@ -73,7 +73,7 @@ def create(ctx: click.Context, **params: Any) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study to join.")
+@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study to join.")
 @storage_option
 @worker_options
 @click.option("--data", metavar="DIR|CSV", help="Where this machine finds the study's data (default: as stored).")

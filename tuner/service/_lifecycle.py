@@ -18,6 +18,7 @@ from tuner.service._artifact_store import remove_study_artifacts
 from tuner.service._open import OpenedStudy, connect, load_any
 from tuner.service._storage import StorageSettings, mask_url
 from tuner.space._describe import branch_range
+from tuner.space._model import Branch, is_number
 from tuner.space._space import SearchSpace
 from tuner.text import plural
 
@@ -119,11 +120,13 @@ def fixed_value(path: str, key: str, entry: Any) -> Any:
     return entry
 
 
-def check_params(space: SearchSpace, params: Mapping[str, Any], task: str, where: str) -> dict[str, Any]:
+def check_params(space: SearchSpace, params: Mapping[str, Any], task: str, where: str,
+                 max_epochs: int | None = None) -> dict[str, Any]:
     """The sampled part of `params`, after checking every value against the study's space.
 
     A value the space fixes must be that value; a parameter the space does not have, or
     one that is inactive under the others, is an error. Parameters left out are sampled.
+    The study's epoch cap is part of its space as the study runs it: see capped_epochs.
     """
     unknown = [key for key in params if key not in space.params]
     if unknown:
@@ -141,20 +144,36 @@ def check_params(space: SearchSpace, params: Mapping[str, Any], task: str, where
             if branch.fixed:
                 values[key] = branch.value
             continue
-        value = params[key]
+        value = capped_epochs(branch, params[key], max_epochs) if key == "epochs" else params[key]
         if not branch.contains(value):
-            raise SpaceError(f"{where}: {key} = {value!r} is outside the study's space ({branch_range(branch)})")
+            cap = f", at most {max_epochs} run under --max-epochs" if key == "epochs" and max_epochs else ""
+            raise SpaceError(f"{where}: {key} = {params[key]!r} is outside the study's space "
+                             f"({branch_range(branch)}{cap})")
         values[key] = value
         if not branch.fixed:
             sampled[key] = value
     return sampled
 
 
+def capped_epochs(branch: Branch, value: Any, max_epochs: int | None) -> Any:
+    """The space's value that runs `value` epochs in a study capped at `max_epochs`.
+
+    Under the cap every value of the space at or above it runs exactly the cap, so `epochs`
+    equal to the cap (what `tuner best --format yaml` writes for a capped trial) is the
+    space's smallest such value; anything else is left as given, to be checked as it is.
+    """
+    if max_epochs is None or not is_number(value) or value != max_epochs or branch.contains(value):
+        return value
+    candidates = [branch.low] if branch.type in ("int", "float") else list(branch.possible_values())
+    above = [v for v in candidates if is_number(v) and v >= max_epochs]
+    return min(above) if above else value
+
+
 def enqueue(opened: OpenedStudy, path: str) -> dict[str, Any]:
     """Queue a configuration for the study's next free worker; the params it will run with."""
     study, config, name = opened.study, opened.config, opened.name
     task = "multi_label" if config.metric == "val_macro_f1" else "single_label"
-    params = check_params(opened.space, read_params(path), task, f"--params {path}")
+    params = check_params(opened.space, read_params(path), task, f"--params {path}", config.max_epochs)
     queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     left = budget_left(study, config.n_trials) - queued
     if left <= 0:

@@ -24,6 +24,9 @@ from tuner.service._open import OpenedStudy, connect, open_for_work, open_new, r
 from tuner.service._storage import StorageSettings, local_folder, normalize_url, storage_is_empty
 from tuner.space._space import SearchSpace, load_space
 from tuner.training._data import ImageData, describe_source, load_data
+from tuner.text import byte_size
+from tuner.training._forward_memory import forward_bytes
+from tuner.training._spill import machine_ram
 from tuner.training._fingerprint import check_same_data, data_fingerprint
 from tuner.training._loop import resolve_device
 from tuner.training._models import ModelSpec, build_model
@@ -121,14 +124,15 @@ def check_input_size(network, name: str, image_size: int) -> None:
     """A dry forward pass of one image at the study's size: a model that cannot take it
     (ViT's fixed 224 px, Inception's 75 px minimum) fails here, not in every trial."""
     network.eval()
+    fixed = getattr(network, "image_size", None)  # torchvision's ViTs take exactly one size
+    if isinstance(fixed, int) and fixed != image_size:
+        raise ModelError(f"{name} needs {fixed} px input, got {image_size} (--image-size {fixed})")
+    check_forward_memory(network, name, image_size)
     try:
         forward(network, image_size)
         return
     except Exception as error:  # noqa: BLE001 - any failure means this size does not fit
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    fixed = getattr(network, "image_size", None)  # torchvision's ViTs take exactly one size
-    if isinstance(fixed, int):
-        raise ModelError(f"{name} needs {fixed} px input, got {image_size} (--image-size {fixed})")
     for size in (s for s in PROBE_SIZES if s > image_size):
         try:
             forward(network, size)
@@ -136,6 +140,16 @@ def check_input_size(network, name: str, image_size: int) -> None:
             continue
         raise ModelError(f"{name} needs at least {size} px input, got {image_size} (--image-size {size})")
     raise ModelError(f"{name} cannot take {image_size} px input: {reason}")
+
+
+def check_forward_memory(network, name: str, image_size: int) -> None:
+    """Refuse a size whose one-image forward cannot fit in this machine's RAM: the dry pass
+    itself would run until the kernel ended the process without a word."""
+    needed, ram = forward_bytes(network, image_size), machine_ram()
+    if needed > ram:
+        raise ModelError(f"{name} at {image_size} px: one image's forward keeps about {byte_size(needed)} "
+                         f"(input and activations, for the backward pass), more than this machine's "
+                         f"{byte_size(ram)} of RAM (--image-size)")
 
 
 def forward(network, size: int) -> None:

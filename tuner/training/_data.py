@@ -37,7 +37,7 @@ from tuner.training._data_sources import (  # noqa: F401  (DataWarning, describe
     user_path,
 )
 from tuner.training._decode import decode_files, require_any_readable, require_readable
-from tuner.training._spill import fits_in_memory, keep, take
+from tuner.training._spill import fits_in_memory, keep, require_room, take
 from tuner.training._split import random_split, require_val_images, stratified_split
 
 
@@ -151,6 +151,7 @@ def _load_digits(config: DataConfig) -> ImageData:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
+    require_room(len(bunch.images), config)
     # Pixels are 0..16; stretch to the 0..255 of every other source.
     gray = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
     gray = v2.functional.resize(

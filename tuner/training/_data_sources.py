@@ -172,30 +172,60 @@ def _parse_manifest(path: Path, reader: Any) -> list[ManifestRow]:
         )
     columns = tuple(names.index(column) for column in MANIFEST_COLUMNS)
     rows = [
-        _parse_row(path, reader.line_num, record, columns)
+        _parse_row(path, reader.line_num, record, columns, len(names))
         for record in reader
         if any(field.strip() for field in record)  # blank lines are not rows
     ]
     if not rows:
         raise DataError(f"CSV manifest {path} has no rows")
+    require_listed_once(path, rows)
     return rows
 
 
 def _parse_row(
-    path: Path, number: int, record: list[str], columns: tuple[int, int]
+    path: Path, number: int, record: list[str], columns: tuple[int, int], width: int
 ) -> ManifestRow:
     where = f"CSV manifest {path} row {number}"
     if len(record) <= max(columns):
         raise DataError(f"{where}: expected at least {max(columns) + 1} fields, got {len(record)}")
+    if len(record) > width:
+        # An unquoted `a.png,cat,dog` would silently lose `dog`.
+        raise DataError(f"{where}: {len(record)} fields, but the header has {width} "
+                        f"(extra: {quoted(record[width:])}); separate several labels with "
+                        f"'{LABEL_SEPARATOR}' (cat{LABEL_SEPARATOR}dog)")
     image, label = (record[column].strip() for column in columns)
     if not image:
         raise DataError(f"{where}: empty path")
-    parts = (part.strip() for part in label.split(LABEL_SEPARATOR))
-    labels = tuple(dict.fromkeys(part for part in parts if part))  # dedupe, keep order
-    if not labels:
+    return ManifestRow(number, path.parent / Path(image).expanduser(), _labels(where, label))
+
+
+def _labels(where: str, label: str) -> tuple[str, ...]:
+    """The row's labels; an empty one (`a;;b`, `a;`) or one with a comma is a typo, never a class."""
+    parts = [part.strip() for part in label.split(LABEL_SEPARATOR)]
+    if not any(parts):
         raise DataError(f"{where}: empty label")
-    # Path join keeps an absolute image path as is and anchors a relative one at the CSV's folder.
-    return ManifestRow(number, path.parent / Path(image).expanduser(), labels)
+    if not all(parts):
+        raise DataError(f"{where}: empty label in {label!r} (labels are separated by '{LABEL_SEPARATOR}')")
+    with_comma = [part for part in parts if "," in part]
+    if with_comma:
+        raise DataError(f"{where}: label {with_comma[0]!r} contains ','; separate several labels with "
+                        f"'{LABEL_SEPARATOR}' (cat{LABEL_SEPARATOR}dog)")
+    return tuple(dict.fromkeys(parts))  # `cat;cat` is cat: dedupe, keep order
+
+
+def require_listed_once(path: Path, rows: Sequence[ManifestRow]) -> None:
+    """Each image once: a second row would give it a second label silently, or (same label) put it
+    in train and val at once, so that validation scores an image the model trained on."""
+    first: dict[Path, ManifestRow] = {}
+    for row in rows:
+        # normpath: `a.png` and `./a.png` are one file; no disk access for large manifests.
+        key = Path(os.path.normpath(row.path))
+        earlier = first.setdefault(key, row)
+        if earlier is not row:
+            raise DataError(
+                f"CSV manifest {path} row {row.number}: image {relative(row.path, path)} is already listed in row "
+                f"{earlier.number} (labels {quoted(earlier.labels)} there, {quoted(row.labels)} here); list each "
+                f"image once, with all its labels separated by '{LABEL_SEPARATOR}'")
 
 
 def require_image_files(where: str, rows: Iterable[ManifestRow]) -> None:

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 
 from tuner.errors import DataError
 from tuner.training._data_config import DataConfig
-from tuner.training._spill import allocate_images
+from tuner.training._spill import allocate_images, require_room
 
 # PIL modes whose pixels are wider than 8 bits; they are treated as 16-bit (0..65535).
 WIDE_INT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
@@ -23,6 +23,7 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image
 
 def decode_files(paths: Sequence[Path], config: DataConfig) -> tuple[torch.Tensor, np.ndarray]:
     """Decode into one preallocated buffer (stacking would copy); `ok` marks readable rows."""
+    require_room(len(paths), config)
     buffer = allocate_images(len(paths), config)
     ok = np.zeros(len(paths), dtype=bool)
     for index, path in enumerate(paths):

@@ -112,18 +112,24 @@ class TorchvisionSource(Source):
             return Network(torchvision.models.get_model(self.name, weights=None, **extra),
                            IMAGENET_MEAN, IMAGENET_STD)
         weights = torchvision.models.get_model_weights(self.name).DEFAULT
+        path = self.cache_path()
+        # torchvision downloads whatever its cache lacks; tuner never downloads (no internet on
+        # many clusters), so a missing file is refused here and torchvision only ever reads it.
+        if not path.is_file():
+            raise self.weights_error(weights.url, "no cached file; tuner never downloads")
         try:
             model = torchvision.models.get_model(self.name, weights=weights)
-        # Download or cache read: URLError/OSError offline, RuntimeError on a hash or key mismatch,
-        # UnpicklingError/struct.error on a damaged file; every one has the same fix.
+        # A cache read: RuntimeError on a key mismatch, UnpicklingError/struct.error on a damaged
+        # file, OSError when it cannot be read; every one has the same fix.
         except Exception as exc:
-            raise ModelError(
-                f"cannot load imagenet weights for {self.name} ({short_reason(exc)}): "
-                f"put the file {weights.url} at {self.cache_path()}, "
-                "or pass --weights none (random init) or --weights PATH (a local state dict)"
-            ) from exc
+            raise self.weights_error(weights.url, short_reason(exc)) from exc
         transform = weights.transforms()
         return Network(model, _three(transform.mean), _three(transform.std))
+
+    def weights_error(self, url: str, reason: str) -> ModelError:
+        return ModelError(
+            f"cannot load imagenet weights for {self.name} ({reason}): put the file {url} at "
+            f"{self.cache_path()}, or pass --weights none (random init) or --weights PATH (a local state dict)")
 
     def cache_path(self) -> pathlib.Path:
         """Where torchvision's hub cache looks for this model's DEFAULT weights file."""
