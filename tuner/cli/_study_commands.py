@@ -149,7 +149,8 @@ def print_summary(summary) -> None:
         click.echo(f"top {len(summary.top)} by {summary.metric}:")
         for trial in summary.top:
             params = " ".join(f"{name}={significant(value)}" for name, value in trial.params.items())
-            click.echo(textwrap.fill(f"{trial.value:.4f}  trial {trial.number}: {params}", width=100,
+            line = f"{trial.value:.4f}  trial {trial.number}" + (f": {params}" if params else "")
+            click.echo(textwrap.fill(line, width=100,
                                      initial_indent="  ", subsequent_indent="      ", break_on_hyphens=False))
     click.echo("next:")
     for line in summary.next_commands:
