@@ -124,7 +124,7 @@ def test_the_summary_names_the_study_its_storage_time_states_top_3_rounded_and_w
     assert re.fullmatch(rf"study flowers in {re.escape(url)}: wall time \d+s here, study time \d+s", lines[1]), lines[1]
     assert lines[2:] == [
         "trials: complete 4, pruned 1, fail 1",
-        "top 3 by val_accuracy:",
+        "top 3 of 4 completed trials by val_accuracy:",
         "  0.9372  trial 1: lr=0.004927 optimizer=adam",
         "  0.9000  trial 3: lr=0.009877 optimizer=adam",
         "  0.8000  trial 2: lr=0.002 optimizer=adam",

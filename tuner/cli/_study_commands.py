@@ -146,7 +146,8 @@ def print_summary(summary) -> None:
     if not summary.top:
         click.echo("no completed trial yet")
     else:
-        click.echo(f"top {len(summary.top)} by {summary.metric}:")
+        completed = plural(summary.states.get("complete", 0), "completed trial")
+        click.echo(f"top {len(summary.top)} of {completed} by {summary.metric}:")
         for trial in summary.top:
             params = " ".join(f"{name}={significant(value)}" for name, value in trial.params.items())
             line = f"{trial.value:.4f}  trial {trial.number}" + (f": {params}" if params else "")
