@@ -60,21 +60,24 @@ def run_in_terminal(args: list[str], cwd: Path, timeout: float = 300) -> tuple[i
     return code, ANSI.sub("", b"".join(chunks).decode("utf-8", errors="replace"))
 
 
-def test_run_on_a_terminal_shows_the_study_the_trial_and_an_epoch_bar_with_rate_and_eta(tmp_path, image_folder):
+def test_run_on_a_terminal_shows_the_study_with_its_eta_the_trial_and_an_epoch_bar_with_rate_and_eta(tmp_path, image_folder):
     space = tmp_path / "last.yaml"
     space.write_text(LAST_BLOCK_SPACE)
     code, screen = run_in_terminal(
         [sys.executable, "-m", "tuner", "run", "--study", "live", "--space", str(space), "--data", str(image_folder),
-         "--weights", "none", "--n-trials", "1", "--no-warm-start", "--storage", f"sqlite:///{tmp_path / 's.db'}",
+         "--weights", "none", "--n-trials", "2", "--no-warm-start", "--storage", f"sqlite:///{tmp_path / 's.db'}",
          "--device", "cpu"], tmp_path)
     assert code == 0, screen
-    assert "study live: 0/1 trial finished; best val_accuracy none yet" in screen
+    assert re.search(r"study live: 0/2 trials finished, \d+s elapsed; best val_accuracy none yet", screen), screen
     assert re.search(r"trial 0: lr=\d\.\d\de-03", screen), screen
     assert re.search(r"epoch 1/1 .*\d+/32 .*img/s ETA \d+:\d\d:\d\d", screen), screen
     assert re.search(r"last epoch: trial 0 epoch 1/1 val_accuracy=\d\.\d{4}", screen), screen
     # The log lines still come, above the display.
     assert re.search(r"\[.+:cpu\] trial 0 started", screen)
-    assert "study live: 1/1 trial finished; best val_accuracy" in screen
+    # The study's progress, with an ETA once a trial finished, then none when the budget is spent.
+    assert re.search(r"study live: 1/2 trials finished, \d+s elapsed, ETA \d+s; best val_accuracy \d\.\d{4} "
+                     r"\(trial 0\)", screen), screen
+    assert re.search(r"study live: 2/2 trials finished, \d+s elapsed; best val_accuracy", screen), screen
 
 
 def test_quiet_a_pipe_and_supervised_children_get_no_live_display(monkeypatch):

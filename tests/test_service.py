@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shlex
 import socket
 import sqlite3
 import subprocess
@@ -44,6 +45,7 @@ from tuner.config import StudyConfig
 from tuner.service._open import create_study
 from tuner.service._trial_stops import HandBack, OverBudget, TakenOver
 from tuner.service._worker_log import ExpectedStops
+from tuner.text import significant
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEAD = {"freeze": "head", "lr": 1e-3}
@@ -106,7 +108,7 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         f"created study s1 in {mask_url(storage_url)}: tiny space, resnet18, 3 trials, metric val_accuracy",
-        "start workers with: tuner worker --study s1 --storage URL",
+        f"start workers with: tuner worker --study s1 --storage {shlex.quote(storage_url)}",
     ]
     study = load(storage_url, "s1")
     stored = dict(study.user_attrs["tuner_config"])
@@ -415,11 +417,11 @@ def test_run_finishes_the_budget_starting_with_the_warm_start(finished):
         assert sorted(trial.intermediate_values) == list(range(1, trial.user_attrs["epochs_run"] + 1))
         assert trial.user_attrs["epochs_run"] <= 2  # --max-epochs 2 caps the sampled 2..3
     best = study.best_trial
-    assert finished.run_output.splitlines()[:3] == [
+    assert finished.run_output.splitlines()[:2] == [
         "created study out (2 trials, metric val_accuracy)",
         "finished 2/2 trials (2 run by this process)",
-        f"best value {best.value:.4f} (trial {best.number})",
     ]
+    assert f"  {best.value:.4f}  trial {best.number}: " in finished.run_output
 
 
 def test_status_of_a_finished_study(finished):
@@ -453,7 +455,7 @@ def test_best_as_table_and_json(finished):
     assert table.exit_code == 0
     assert table.stdout.splitlines() == [
         f"study out: best val_accuracy = {best.value:.4f} (trial {best.number})",
-        *(f"  {k}: {v}" for k, v in shown.items()),
+        *(f"  {k}: {significant(v)}" for k, v in shown.items()),
     ]
     summary = json.loads(invoke(["best", "--study", "out", "--storage", finished.url, "--format", "json"]).stdout)
     assert summary == {"study": "out", "metric": "val_accuracy", "value": best.value, "number": best.number,
@@ -663,7 +665,8 @@ def test_a_worker_whose_budget_is_taken_leaves_soon_after_the_last_running_trial
     result = worker_beside(threading.Timer(1.0, end_it), url, "last")
 
     assert result.exit_code == 0, result.output
-    assert result.stdout == "finished 1/1 trial (0 run by this process)\nbest value 0.5000 (trial 0)\n"
+    assert result.stdout.splitlines()[0] == "finished 1/1 trial (0 run by this process)"
+    assert "  0.5000  trial 0" in result.stdout.splitlines()
     assert time.monotonic() - ended["at"] < 2.5
 
 

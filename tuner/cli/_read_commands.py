@@ -38,7 +38,9 @@ def status(study: str | None, storage: str, fmt: str) -> None:
 @click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study whose best trial is shown.")
 @storage_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
-              help="yaml prints a search-space file that fixes every parameter to the best value.")
+              help="yaml prints a search-space file that fixes every parameter to the best value. The table "
+                   "shows floats at 4 significant digits; json and yaml keep every digit, so that they rerun "
+                   "(or enqueue) exactly the configuration that ran.")
 def best(study: str, storage: str, fmt: str) -> None:
     """The best trial's value, number and parameters, as they ran (epochs trained).
 
@@ -49,6 +51,7 @@ def best(study: str, storage: str, fmt: str) -> None:
     """
     from tuner.service._results import best_as_space_yaml, best_summary, epochs_note
     from tuner.service._open import open_for_reading, require_existing_sqlite
+    from tuner.text import significant
 
     require_existing_sqlite(storage)
     opened = open_for_reading(storage, study)
@@ -62,7 +65,7 @@ def best(study: str, storage: str, fmt: str) -> None:
                    f"(trial {summary['number']})")
         for name, value in summary["params"].items():
             shown = epochs_note(summary["epochs"]) if name == "epochs" and summary["epochs"] else value
-            click.echo(f"  {name}: {shown}")
+            click.echo(f"  {name}: {significant(shown)}")
 
 
 @click.command()

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tuner.space._describe import branch_prior, branch_range, branch_when
 from tuner.space._space import SearchSpace
+from tuner.text import duration
 
 
 def to_text(table: Table, width: int = 140) -> str:
@@ -120,13 +121,6 @@ def epoch_text(row: dict[str, Any]) -> str:
     if row["epoch"] is None:
         return "-"
     return f"{row['epoch']}/{row['epochs']}" if row.get("epochs") else str(row["epoch"])
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def studies_text(report: dict[str, Any]) -> str:

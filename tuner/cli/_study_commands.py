@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from typing import Any
 
 import click
 
 from tuner.cli._options import (STUDY_NAME, heartbeat_options, machine_options, storage_option, storage_settings,
                                 study_options, study_request, worker_options)
-from tuner.text import plural
+from tuner.text import duration, plural, significant
 
 
 @click.command()
@@ -63,13 +64,14 @@ def create(ctx: click.Context, **params: Any) -> None:
     """
     from tuner.service._prepare import prepare_study
     from tuner.service._storage import mask_url
+    from tuner.service._summary import worker_command
 
     prepared = prepare_study(storage_settings(params), params["study"], study_request(ctx, params),
                              machine_options(params), create_only=True)
     config = prepared.config
     click.echo(f"created study {prepared.name} in {mask_url(params['storage'])}: "
                f"{config.space_name} space, {config.model}, {plural(config.n_trials, 'trial')}, metric {config.metric}")
-    click.echo(f"start workers with: tuner worker --study {prepared.name} --storage URL")
+    click.echo(f"start workers with: {worker_command(prepared.name, params['storage'])}")
 
 
 @click.command()
@@ -133,11 +135,27 @@ def worker_argv(params: dict[str, Any]) -> list[str]:
 
 
 def print_summary(summary) -> None:
-    click.echo(f"finished {summary.finished}/{plural(summary.n_trials, 'trial')} "
+    """The closing summary (tuner.service._summary.WorkerSummary): the facts come computed, this prints them."""
+    progress = summary.progress
+    click.echo(f"finished {progress.finished}/{plural(progress.n_trials, 'trial')} "
                f"({summary.trials_run} run by this process)")
-    if summary.best_value is None:
-        click.echo("no finished trial yet")
-        return
-    click.echo(f"best value {summary.best_value:.4f} (trial {summary.best_number})")
-    for name, value in sorted(summary.best_params.items()):
-        click.echo(f"  {name}: {value}")
+    eta = f", ETA {duration(progress.eta_s)} for the {progress.left} left" if progress.left and progress.eta_s else ""
+    click.echo(f"study {summary.study} in {summary.storage}: wall time {duration(summary.wall_s)} here, "
+               f"study time {duration(progress.elapsed_s)}{eta}")
+    click.echo("trials: " + (", ".join(f"{state} {n}" for state, n in summary.states.items()) or "none"))
+    if not summary.top:
+        click.echo("no completed trial yet")
+    else:
+        completed = plural(summary.states.get("complete", 0), "completed trial")
+        click.echo(f"top {len(summary.top)} of {completed} by {summary.metric}:")
+        for trial in summary.top:
+            params = " ".join(f"{name}={significant(value)}" for name, value in trial.params.items())
+            line = f"{trial.value:.4f}  trial {trial.number}" + (f": {params}" if params else "")
+            click.echo(textwrap.fill(line, width=100,
+                                     initial_indent="  ", subsequent_indent="      ", break_on_hyphens=False))
+    click.echo("next:")
+    for line in summary.next_commands:
+        click.echo(f"  {line}")
+    if summary.password_masked:
+        click.echo("  (*** stands for the storage's password: put it back, or set TUNER_STORAGE and leave out "
+                   "--storage)")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import optuna
 
 from tuner.config import StudyConfig
-from tuner.space._describe import branch_prior, branch_range, branch_when
+from tuner.space._describe import branch_prior, branch_range, branch_when, rounded
 from tuner.space._space import SearchSpace
+from tuner.text import significant
 
 
 def save_note(study: optuna.Study, body: str) -> None:
@@ -19,7 +20,7 @@ def save_note(study: optuna.Study, body: str) -> None:
 def study_note(config: StudyConfig, space: SearchSpace, data_summary: str) -> str:
     """Markdown shown by optuna-dashboard: what is searched, on what data."""
     rows = "\n".join(
-        f"| `{name}` | {b.type} | {branch_range(b)} | {branch_when(b)} | {branch_prior(b)} |"
+        f"| `{name}` | {b.type} | {branch_range(b, rounded)} | {branch_when(b, rounded)} | {branch_prior(b, rounded)} |"
         for name, bs in space.params.items() for b in bs
     )
     return (
@@ -73,5 +74,6 @@ def _prior_line(config: StudyConfig, space: SearchSpace) -> str:
         return "none in this space"
     if config.sampler == "random" or config.prior_weight == 0:
         return "stated in the space, not used (random sampler or prior weight 0)"
-    return (f"trial n is drawn from them with chance {config.prior_weight:g}/({config.prior_weight:g}+n), "
+    weight = significant(config.prior_weight)
+    return (f"trial n is drawn from them with chance {weight}/({weight}+n), "
             f"else by the `{config.sampler}` sampler")

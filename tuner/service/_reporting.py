@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from tuner.search._budget import StudyControl
-from tuner.search._study import finished_count
+from tuner.search._study_progress import read_progress
+from tuner.service._summary import WorkerSummary, summarize
 from tuner.text import plural
 
-
-@dataclass(frozen=True)
-class WorkerSummary:
-    trials_run: int
-    finished: int
-    n_trials: int
-    best_value: float | None
-    best_params: dict[str, Any]
-    best_number: int | None
-    stopped_by_signal: bool
+# The live study line is redrawn after each epoch at most this often: each redraw reads every
+# trial of the study from the storage (quick epochs of head-only trials come many a second).
+REDRAW_S = 2.0
 
 
 class Reporter:
@@ -36,6 +30,7 @@ class Reporter:
         self.metric = metric
         self.progress = progress
         self.study_name = study_name
+        self.shown_at = float("-inf")  # time.monotonic() of the last redraw of the study line
 
     def nothing_to_do(self) -> None:
         self.log.info("budget of %s already taken; nothing to do (raise it with tuner extend "
@@ -64,14 +59,15 @@ class Reporter:
         reason = frozen.user_attrs.get("stop_reason", frozen.state.name.lower())
         value = frozen.value if frozen.value is not None else frozen.user_attrs.get("last_metric")
         shown = "-" if value is None else f"{value:.4f}"
-        self.log.info("trial %d %s (%s) value=%s; %d/%d finished; best %s", frozen.number,
-                      frozen.state.name, reason, shown, finished_count(self.study), self.control.n_trials,
-                      self.best_text())
+        self.log.info("trial %d %s (%s) value=%s; %s; best %s", frozen.number, frozen.state.name, reason, shown,
+                      read_progress(self.study, self.control.n_trials, time.time()).text(), self.best_text())
 
     def epoch(self, number: int, epoch: int, epochs: int, metric: float) -> None:
         self.log.info("trial %d epoch %d/%d %s=%.4f", number, epoch, epochs, self.metric, metric)
         self.progress.show("metric", f"last epoch: trial {number} epoch {epoch}/{epochs} "
                                      f"{self.metric}={metric:.4f}")
+        if self.progress.live and time.monotonic() - self.shown_at >= REDRAW_S:
+            self.show_study()  # the elapsed time and the ETA move on between trials too
 
     def stopping(self, current: int | None, running: int, total: int, by_signal: bool) -> None:
         """Said at the first Ctrl-C (or `tuner stop`), before the epoch ends: what happens next."""
@@ -83,8 +79,9 @@ class Reporter:
         self.log.warning("finishing %s of trial %d, then handing it back%s", epoch, current, again)
 
     def show_study(self) -> None:
-        done = f"{finished_count(self.study)}/{plural(self.control.n_trials, 'trial')}"
-        self.progress.show("study", f"study {self.study_name}: {done} finished; best {self.metric} "
+        self.shown_at = time.monotonic()
+        progress = read_progress(self.study, self.control.n_trials, time.time())
+        self.progress.show("study", f"study {self.study_name}: {progress.text()}; best {self.metric} "
                                     f"{self.best_text()}")
 
     def best_text(self) -> str:
@@ -94,14 +91,6 @@ class Reporter:
             return "none yet"
         return f"{best.value:.4f} (trial {best.number})"
 
-    def summary(self, trials_run: int, stopped_by_signal: bool) -> WorkerSummary:
-        try:
-            best = self.study.best_trial
-            value, params, number = best.value, dict(best.params), best.number
-            params.update(best.user_attrs.get("fixed_params", {}))
-        except ValueError:
-            value, params, number = None, {}, None
-        return WorkerSummary(
-            trials_run=trials_run, finished=finished_count(self.study), n_trials=self.control.n_trials,
-            best_value=value, best_params=params, best_number=number, stopped_by_signal=stopped_by_signal,
-        )
+    def summary(self, storage_url: str, trials_run: int, wall_s: float, stopped_by_signal: bool) -> WorkerSummary:
+        return summarize(self.study, storage_url, self.metric, self.control.n_trials, trials_run=trials_run,
+                         wall_s=wall_s, now=time.time(), stopped_by_signal=stopped_by_signal)

@@ -20,6 +20,7 @@ from tuner.config import StudyConfig
 from tuner.search._study import CONFIG_ATTR, stored_config
 from tuner.service._open import OpenedStudy, connect, load_any
 from tuner.service._storage import StorageSettings, mask_url
+from tuner.text import significant
 
 
 def all_params(trial: FrozenTrial) -> dict[str, Any]:
@@ -193,7 +194,25 @@ def best_as_space_yaml(opened: OpenedStudy) -> str:
         "settings": settings,
         "params": {k: {"type": "fixed", "value": v} for k, v in sorted(params.items())},
     }
-    return yaml.safe_dump(doc, sort_keys=False)
+    return with_rounded_comments(yaml.safe_dump(doc, sort_keys=False))
+
+
+def with_rounded_comments(text: str) -> str:
+    """Each long float value of the YAML followed by a comment with it at 4 significant digits.
+
+    The value itself keeps every digit: rounded, a value at the edge of its range could
+    leave the range (high 0.0123456 shows as 0.01235), and `tuner enqueue` would refuse
+    it; and the rerun would not be the configuration that ran.
+    """
+    lines = []
+    for line in text.splitlines():
+        key, _, scalar = line.partition("value: ")
+        if scalar and not key.strip():
+            value = yaml.safe_load(scalar)
+            if isinstance(value, float) and significant(value) != scalar:
+                line += f"  # {significant(value)}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def trial_record(trial: FrozenTrial) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from tuner.service._handover import TrialHandover
 from tuner.service._open import OpenedStudy
 from tuner.service._other_workers import OtherWorkers
 from tuner.service._prepare import load_checked_data
-from tuner.service._reporting import Reporter, WorkerSummary
+from tuner.service._reporting import Reporter
+from tuner.service._summary import WorkerSummary
 from tuner.service._signals import StopFlag
 from tuner.service._storage import mask_url
 from tuner.service._torch_threads import TorchThreads
@@ -66,6 +67,7 @@ class Worker:
         self.report = Reporter(self.study, self.control, self.log, self.config.metric, self.progress, self.study_name)
         self.objective: Objective | None = None
         self.trials_run = 0
+        self.started_at = time.monotonic()  # reset when run() starts: the wall time of the summary
         self.current: int | None = None  # number of the trial running here, until Optuna tells it
         # (the epoch being trained or finished now, epochs in all) of the current trial: what a
         # first Ctrl-C says it will finish before the hand-back.
@@ -92,6 +94,7 @@ class Worker:
         )
 
     def run(self) -> WorkerSummary:
+        self.started_at = time.monotonic()
         deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
         if self.others.nothing_to_do():
             self.report.nothing_to_do()
@@ -201,7 +204,8 @@ class Worker:
         self.report.stopping(self.current, *self.epoch, self.stop.by_signal)
 
     def summary(self) -> WorkerSummary:
-        return self.report.summary(self.trials_run, self.stop.set and self.stop.by_signal)
+        return self.report.summary(self.storage_settings.url, self.trials_run, time.monotonic() - self.started_at,
+                                   self.stop.set and self.stop.by_signal)
 
 
 OBJECTIVE_ERROR_MARK = "tuner_raised_by_objective"
