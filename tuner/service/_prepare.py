@@ -25,7 +25,7 @@ from tuner.service._storage import StorageSettings, local_folder, normalize_url,
 from tuner.space._space import SearchSpace, load_space
 from tuner.training._data import ImageData, describe_source, load_data
 from tuner.training._fingerprint import check_same_data, data_fingerprint
-from tuner.training._loop import resolve_device
+from tuner.training._loop import training_device
 from tuner.training._models import ModelSpec, build_model
 from tuner.training._settings import data_config
 
@@ -57,9 +57,11 @@ def prepare_study(settings: StorageSettings, name: str | None, request: StudyReq
         if storage is None:
             require_existing_sqlite(settings.url)
         raise DataError(f"study {study_name!r} does not exist yet: --data is required to create it")
+    # `--device gpu`, or cuda without CUDA, fails before the study exists.
+    device = training_device(machine.device, machine.compile)
     config, space, data = build_config(request, settings, machine)
     note = study_note(config, space, describe_source(request.data))
-    return open_new(settings, study_name, config, space, note, machine, storage=storage).with_data(data)
+    return open_new(settings, study_name, config, space, note, machine, storage=storage).ready(data, device)
 
 
 def continue_study(storage, settings: StorageSettings, name: str, request: StudyRequest,
@@ -67,8 +69,19 @@ def continue_study(storage, settings: StorageSettings, name: str, request: Study
     """Join an existing study with its stored settings; only machine-local flags may differ."""
     opened = open_for_work(settings, name, machine, storage=storage)
     check_compatible(name, opened.config, request.given)
-    resolve_device(machine.device)
-    return opened.with_data(load_checked_data(opened))
+    return ready_for_work(opened)
+
+
+def ready_for_work(opened: OpenedStudy) -> OpenedStudy:
+    """A joined study checked for work on this machine, before this process writes anything:
+    the device first (a bad one fails before seconds of decoding), the stored space, the
+    model's name, then the data. The one check of each for `tuner run` and `tuner worker`."""
+    device = training_device(opened.machine.device, opened.machine.compile)
+    check_space(opened.space)
+    # The study stores the model's name only: a machine that cannot import it (a
+    # MODULE:FUNCTION that is not here, timm not installed) stops before any trial.
+    ModelSpec(opened.config.model, weights=opened.config.weights)
+    return opened.ready(load_checked_data(opened), device)
 
 
 def load_checked_data(opened: OpenedStudy) -> ImageData:
@@ -82,9 +95,8 @@ def load_checked_data(opened: OpenedStudy) -> ImageData:
 
 def build_config(request: StudyRequest, settings: StorageSettings,
                  machine: MachineOptions) -> tuple[StudyConfig, SearchSpace, ImageData]:
-    """Validate the device, space, model, weights, data and input size of a new study,
-    before anything is written to the storage."""
-    resolve_device(machine.device)  # `--device gpu`, or cuda without CUDA, fails before the study exists
+    """Validate the space, model, weights, data and input size of a new study, before
+    anything is written to the storage (the device is checked before this)."""
     space = load_space(request.space)
     check_space(space)
     values = requested_settings(request, space.settings)

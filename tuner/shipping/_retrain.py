@@ -13,7 +13,7 @@ import torch
 from tuner.config import StudyConfig
 from tuner.errors import OptionError, TunerError
 from tuner.progress import Progress
-from tuner.search._objective import Objective
+from tuner.search._objective import make_objective
 from tuner.service._open import OpenedStudy
 from tuner.service._results import all_params, best_trial
 from tuner.shipping._model_folder import FORMAT, THRESHOLD, model_kind, write_folder
@@ -97,8 +97,8 @@ def retrain(opened: OpenedStudy, request: RetrainRequest, *, progress: Progress 
     say(f"retraining trial {best.number} of study {opened.name}: {config.model}, {epochs} epoch"
         f"{'s' if epochs != 1 else ''} on {'train+val' if request.include_val else 'train'} "
         f"({len(data.train_targets)} images)")
-    objective = Objective(with_fixed_epochs(opened.space, epochs), data, settings, on_epoch=on_epoch,
-                          progress=progress)
+    objective = make_objective(with_fixed_epochs(opened.space, epochs), data, settings, on_epoch=on_epoch,
+                               progress=progress)
     # The lineage gives the trial's own seed: on the CPU, the same data trains the same model.
     trial = optuna.trial.FixedTrial({**best.params, "epochs": epochs},
                                     number=best.user_attrs.get("lineage", best.number))

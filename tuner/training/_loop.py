@@ -64,6 +64,15 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def training_device(spec: str, compile: bool) -> torch.device:
+    """The device trials train on, resolved once where a run checks its inputs; with
+    `compile`, refused on a CPU that cannot compile (see check_compiler)."""
+    device = resolve_device(spec)
+    if compile:
+        check_compiler(device)
+    return device
+
+
 def check_compiler(device: torch.device) -> None:
     """torch.compile on CPU generates C++; without a compiler every trial would fail at its first step."""
     if device.type == "cpu" and not any(shutil.which(name) for name in ("cc", "gcc", "clang")):
