@@ -25,17 +25,16 @@ class WorkerSummary:
     stopped_by_signal: bool
 
 
+@dataclass(frozen=True, eq=False)
 class Reporter:
     """The worker's log lines about the study and its trials, its live display, and its final summary."""
 
-    def __init__(self, study: optuna.Study, control: StudyControl, log: logging.LoggerAdapter,
-                 metric: str, progress: Any, study_name: str) -> None:
-        self.study = study
-        self.control = control
-        self.log = log
-        self.metric = metric
-        self.progress = progress
-        self.study_name = study_name
+    study: optuna.Study
+    control: StudyControl  # the budget the lines count against
+    log: logging.LoggerAdapter
+    metric: str  # the study's metric, named in every line about a value
+    progress: Any  # tuner.progress: the live display, or plain lines
+    study_name: str
 
     def nothing_to_do(self) -> None:
         self.log.info("budget of %s already taken; nothing to do (raise it with tuner extend "
