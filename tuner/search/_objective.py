@@ -16,28 +16,34 @@ import torch
 
 from tuner.errors import SpaceError
 from tuner.progress import Progress, short_params
-from tuner.space._space import SearchSpace
-from tuner.training._batches import place_images
-from tuner.training._data import ImageData
-from tuner.training._epochs import fit
-from tuner.training._features import FeatureCache, FeatureCacheConfig, default_cache_dir
-from tuner.training._hyperparams import Hyperparams, check_space
-from tuner.training._settings import TrialSettings
-from tuner.training._loop import (
+from tuner.space import SearchSpace
+from tuner.training import (
     Diverged,
+    FeatureCache,
+    FeatureCacheConfig,
+    Hyperparams,
+    ImageData,
     OutOfMemory,
+    Run,
+    RunInputs,
+    TrainingState,
+    TrialSettings,
+    build_run,
+    check_space,
+    count_trainable,
+    default_cache_dir,
+    derive_seed,
+    fit,
     fitting_loss,
     free_device_memory,
     make_runtime,
+    place_images,
+    probe,
+    task_of,
     training_device,
+    wants_probe,
     without_oom,
 )
-from tuner.training._models import count_trainable
-from tuner.training._probe import probe, wants_probe
-from tuner.training._run import Run, RunInputs, build_run
-from tuner.training._seeds import derive_seed
-from tuner.training._state import TrainingState
-from tuner.training._task import task_of
 
 
 class Checkpointer(Protocol):

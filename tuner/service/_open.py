@@ -13,15 +13,14 @@ import optuna
 
 from tuner.config import MachineOptions, StudyConfig
 from tuner.errors import StorageError, StudyError
-from tuner.search._samplers import make_pruner, make_sampler
-from tuner.search._study import config_from_attrs, set_up_new_study, stored_attrs, study_space
+from tuner.search import config_from_attrs, make_pruner, make_sampler, set_up_new_study, stored_attrs, study_space
 from tuner.service._storage import ResilientRDBStorage, StorageSettings, open_storage, ping, sqlite_file
-from tuner.space._space import SearchSpace
+from tuner.space import SearchSpace
 
 if TYPE_CHECKING:
     import torch
 
-    from tuner.training._data import ImageData
+    from tuner.training import ImageData
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from tuner.search._budget import StudyControl
+from tuner.search import StudyControl
 from tuner.service._handover import TrialHandover
 from tuner.service._signals import StopFlag
 

@@ -15,19 +15,24 @@ import torch
 
 from tuner.config import MachineOptions, StudyConfig, StudyRequest, requested_settings
 from tuner.errors import DataError, ModelError, StudyError
-from tuner.search._head_stage import check_head_stage
-from tuner.search._note import study_note
-from tuner.training._hyperparams import check_space
-from tuner.training._task import metric_name
+from tuner.search import check_head_stage, study_note
 from tuner.service._artifact_store import default_artifacts_dir
 from tuner.service._open import OpenedStudy, connect, open_for_work, open_new, require_existing_sqlite
 from tuner.service._storage import StorageSettings, local_folder, normalize_url, storage_is_empty
-from tuner.space._space import SearchSpace, load_space
-from tuner.training._data import ImageData, describe_source, load_data
-from tuner.training._fingerprint import check_same_data, data_fingerprint
-from tuner.training._loop import training_device
-from tuner.training._models import ModelSpec, build_model
-from tuner.training._settings import data_config
+from tuner.space import SearchSpace, load_space
+from tuner.training import (
+    ImageData,
+    ModelSpec,
+    build_model,
+    check_same_data,
+    check_space,
+    data_config,
+    data_fingerprint,
+    describe_source,
+    load_data,
+    metric_name,
+    training_device,
+)
 
 
 def default_study_name(space_ref: str, data: str) -> str:

@@ -9,8 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from tuner.search._budget import StudyControl
-from tuner.search._study import finished_count
+from tuner.search import StudyControl, finished_count
 from tuner.text import plural
 
 

@@ -12,8 +12,7 @@ from optuna.trial import FrozenTrial
 
 from tuner.config import StudyConfig
 from tuner.progress import progress_for
-from tuner.search._budget import StudyControl
-from tuner.search._objective import Objective
+from tuner.search import Objective, StudyControl
 from tuner.service._artifact_store import open_artifact_store
 from tuner.service._checkpoints import ArtifactCheckpointer
 from tuner.service._handover import TrialHandover
@@ -27,8 +26,7 @@ from tuner.service._torch_threads import TorchThreads
 from tuner.service._trial_end import TrialEnd
 from tuner.service._trial_stops import EXPECTED_STOPS, HANDED_BACK_ATTR, HandBack, TakenOver, refuse_start
 from tuner.service._worker_log import ExpectedStops, make_logger
-from tuner.training._seeds import derive_seed
-from tuner.training._settings import trial_settings
+from tuner.training import derive_seed, trial_settings
 
 
 def worker_name(device: str) -> str:

@@ -9,13 +9,10 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from tuner.training._data import load_labelled
-from tuner.training._data_sources import IMAGE_EXTENSIONS
-from tuner.training._decode import read_image
 from tuner.errors import DataError
-from tuner.shipping._model_folder import load_model
 from tuner.progress import Progress
-from tuner.training._loop import make_runtime, resolve_device, to_device
+from tuner.shipping._model_folder import load_model
+from tuner.training import IMAGE_EXTENSIONS, load_labelled, make_runtime, read_image, resolve_device, to_device
 
 BATCH = 64
 

@@ -13,10 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StudyError
-from tuner.service._artifact_store import open_artifact_store
-from tuner.service._open import OpenedStudy
-from tuner.service._results import all_params
-from tuner.service._study_artifacts import publish_report
+from tuner.service import OpenedStudy, all_params, open_artifact_store, publish_report
 
 # Below this many completed trials, parameter importances are mostly noise: the page says so.
 FEW_TRIALS = 10

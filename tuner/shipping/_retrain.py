@@ -13,17 +13,21 @@ import torch
 from tuner.config import StudyConfig
 from tuner.errors import OptionError, TunerError
 from tuner.progress import Progress
-from tuner.search._objective import make_objective
-from tuner.service._open import OpenedStudy
-from tuner.service._results import all_params, best_trial
+from tuner.search import make_objective
+from tuner.service import OpenedStudy, all_params, best_trial
 from tuner.shipping._model_folder import FORMAT, THRESHOLD, model_kind, write_folder
-from tuner.space._space import Branch, SearchSpace
-from tuner.training._data import ImageData, load_data
-from tuner.training._fingerprint import check_same_data
-from tuner.training._loop import OutOfMemory
-from tuner.training._run import Run
-from tuner.training._settings import TrialSettings, data_config, trial_settings
-from tuner.training._task import task_of
+from tuner.space import Branch, SearchSpace
+from tuner.training import (
+    ImageData,
+    OutOfMemory,
+    Run,
+    TrialSettings,
+    check_same_data,
+    data_config,
+    load_data,
+    task_of,
+    trial_settings,
+)
 
 
 @dataclass(frozen=True)
