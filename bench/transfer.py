@@ -61,12 +61,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, timed  # noqa: E402
 
-from tuner.training._data import DataConfig, ImageData, load_data  # noqa: E402
+from tuner.training._data import ImageData, load_data  # noqa: E402
+from tuner.training._data_config import DataConfig  # noqa: E402
 from tuner.search._objective import make_objective  # noqa: E402
 from tuner.training._settings import TrialSettings  # noqa: E402
 from tuner.config import MachineOptions, StudyRequest, default  # noqa: E402
 from tuner.service._prepare import prepare_study  # noqa: E402
-from tuner.space._space import SearchSpace, load_space, parse_space  # noqa: E402
+from tuner.space._model import SearchSpace  # noqa: E402
+from tuner.space._space import load_space, parse_space  # noqa: E402
 from tuner.service._storage import StorageSettings  # noqa: E402
 from tuner.search._warm_start import WARM_START  # noqa: E402
 from tuner.service._worker import Worker  # noqa: E402

@@ -15,7 +15,9 @@ from optuna.trial import TrialState
 
 from tuner.service._checkpoints import BEST_WEIGHTS_ATTR, ArtifactCheckpointer
 from tuner.cli import cli
-from tuner.training._data import DataConfig, DataWarning, load_data
+from tuner.training._data import load_data
+from tuner.training._data_config import DataConfig
+from tuner.training._data_sources import DataWarning
 from tuner.training._models import ModelSpec, build_model
 from tuner.search._objective import make_objective
 from tuner.training._settings import TrialSettings

@@ -26,7 +26,7 @@ from tuner.service._open import open_for_work
 from tuner.service._storage import StorageSettings
 from tuner.training._settings import TrialSettings
 
-pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data.DataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data_sources.DataWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDERS = (StudyConfig, MachineOptions, StudyRequest)

@@ -9,7 +9,8 @@ import torchvision
 from torchvision.transforms import v2
 
 from tuner.training._augment import AugmentConfig
-from tuner.training._data import DataConfig, ImageData, load_data
+from tuner.training._data import ImageData, load_data
+from tuner.training._data_config import DataConfig
 from tuner.training._features import FeatureCache, FeatureCacheConfig
 from tuner.training._models import ModelSpec, build_model
 from tuner.search._objective import make_objective

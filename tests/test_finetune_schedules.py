@@ -11,7 +11,9 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
 from tuner.service._checkpoints import ArtifactCheckpointer
-from tuner.training._data import DataConfig, DataWarning, load_data
+from tuner.training._data import load_data
+from tuner.training._data_config import DataConfig
+from tuner.training._data_sources import DataWarning
 from tuner.search._objective import make_objective
 from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space

@@ -27,7 +27,9 @@ from torch import nn
 import tuner
 from tuner.service._checkpoints import ArtifactCheckpointer
 from tuner.cli import cli
-from tuner.training._data import DataConfig, DataWarning, load_data
+from tuner.training._data import load_data
+from tuner.training._data_config import DataConfig
+from tuner.training._data_sources import DataWarning
 from tuner.errors import ModelError
 from tuner.training._models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, UniformMaskDropout, build_model, freeze
 from tuner.search._objective import make_objective
@@ -36,7 +38,7 @@ from tuner.space._space import parse_space
 
 LITE0_BLOCKS = 16
 # The test images have one corrupt file; the data tests look at that warning, not these.
-pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data.DataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data_sources.DataWarning")
 
 
 def _names(model: nn.Module, params) -> list[str]:

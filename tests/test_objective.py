@@ -21,12 +21,15 @@ from torch import nn
 
 from tuner.service._checkpoints import ArtifactCheckpointer
 from tuner.training._batches import eval_transform
-from tuner.training._data import DataConfig, DataWarning, ImageData, load_data
+from tuner.training._data import ImageData, load_data
+from tuner.training._data_config import DataConfig
+from tuner.training._data_sources import DataWarning
 from tuner.errors import SpaceError
 from tuner.training._models import ModelSpec, build_model, count_trainable, weights_cache_path
 from tuner.search._objective import TrialRun, make_objective
 from tuner.training._settings import TrialSettings
-from tuner.space._space import SearchSpace, load_space, parse_space
+from tuner.space._model import SearchSpace
+from tuner.space._space import load_space, parse_space
 from tuner.training._hyperparams import Hyperparams, check_space
 from tuner.training._run import build_run
 

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tuner.cli import cli, machine_options, storage_settings, study_request
-from tuner.training._data import DataConfig, load_data
+from tuner.training._data import load_data
+from tuner.training._data_config import DataConfig
 from tuner.service._prepare import prepare_study
 from tuner.service._worker import Worker
 
-pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data.DataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data_sources.DataWarning")
 
 
 def create(url: str, space: Path, *extra: str, data: str = "digits", n_trials: str = "1"):

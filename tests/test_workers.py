@@ -251,7 +251,8 @@ def uninterrupted(params: dict, number: int) -> tuple[float, dict[int, float]]:
     """The same trial run straight through in-process: its value and per-epoch metrics."""
     key = (tuple(sorted(params.items())), number)
     if key not in _BASELINES:
-        from tuner.training._data import DataConfig, load_data
+        from tuner.training._data import load_data
+        from tuner.training._data_config import DataConfig
         from tuner.search._objective import make_objective
         from tuner.training._settings import TrialSettings
         from tuner.space._space import parse_space
