@@ -114,12 +114,12 @@ def settings(setup: Setup, **overrides) -> TrialSettings:
 @contextlib.contextmanager
 def images_in_host_memory() -> Iterator[None]:
     """place_images keeps the images on the host (pinned per batch) instead of the GPU."""
-    share = tuner.batches.DEVICE_SHARE
-    tuner.batches.DEVICE_SHARE = 0.0
+    share = tuner.training._batches.DEVICE_SHARE
+    tuner.training._batches.DEVICE_SHARE = 0.0
     try:
         yield
     finally:
-        tuner.batches.DEVICE_SHARE = share
+        tuner.training._batches.DEVICE_SHARE = share
 
 
 def one_trial(objective: Objective, n_trials: int = 1) -> list[optuna.trial.FrozenTrial]:
