@@ -24,7 +24,8 @@ from _common import machine, timed  # noqa: E402
 
 from tuner.training._batches import ImageBatches, TensorBatches, train_transform  # noqa: E402
 from tuner.training._augment import AugmentConfig  # noqa: E402
-from tuner.training._data import DataConfig, load_data  # noqa: E402
+from tuner.training._data import load_data  # noqa: E402
+from tuner.training._data_config import DataConfig  # noqa: E402
 from tuner.training._features import FeatureCache, FeatureCacheConfig  # noqa: E402
 from tuner.training._models import ModelSpec, build_model, freeze  # noqa: E402
 from tuner.training._hyperparams import Hyperparams  # noqa: E402

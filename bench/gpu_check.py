@@ -48,7 +48,7 @@ from tuner.training._augment import AugmentConfig  # noqa: E402
 from tuner.training._data import ImageData  # noqa: E402
 from tuner.training._features import FeatureCache, FeatureCacheConfig  # noqa: E402
 from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
-from tuner.search._objective import Objective  # noqa: E402
+from tuner.search._objective import Objective, make_objective  # noqa: E402
 from tuner.training._settings import TrialSettings  # noqa: E402
 from tuner.space._space import parse_space  # noqa: E402
 from tuner.training._hyperparams import Hyperparams  # noqa: E402
@@ -167,7 +167,7 @@ def trial_branch(setup: Setup, data: ImageData, *, freeze_: str, cache: bool = F
         trial_settings = settings(setup, cache_views=2 if cache else 0, compile=compile_,
                                   num_workers=loader_workers, cache_dir=str(cache_dir))
         with images_in_host_memory() if host else contextlib.nullcontext():
-            objective = Objective(space(freeze=freeze_, **aug), data, trial_settings)
+            objective = make_objective(space(freeze=freeze_, **aug), data, trial_settings)
         where = objective.images.device.type
         if setup.cuda and where != ("cpu" if host else "cuda"):
             raise AssertionError(f"images were placed on {where}")
@@ -237,7 +237,7 @@ def oom_branch(setup: Setup) -> str:
           epochs: {{type: fixed, value: 1}}
           batch_size: {{type: categorical, choices: [16, {huge}]}}
         """), source="oom.yaml", name="oom")
-    objective = Objective(huge_space, data, trial_settings)
+    objective = make_objective(huge_space, data, trial_settings)
     before = torch.cuda.memory_allocated() if setup.cuda else 0
     with hook:
         study.optimize(objective, n_trials=1)
@@ -305,13 +305,14 @@ def resume_branch(setup: Setup, data: ImageData) -> str:
     checkpointer = ArtifactCheckpointer(FileSystemArtifactStore(str(setup.folder)), "resume")
     two_epochs = space(freeze="last_blocks", epochs=2)
     study = optuna.create_study(direction="maximize")
-    written = Objective(two_epochs, data, settings(setup), checkpointer=checkpointer, on_epoch=stop_after_epoch_1)
+    written = make_objective(two_epochs, data, settings(setup), checkpointer=checkpointer,
+                             on_epoch=stop_after_epoch_1)
     study.optimize(written, n_trials=1, catch=(Interrupted,))
     (first,) = study.trials
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=first.params,
                                               distributions=first.distributions, user_attrs=first.user_attrs))
-    study.optimize(Objective(two_epochs, data, replace(settings(setup), device="cpu"), checkpointer=checkpointer),
-                   n_trials=1)
+    on_cpu = make_objective(two_epochs, data, replace(settings(setup), device="cpu"), checkpointer=checkpointer)
+    study.optimize(on_cpu, n_trials=1)
     resumed = study.trials[1]
     if resumed.user_attrs.get("resumed_from_epoch") != 1:
         raise AssertionError(f"not resumed: {resumed.user_attrs.get('resume_problem', 'no checkpoint found')}")

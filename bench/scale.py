@@ -36,7 +36,7 @@ from tuner.service._open import create_study, open_for_work  # noqa: E402
 
 POSTGRES = os.environ.get("TUNER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TRIAL_SECONDS = 0.003
-# Per worker process: its storage engine's pool (tuner.storage.engine_kwargs), shared by the
+# Per worker process: its storage engine's pool (tuner.service._storage.engine_kwargs), shared by the
 # trial loop and the heartbeat thread.
 _POOL = engine_kwargs("postgresql+psycopg://x/y", 10)
 CONNECTIONS_PER_WORKER = _POOL["pool_size"] + _POOL["max_overflow"]

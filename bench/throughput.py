@@ -22,7 +22,8 @@ from _common import machine, make_image_folder, timed  # noqa: E402
 
 from tuner.training._batches import ImageBatches, train_transform  # noqa: E402
 from tuner.training._augment import AugmentConfig  # noqa: E402
-from tuner.training._data import DataConfig, load_data  # noqa: E402
+from tuner.training._data import load_data  # noqa: E402
+from tuner.training._data_config import DataConfig  # noqa: E402
 from tuner.training._models import ModelSpec, build_model, freeze, set_train_mode  # noqa: E402
 from tuner.training._hyperparams import Hyperparams  # noqa: E402
 from tuner.training._loop import make_optimizer, make_runtime, train_one_epoch  # noqa: E402

@@ -61,12 +61,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, timed  # noqa: E402
 
-from tuner.training._data import DataConfig, ImageData, load_data  # noqa: E402
-from tuner.search._objective import Objective  # noqa: E402
+from tuner.training._data import ImageData, load_data  # noqa: E402
+from tuner.training._data_config import DataConfig  # noqa: E402
+from tuner.search._objective import make_objective  # noqa: E402
 from tuner.training._settings import TrialSettings  # noqa: E402
 from tuner.config import MachineOptions, StudyRequest, default  # noqa: E402
 from tuner.service._prepare import prepare_study  # noqa: E402
-from tuner.space._space import SearchSpace, load_space, parse_space  # noqa: E402
+from tuner.space._model import SearchSpace  # noqa: E402
+from tuner.space._space import load_space, parse_space  # noqa: E402
 from tuner.service._storage import StorageSettings  # noqa: E402
 from tuner.search._warm_start import WARM_START  # noqa: E402
 from tuner.service._worker import Worker  # noqa: E402
@@ -303,7 +305,7 @@ def run_objective(ctx: Context, seed: int, method: str, sampler: optuna.samplers
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     for params in enqueue:
         study.enqueue_trial(dict(params))
-    objective = Objective(ctx.space, ctx.data, ctx.settings(seed, scratch), on_epoch=ledger.on_epoch)
+    objective = make_objective(ctx.space, ctx.data, ctx.settings(seed, scratch), on_epoch=ledger.on_epoch)
     try:
         # n_trials bounds a space whose trials could all end before their first epoch (none here).
         with ExpectedStops((BudgetSpent,)).installed():
@@ -377,8 +379,8 @@ def run_topk(ctx: Context, seed: int) -> Trace:
     budget = ctx.config.budget_epochs
     ledger = EpochLedger(budget)
     checkpoints = FirstEpochCheckpoints(scratch)
-    objective = Objective(ctx.space, ctx.data, ctx.settings(seed, scratch), checkpointer=checkpoints,
-                          on_epoch=ledger.on_epoch)
+    objective = make_objective(ctx.space, ctx.data, ctx.settings(seed, scratch), checkpointer=checkpoints,
+                               on_epoch=ledger.on_epoch)
     screen = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed),
                                  pruner=AfterFirstEpoch())
     final = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed),
@@ -584,7 +586,7 @@ def head_only_accuracy(data: ImageData, config: BenchConfig, weights: str, cache
     space = parse_space(text, source="sanity.yaml", name="sanity")
     settings = TrialSettings(model=config.model, weights=weights, image_size=config.image_size, device="cpu",
                              seed=0, cache_views=1, cache_dir=str(cache_dir))
-    return Objective(space, data, settings)(optuna.trial.FixedTrial({}))
+    return make_objective(space, data, settings)(optuna.trial.FixedTrial({}))
 
 
 def sanity_check(data: ImageData, config: BenchConfig, work: Path) -> tuple[float, float]:

@@ -215,7 +215,8 @@ def test_image_batches_with_images_off_the_host_slice_in_this_process():
 
 
 def test_batches_of_images_mapped_from_disk_match_those_in_memory(tmp_path):
-    from tuner.training._data import DataConfig, load_data
+    from tuner.training._data import load_data
+    from tuner.training._data_config import DataConfig
 
     in_memory = load_data(DataConfig("digits", 8))
     on_disk = load_data(DataConfig("digits", 8, memory_limit=0, spill_dir=str(tmp_path)))

@@ -17,9 +17,11 @@ from optuna.trial import TrialState
 
 from tuner.service._checkpoints import BEST_WEIGHTS_ATTR, ArtifactCheckpointer
 from tuner.cli import cli
-from tuner.training._data import DataConfig, DataWarning, load_data
+from tuner.training._data import load_data
+from tuner.training._data_config import DataConfig
+from tuner.training._data_sources import DataWarning
 from tuner.training._models import ModelSpec, build_model
-from tuner.search._objective import Objective
+from tuner.search._objective import make_objective
 from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space
 
@@ -49,7 +51,7 @@ def one_trial(data, tmp_path, *, compile: bool) -> tuple[optuna.trial.FrozenTria
     checkpointer = ArtifactCheckpointer(FileSystemArtifactStore(str(tmp_path)), f"compile-{compile}")
     study = optuna.create_study(direction="maximize")
     space = parse_space(HEAD_SPACE, source="head.yaml", name="head")
-    study.optimize(Objective(space, data, settings, checkpointer=checkpointer), n_trials=1)
+    study.optimize(make_objective(space, data, settings, checkpointer=checkpointer), n_trials=1)
     (trial,) = study.trials
     return trial, checkpointer.load(trial)["model"]
 
@@ -110,7 +112,7 @@ def test_compile_on_cpu_without_a_c_compiler_fails_before_any_trial(data, tmp_pa
     space = parse_space(HEAD_SPACE, source="head.yaml", name="head")
     settings = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu", compile=True)
     with pytest.raises(DeviceError) as excinfo:
-        Objective(space, data, settings)
+        make_objective(space, data, settings)
     assert str(excinfo.value) == ("--compile on CPU needs a C compiler (cc, gcc or clang) on PATH: "
                                   "install one (e.g. apt-get install gcc) or leave out --compile")
 

@@ -1,10 +1,11 @@
 """One config module: every default written once (the CLI reads it from the dataclass fields),
-a `tuner run` opens one storage and parses its space once, and tuner.config imports no torch
-and no Optuna."""
+a `tuner run` opens one storage, parses and checks its space and resolves its device once,
+and tuner.config imports no torch and no Optuna."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import subprocess
 import sys
@@ -15,7 +16,6 @@ import pytest
 import sqlalchemy
 from click.testing import CliRunner
 
-import tuner.search._study
 import tuner.space._space
 from tuner.cli import cli
 from tuner.cli._options import RENAMED
@@ -25,7 +25,7 @@ from tuner.service._open import open_for_work
 from tuner.service._storage import StorageSettings
 from tuner.training._settings import TrialSettings
 
-pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data.DataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data_sources.DataWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDERS = (StudyConfig, MachineOptions, StudyRequest)
@@ -92,19 +92,33 @@ def test_config_imports_neither_torch_nor_optuna():
     assert done.stdout.strip() == "[]"
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    """How often the space text is parsed and how many database engines connect, the real
-    functions running: parse_space wrapped where tuner calls it, a pool event for engines."""
-    counts = {"parsed": 0, "engines": 0}
-    real = tuner.space._space.parse_space
+def wrap_everywhere(monkeypatch, real, counts: dict, key: str) -> None:
+    """`real` wrapped to count its calls in every loaded tuner module that looks it up by
+    name (the real function still runs)."""
 
-    def parse_space(*args, **kwargs):
-        counts["parsed"] += 1
+    def wrapper(*args, **kwargs):
+        counts[key] += 1
         return real(*args, **kwargs)
 
-    for module in (tuner.space._space, tuner.search._study):
-        monkeypatch.setattr(module, "parse_space", parse_space)
+    holders = [module for name, module in sorted(sys.modules.items())
+               if (name == "tuner" or name.startswith("tuner.")) and getattr(module, real.__name__, None) is real]
+    assert holders, f"no tuner module looks up {real.__name__}"
+    for module in holders:
+        monkeypatch.setattr(module, real.__name__, wrapper)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How often the space text is parsed, the space checked, the device resolved, and how
+    many database engines connect, the real functions running: each wrapped where tuner
+    looks it up, a pool event for engines."""
+    counts = {"parsed": 0, "space_checks": 0, "devices": 0, "engines": 0}
+    # The modules a run looks them up in, loaded now so that their names are wrapped too.
+    importlib.import_module("tuner.service._prepare")
+    importlib.import_module("tuner.search._objective")
+    wrap_everywhere(monkeypatch, tuner.space._space.parse_space, counts, "parsed")
+    wrap_everywhere(monkeypatch, tuner.training._hyperparams.check_space, counts, "space_checks")
+    wrap_everywhere(monkeypatch, tuner.training._loop.resolve_device, counts, "devices")
 
     def first_connect(dbapi_connection, record) -> None:
         counts["engines"] += 1
@@ -119,15 +133,16 @@ def run(url: str, *extra: str) -> None:
     assert result.exit_code == 0, result.output
 
 
-def test_a_run_opens_one_storage_and_parses_its_space_once(tmp_path, tiny_space, counted):
+def test_a_run_opens_one_storage_and_parses_and_checks_its_space_and_device_once(tmp_path, tiny_space, counted):
+    once = {"parsed": 1, "space_checks": 1, "devices": 1, "engines": 1}
     url = f"sqlite:///{tmp_path / 'study.db'}"
     run(url, "--space", str(tiny_space), "--data", "digits", "--weights", "none", "--image-size", "16",
         "--n-trials", "1", "--max-epochs", "1", "--artifacts", str(tmp_path / "art"))
-    assert counted == {"parsed": 1, "engines": 1}, "a run that creates the study"
+    assert counted == once, "a run that creates the study"
     assert CliRunner().invoke(cli, ["extend", "--study", "s", "--storage", url, "--n-trials", "2"]).exit_code == 0
-    counted.update(parsed=0, engines=0)
+    counted.update(dict.fromkeys(counted, 0))
     run(url)
-    assert counted == {"parsed": 1, "engines": 1}, "a run that continues it"
+    assert counted == once, "a run that continues it"
 
 
 def test_a_joined_study_runs_with_its_stored_heartbeat_in_the_one_storage(tmp_path, tiny_space):

@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from tuner.training._augment import AugmentConfig
-from tuner.training._data import DataConfig, DataWarning, load_data
+from tuner.training._data import load_data
+from tuner.training._data_config import DataConfig
+from tuner.training._data_sources import DataWarning
 from tuner.training._data_sources import describe_source
 from tuner.errors import DataError, TunerError
 

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from tuner.training._data import ImageData
-from tuner.search._objective import Objective
+from tuner.search._objective import make_objective
 from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space
 
@@ -73,7 +73,7 @@ def test_an_out_of_memory_trial_is_pruned_as_oom_and_the_worker_goes_on(in_eval)
     study.enqueue_trial({"batch_size": 16})  # the "huge" batch
     study.enqueue_trial({"batch_size": 4})
     with FakeGpuMemory(limit=8, in_eval=in_eval):
-        study.optimize(Objective(SPACE, tiny_data(), SETTINGS), n_trials=2)
+        study.optimize(make_objective(SPACE, tiny_data(), SETTINGS), n_trials=2)
     oom, fitting = study.trials
     assert oom.state == TrialState.PRUNED and oom.user_attrs["stop_reason"] == "oom"
     assert fitting.state == TrialState.COMPLETE and fitting.user_attrs["stop_reason"] == "completed"
@@ -81,7 +81,7 @@ def test_an_out_of_memory_trial_is_pruned_as_oom_and_the_worker_goes_on(in_eval)
 
 def test_a_run_out_of_memory_drops_its_model_before_freeing_memory():
     study = optuna.create_study(direction="maximize")
-    objective = Objective(SPACE, tiny_data(), SETTINGS)
+    objective = make_objective(SPACE, tiny_data(), SETTINGS)
     study.enqueue_trial({"batch_size": 16})
     trial = study.ask()
     with FakeGpuMemory(limit=8) as memory, pytest.raises(optuna.TrialPruned, match="oom: CUDA out of memory"):
@@ -104,7 +104,7 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory():
     handle = nn.modules.module.register_module_forward_hook(broken)
     try:
         with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-            study.optimize(Objective(SPACE, tiny_data(), SETTINGS), n_trials=1)
+            study.optimize(make_objective(SPACE, tiny_data(), SETTINGS), n_trials=1)
     finally:
         handle.remove()
     assert study.trials[0].state == TrialState.FAIL
@@ -117,7 +117,7 @@ def test_out_of_memory_while_caching_features_prunes_the_trial_as_oom(tmp_path):
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"batch_size": 4})
     with FakeGpuMemory(limit=8, in_eval=True):  # the extraction's batches are the whole split here
-        study.optimize(Objective(space, tiny_data(), settings), n_trials=1)
+        study.optimize(make_objective(space, tiny_data(), settings), n_trials=1)
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED and trial.user_attrs["stop_reason"] == "oom"
     assert not list(tmp_path.glob("*.pt"))  # nothing half-computed was cached
@@ -169,8 +169,8 @@ def interrupted_trial(tmp_path, saving=contextlib.nullcontext):
     checkpointer = ArtifactCheckpointer(FileSystemArtifactStore(str(tmp_path)), "s")
     study = optuna.create_study(direction="maximize")
     with saving():
-        study.optimize(Objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer,
-                                 on_epoch=interrupt_after_epoch_1), n_trials=1, catch=(Interrupted,))
+        study.optimize(make_objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer,
+                                      on_epoch=interrupt_after_epoch_1), n_trials=1, catch=(Interrupted,))
     (first,) = study.trials
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=first.params,
                                               distributions=first.distributions, user_attrs=first.user_attrs))
@@ -182,7 +182,7 @@ def test_a_checkpoint_written_on_cuda_resumes_on_a_cpu_worker(tmp_path, saved_as
     written = (tmp_path / first.user_attrs["checkpoint"]).read_bytes()
     with pytest.raises(RuntimeError, match="CUDA"):  # the file really names a CUDA device
         torch.load(__import__("io").BytesIO(written), weights_only=True)
-    study.optimize(Objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer), n_trials=1)
+    study.optimize(make_objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer), n_trials=1)
     resumed = study.trials[1]
     assert resumed.state == TrialState.COMPLETE
     assert resumed.user_attrs["resumed_from_epoch"] == 1 and "resume_problem" not in resumed.user_attrs
@@ -197,7 +197,7 @@ def test_a_retry_whose_checkpoint_is_unreadable_says_it_restarts_from_scratch(tm
     else:
         path.write_bytes(path.read_bytes()[:100])
     with caplog.at_level("WARNING", logger="tuner.service._checkpoints"):
-        study.optimize(Objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer), n_trials=1)
+        study.optimize(make_objective(TWO_EPOCHS, tiny_data(), SETTINGS, checkpointer=checkpointer), n_trials=1)
     retry = study.trials[1]
     expected = f"trial 1 restarts from epoch 1: checkpoint {path.name} is "
     assert retry.user_attrs["resume_problem"].startswith(expected + ("missing" if damage == "missing" else "unreadable"))

@@ -9,10 +9,11 @@ import torchvision
 from torchvision.transforms import v2
 
 from tuner.training._augment import AugmentConfig
-from tuner.training._data import DataConfig, ImageData, load_data
+from tuner.training._data import ImageData, load_data
+from tuner.training._data_config import DataConfig
 from tuner.training._features import FeatureCache, FeatureCacheConfig
 from tuner.training._models import ModelSpec, build_model
-from tuner.search._objective import Objective
+from tuner.search._objective import make_objective
 from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space
 from tuner.training._loop import make_runtime
@@ -44,7 +45,7 @@ def run_trials(data, cache_views, cache_dir, aug="", n=2):
     space = parse_space(HEAD_SPACE.replace("AUG", aug), source="head.yaml", name="head")
     settings = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu", seed=3,
                              cache_views=cache_views, cache_dir=str(cache_dir))
-    objective = Objective(space, data, settings)
+    objective = make_objective(space, data, settings)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(objective, n_trials=n)
     return study.trials

@@ -11,8 +11,10 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
 from tuner.service._checkpoints import ArtifactCheckpointer
-from tuner.training._data import DataConfig, DataWarning, load_data
-from tuner.search._objective import Objective
+from tuner.training._data import load_data
+from tuner.training._data_config import DataConfig
+from tuner.training._data_sources import DataWarning
+from tuner.search._objective import make_objective
 from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space
 
@@ -45,7 +47,7 @@ class Interrupted(Exception):
 
 def run_one(space, data, settings=SETTINGS, **kwargs) -> optuna.trial.FrozenTrial:
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
-    study.optimize(Objective(space, data, settings, **kwargs), n_trials=1)
+    study.optimize(make_objective(space, data, settings, **kwargs), n_trials=1)
     (trial,) = study.trials
     return trial
 
@@ -59,13 +61,13 @@ def interrupted_then_resumed(tmp_path, space, data, at_epoch: int):
             raise Interrupted
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
-    study.optimize(Objective(space, data, SETTINGS, checkpointer=checkpointer, on_epoch=hand_back),
+    study.optimize(make_objective(space, data, SETTINGS, checkpointer=checkpointer, on_epoch=hand_back),
                    n_trials=1, catch=(Interrupted,))
     first = study.trials[0]
     assert first.state == TrialState.FAIL
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=first.params,
                                               distributions=first.distributions, user_attrs=first.user_attrs))
-    study.optimize(Objective(space, data, SETTINGS, checkpointer=checkpointer), n_trials=1)
+    study.optimize(make_objective(space, data, SETTINGS, checkpointer=checkpointer), n_trials=1)
     return first, study.trials[1]
 
 

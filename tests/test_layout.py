@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,30 @@ def test_only_one_module_creates_or_loads_studies():
     callers = {name: sorted(dotted(p) for p in modules() if f"optuna.{name}(" in p.read_text())
                for name in ("load_study", "create_study")}
     assert all(len(found) == 1 for found in callers.values()), callers
+
+
+# The packages whose __init__ is their public API (the Optuna style): private modules start with `_`.
+API_PACKAGES = ("space", "training", "search", "service", "shipping")
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_other_packages_are_reached_through_their_api(path):
+    """`from tuner.training import load_data`, not `from tuner.training._data import ...`,
+    outside tuner.training; the CLI is left as it is for its start-up time."""
+    own = layer_of(dotted(path))
+    if own == "cli":
+        return
+    private = [module for _, module in tuner_imports(ast.parse(path.read_text()))
+               if layer_of(module) in API_PACKAGES and layer_of(module) != own
+               and any(part.startswith("_") for part in module.split(".")[2:])]
+    assert not private, f"{dotted(path)} imports private modules of other packages: {private}"
+
+
+@pytest.mark.parametrize("name", API_PACKAGES)
+def test_every_name_of_a_package_api_resolves(name):
+    package = importlib.import_module(f"tuner.{name}")
+    assert package.__doc__ and "\n" not in package.__doc__.strip(), "a one-line docstring says what the layer is"
+    assert package.__all__, f"tuner.{name} exports nothing"
+    missing = [export for export in package.__all__ if getattr(package, export, None) is None]
+    assert not missing, f"tuner.{name}.__all__ names what it cannot give: {missing}"
+    assert set(package.__all__) <= set(dir(package))

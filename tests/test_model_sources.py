@@ -27,16 +27,18 @@ from torch import nn
 import tuner
 from tuner.service._checkpoints import ArtifactCheckpointer
 from tuner.cli import cli
-from tuner.training._data import DataConfig, DataWarning, load_data
+from tuner.training._data import load_data
+from tuner.training._data_config import DataConfig
+from tuner.training._data_sources import DataWarning
 from tuner.errors import ModelError
 from tuner.training._models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, UniformMaskDropout, build_model, freeze
-from tuner.search._objective import Objective
+from tuner.search._objective import make_objective
 from tuner.training._settings import TrialSettings
 from tuner.space._space import parse_space
 
 LITE0_BLOCKS = 16
 # The test images have one corrupt file; the data tests look at that warning, not these.
-pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data.DataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data_sources.DataWarning")
 
 
 def _names(model: nn.Module, params) -> list[str]:
@@ -468,7 +470,7 @@ def test_every_kind_trains_its_last_block_checkpoints_and_resumes(kind, small_da
             raise HandBack
 
     study = optuna.create_study(direction="maximize")
-    study.optimize(Objective(space, small_data, settings, checkpointer=checkpointer, on_epoch=hand_back),
+    study.optimize(make_objective(space, small_data, settings, checkpointer=checkpointer, on_epoch=hand_back),
                    n_trials=1, catch=(HandBack,))
     (first,) = study.trials
     assert (first.state, first.user_attrs["stop_reason"], first.user_attrs["epochs_run"]) == (
@@ -476,7 +478,7 @@ def test_every_kind_trains_its_last_block_checkpoints_and_resumes(kind, small_da
     assert first.user_attrs["trainable_params"] == _last_block_params(name, weights, small_data.num_classes)
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=first.params,
                                               distributions=first.distributions, user_attrs=first.user_attrs))
-    study.optimize(Objective(space, small_data, settings, checkpointer=checkpointer), n_trials=1)
+    study.optimize(make_objective(space, small_data, settings, checkpointer=checkpointer), n_trials=1)
     resumed = study.trials[1]
 
     assert resumed.state == TrialState.COMPLETE

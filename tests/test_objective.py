@@ -21,12 +21,15 @@ from torch import nn
 
 from tuner.service._checkpoints import ArtifactCheckpointer
 from tuner.training._batches import eval_transform
-from tuner.training._data import DataConfig, DataWarning, ImageData, load_data
+from tuner.training._data import ImageData, load_data
+from tuner.training._data_config import DataConfig
+from tuner.training._data_sources import DataWarning
 from tuner.errors import SpaceError
 from tuner.training._models import ModelSpec, build_model, count_trainable, weights_cache_path
-from tuner.search._objective import Objective, TrialRun
+from tuner.search._objective import TrialRun, make_objective
 from tuner.training._settings import TrialSettings
-from tuner.space._space import SearchSpace, load_space, parse_space
+from tuner.space._model import SearchSpace
+from tuner.space._space import load_space, parse_space
 from tuner.training._hyperparams import Hyperparams, check_space
 from tuner.training._run import build_run
 
@@ -44,7 +47,7 @@ def run_study(space, data, *, params=None, settings=SETTINGS, pruner=None, n_tri
     study = optuna.create_study(direction="maximize", pruner=pruner or optuna.pruners.NopPruner())
     if params is not None:
         study.enqueue_trial(params)
-    study.optimize(Objective(space, data, settings, **kwargs), n_trials=n_trials)
+    study.optimize(make_objective(space, data, settings, **kwargs), n_trials=n_trials)
     return study
 
 
@@ -150,7 +153,7 @@ def test_the_value_is_the_best_epochs_metric_not_the_last(data):
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     kept = {}
     settings = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu", seed=16)
-    objective = Objective(space, data, settings, keep_best=lambda trial, value, state, meta: kept.update(
+    objective = make_objective(space, data, settings, keep_best=lambda trial, value, state, meta: kept.update(
         {trial.number: {"value": value, "state": state, "meta": meta}}))
     for _ in range(40):
         study.optimize(objective, n_trials=1)
@@ -255,7 +258,7 @@ def test_the_same_params_and_seed_give_the_same_run(data):
     space = make_space(REPRO_SPACE)
     in_study = only_trial(run_study(space, data, params=REPRO_PARAMS))
     fixed = optuna.trial.FixedTrial(REPRO_PARAMS, number=0)
-    value = Objective(space, data, SETTINGS)(fixed)
+    value = make_objective(space, data, SETTINGS)(fixed)
     other_seed = only_trial(run_study(space, data, params=REPRO_PARAMS, settings=TrialSettings(
         model="resnet18", weights="none", image_size=16, device="cpu", seed=1)))
 
@@ -309,7 +312,7 @@ def test_a_loss_that_contradicts_the_data_is_an_error_not_ignored(request, data_
     space = make_space(f"loss: {{type: fixed, value: {loss}}}\n")
     study = optuna.create_study(direction="maximize")
     with pytest.raises(SpaceError) as excinfo:
-        study.optimize(Objective(space, images, SETTINGS), n_trials=1)
+        study.optimize(make_objective(space, images, SETTINGS), n_trials=1)
     assert str(excinfo.value) == message
     assert only_trial(study).state == TrialState.FAIL
 
@@ -336,7 +339,7 @@ def test_sampled_hyperparameters_reach_the_run(presplit):
         "nesterov": True, "weight_decay": 3e-5, "batch_size": 4, "class_weighting": "balanced",
         "label_smoothing": 0.1, "patience": 2, "dropout": 0.3,
     })
-    run = build_run(Objective(make_space(FROZEN_SPACE), presplit, SETTINGS).run_inputs(), hp, seed=0)
+    run = build_run(make_objective(make_space(FROZEN_SPACE), presplit, SETTINGS).run_inputs(), hp, seed=0)
 
     assert type(run.state.optimizer) is torch.optim.SGD
     groups = {g["name"]: g for g in run.state.optimizer.param_groups}
@@ -359,7 +362,7 @@ def test_multi_label_balanced_weighting_sets_bce_pos_weight():
     train = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     data = ImageData(images[:4], train, images[4:], torch.tensor([[1.0, 1.0], [0.0, 1.0]]), ("a", "b"), True, 0)
     hp = Hyperparams.from_params({"loss": "bce_with_logits", "class_weighting": "balanced"})
-    run = build_run(Objective(make_space(FROZEN_SPACE), data, SETTINGS).run_inputs(), hp, seed=0)
+    run = build_run(make_objective(make_space(FROZEN_SPACE), data, SETTINGS).run_inputs(), hp, seed=0)
     assert type(run.loss_fn) is nn.BCEWithLogitsLoss
     # negatives / positives per label, from the training rows only
     assert run.loss_fn.pos_weight.tolist() == pytest.approx([1 / 3, 3 / 1])
@@ -380,7 +383,7 @@ def test_the_schedule_steps_once_per_epoch_on_the_validation_metric(data, schedu
     # which ignores reductions smaller than its eps of 1e-8.
     hp = Hyperparams.from_params({"freeze": "head", "optimizer": "adam", "lr": 1e-6, "epochs": 3,
                                   "batch_size": 64, "patience": 10, **schedule})
-    objective = Objective(make_space(FROZEN_SPACE), data, SETTINGS)
+    objective = make_objective(make_space(FROZEN_SPACE), data, SETTINGS)
     run = TrialRun(objective, build_run(objective.run_inputs(), hp, seed=0), origin=0)
     trial = optuna.trial.FixedTrial({})
     run.execute(trial)
@@ -437,7 +440,7 @@ def test_space_values_the_trainer_cannot_use_fail_before_any_trial(data, body, m
         check_space(space)
         return
     with pytest.raises(SpaceError) as excinfo:
-        Objective(space, data, SETTINGS)
+        make_objective(space, data, SETTINGS)
     assert str(excinfo.value) == message
 
 
@@ -478,7 +481,7 @@ def test_a_trial_handed_back_at_its_stopping_epoch_stops_there_when_resumed(tmp_
             raise Interrupted
 
     study = optuna.create_study(direction="maximize", pruner=pruner or optuna.pruners.NopPruner())
-    study.optimize(Objective(space, data, SETTINGS, checkpointer=checkpointer, on_epoch=hand_back),
+    study.optimize(make_objective(space, data, SETTINGS, checkpointer=checkpointer, on_epoch=hand_back),
                    n_trials=1, catch=(Interrupted,))
     first = only_trial(study)
     assert (first.state, first.user_attrs["stop_reason"], first.user_attrs["epochs_run"]) == (
@@ -486,7 +489,7 @@ def test_a_trial_handed_back_at_its_stopping_epoch_stops_there_when_resumed(tmp_
     # Back in the queue with its user attrs (checkpoint, lineage), as the worker requeues it.
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=first.params,
                                               distributions=first.distributions, user_attrs=first.user_attrs))
-    study.optimize(Objective(space, data, SETTINGS, checkpointer=checkpointer), n_trials=1)
+    study.optimize(make_objective(space, data, SETTINGS, checkpointer=checkpointer), n_trials=1)
     resumed = study.trials[1]
 
     assert resumed.user_attrs["resumed_from_epoch"] == 2

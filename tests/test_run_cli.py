@@ -13,11 +13,11 @@ from optuna.trial import TrialState
 
 from tuner.service._checkpoints import BEST_WEIGHTS_ATTR
 from tuner.cli import cli
-from tuner.training._data import DataWarning
+from tuner.training._data_sources import DataWarning
 from tuner.training._models import weights_cache_path
 
 # The data of every run here has one corrupt file; only the first test looks at the warning.
-pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data.DataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data_sources.DataWarning")
 
 HEAD_PARAMS = 512 * 2 + 2  # the new Linear(512, 2) of resnet18
 LAYER4_PARAMS = sum(p.numel() for n, p in torchvision.models.resnet18().named_parameters() if n.startswith("layer4."))

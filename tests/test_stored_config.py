@@ -18,7 +18,7 @@ from tuner.training._data import DataConfig, load_data
 from tuner.service._prepare import prepare_study
 from tuner.service._worker import Worker
 
-pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data.DataWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::tuner.training._data_sources.DataWarning")
 
 
 def create(url: str, space: Path, *extra: str, data: str = "digits", n_trials: str = "1"):

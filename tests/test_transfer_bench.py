@@ -15,7 +15,8 @@ import numpy as np
 import optuna
 import pytest
 
-from tuner.training._data import DataConfig, load_data
+from tuner.training._data import load_data
+from tuner.training._data_config import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -251,8 +251,9 @@ def uninterrupted(params: dict, number: int) -> tuple[float, dict[int, float]]:
     """The same trial run straight through in-process: its value and per-epoch metrics."""
     key = (tuple(sorted(params.items())), number)
     if key not in _BASELINES:
-        from tuner.training._data import DataConfig, load_data
-        from tuner.search._objective import Objective
+        from tuner.training._data import load_data
+        from tuner.training._data_config import DataConfig
+        from tuner.search._objective import make_objective
         from tuner.training._settings import TrialSettings
         from tuner.space._space import parse_space
 
@@ -260,8 +261,8 @@ def uninterrupted(params: dict, number: int) -> tuple[float, dict[int, float]]:
         data = load_data(DataConfig("digits", 16, 0.2, 0))
         # As the study's config gives a worker (the feature cache under conftest's XDG_CACHE_HOME).
         settings = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu", seed=0)
-        objective = Objective(parse_space(RESUME_SPACE, source="resume.yaml", name="resume"), data, settings,
-                              on_epoch=lambda trial, epoch, epochs, metric: curve.__setitem__(epoch, metric))
+        objective = make_objective(parse_space(RESUME_SPACE, source="resume.yaml", name="resume"), data, settings,
+                                   on_epoch=lambda trial, epoch, epochs, metric: curve.__setitem__(epoch, metric))
         # The seed derives from the study seed and the lineage: the original trial's number.
         # One thread, like the workers (ONE_THREAD), so that the arithmetic is the same.
         threads = torch.get_num_threads()

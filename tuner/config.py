@@ -14,6 +14,12 @@ PRUNERS = ("hyperband", "median", "asha", "none")
 SPACE_SETTINGS = ("model", "image_size", "weights", "max_epochs")
 
 
+def at_least(least: int, *, default: int) -> Any:
+    """A StudyConfig field for an integer setting of at least `least`: the bound stands by the
+    field, and __post_init__ checks every such field, naming its flag."""
+    return field(default=default, metadata={"at_least": least})
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything a worker needs to join a study, stored in the study's user attrs."""
@@ -51,12 +57,12 @@ class StudyConfig:
     # and prior trials count among them), and the multi-fidelity pruners' rungs: the first
     # after min_resource epochs, one in reduction_factor trials promoted at each. Hyperband
     # runs one bracket per power of reduction_factor in max_epochs / min_resource.
-    startup_trials: int = 10
-    min_resource: int = 1
-    reduction_factor: int = 3
+    startup_trials: int = at_least(0, default=10)
+    min_resource: int = at_least(1, default=1)
+    reduction_factor: int = at_least(2, default=3)
     # The head stage (tuner.search._head_stage): this many head-only trials right after the warm
     # start's recipes; later fine-tuning trials take lr and dropout from the best of them.
-    head_trials: int = 0
+    head_trials: int = at_least(0, default=0)
     # Classes, images per class of train and val, content hash (tuner.training._fingerprint); None
     # for studies created before fingerprints, which are then not checked.
     data_fingerprint: Mapping[str, Any] | None = None
@@ -72,12 +78,10 @@ class StudyConfig:
             raise TunerError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
         if not isinstance(self.prior_weight, (int, float)) or not 0 <= self.prior_weight < float("inf"):
             raise TunerError(f"--prior-weight must be a number >= 0, got {self.prior_weight!r}")
-        for flag, value, least in (("--startup-trials", self.startup_trials, 0),
-                                   ("--min-resource", self.min_resource, 1),
-                                   ("--reduction-factor", self.reduction_factor, 2),
-                                   ("--head-trials", self.head_trials, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise TunerError(f"{flag} must be an integer >= {least}, got {value!r}")
+        for f in dataclasses.fields(self):
+            least, value = f.metadata.get("at_least"), getattr(self, f.name)
+            if least is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise TunerError(f"--{f.name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
 
     def to_attr(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

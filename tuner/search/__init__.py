@@ -1,0 +1,24 @@
+"""The Optuna side: studies, samplers, pruners and priors, and the objective that runs a trial."""
+
+from tuner._lazy import lazy_api
+
+__getattr__, __dir__, __all__ = lazy_api(__name__, {
+    "_budget": ("StudyControl", "request_stop"),
+    "_head_stage": ("check_head_stage",),
+    "_note": ("study_note",),
+    "_objective": ("Objective", "make_objective"),
+    "_samplers": ("make_pruner", "make_sampler"),
+    "_study": (
+        "CONFIG_ATTR",
+        "CREATED_ATTR",
+        "budget_left",
+        "config_from_attrs",
+        "finished_count",
+        "set_up_new_study",
+        "stored_attrs",
+        "stored_config",
+        "study_space",
+        "within_budget",
+    ),
+    "_study_progress": ("StudyProgress", "read_progress", "span_of", "study_progress"),
+})

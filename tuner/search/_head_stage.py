@@ -10,8 +10,8 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
-from tuner.space._space import SearchSpace
 from tuner.search._wrapped import WrappedSampler
+from tuner.space import SearchSpace
 
 # The head's own settings: what a head-only trial on cached features (about 1% of a
 # fine-tuning trial's cost) measures as well as a fine-tuning trial does.

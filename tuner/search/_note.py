@@ -5,8 +5,7 @@ from __future__ import annotations
 import optuna
 
 from tuner.config import StudyConfig
-from tuner.space._describe import branch_prior, branch_range, branch_when, rounded
-from tuner.space._space import SearchSpace
+from tuner.space import SearchSpace, branch_prior, branch_range, branch_when, rounded
 from tuner.text import significant
 
 

@@ -12,32 +12,38 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import optuna
+import torch
 
 from tuner.errors import SpaceError
 from tuner.progress import Progress, short_params
-from tuner.space._space import SearchSpace
-from tuner.training._batches import place_images
-from tuner.training._data import ImageData
-from tuner.training._epochs import fit
-from tuner.training._features import FeatureCache, FeatureCacheConfig, default_cache_dir
-from tuner.training._hyperparams import Hyperparams, check_space
-from tuner.training._settings import TrialSettings
-from tuner.training._loop import (
+from tuner.space import SearchSpace
+from tuner.training import (
     Diverged,
+    FeatureCache,
+    FeatureCacheConfig,
+    Hyperparams,
+    ImageData,
     OutOfMemory,
-    check_compiler,
+    Run,
+    RunInputs,
+    TrainingState,
+    TrialSettings,
+    build_run,
+    check_space,
+    count_trainable,
+    default_cache_dir,
+    derive_seed,
+    fit,
     fitting_loss,
     free_device_memory,
     make_runtime,
-    resolve_device,
+    place_images,
+    probe,
+    task_of,
+    training_device,
+    wants_probe,
     without_oom,
 )
-from tuner.training._models import count_trainable
-from tuner.training._probe import probe, wants_probe
-from tuner.training._run import Run, RunInputs, build_run
-from tuner.training._seeds import derive_seed
-from tuner.training._state import TrainingState
-from tuner.training._task import task_of
 
 
 class Checkpointer(Protocol):
@@ -62,26 +68,30 @@ def lineage(trial: optuna.Trial) -> int:
 
 
 class Objective:
-    """Callable for `study.optimize`: samples the space, trains, reports, and records attrs."""
+    """Callable for `study.optimize`: samples the space, trains, reports, and records attrs.
+
+    It trusts what it is given and checks nothing again: `space` has passed check_space and
+    `device` is settings.device resolved (and checked for --compile) by training_device, both
+    once per run where the study was prepared or opened, before anything was written. A
+    caller holding unchecked inputs builds it with make_objective.
+    """
 
     def __init__(
         self,
         space: SearchSpace,
         data: ImageData,
         settings: TrialSettings,
+        device: torch.device,
         *,
         checkpointer: Checkpointer | None = None,
         on_epoch: Callable[[optuna.Trial, int, int, float], None] | None = None,
         keep_best: Callable[[optuna.Trial, float, dict, dict], None] | None = None,
         progress: Progress | None = None,
     ) -> None:
-        check_space(space)
         self.space = space
         self.data = data
         self.settings = settings
-        self.device = resolve_device(settings.device)
-        if settings.compile:
-            check_compiler(self.device)
+        self.device = device
         self.runtime = make_runtime(self.device)
         self.checkpointer = checkpointer
         self.on_epoch = on_epoch
@@ -140,6 +150,14 @@ class Objective:
             weights=settings.weights, image_size=settings.image_size, seed=settings.seed,
             num_workers=settings.num_workers, compile=settings.compile, progress=self.progress,
         )
+
+
+def make_objective(space: SearchSpace, data: ImageData, settings: TrialSettings, **options: Any) -> Objective:
+    """An Objective from inputs nobody has checked yet (retrain, the benches, tests): the space
+    checked and settings.device resolved here, once, as `tuner run` does where it prepares the
+    study. `options`: Objective's keyword arguments."""
+    check_space(space)
+    return Objective(space, data, settings, training_device(settings.device, settings.compile), **options)
 
 
 class TrialRun:

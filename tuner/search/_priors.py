@@ -13,8 +13,8 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial
 
 from tuner.errors import TunerError
-from tuner.space._space import Branch, Prior, SearchSpace, _same
 from tuner.search._wrapped import WrappedSampler
+from tuner.space import Branch, Prior, SearchSpace, same
 
 # Draws of a truncated normal that may fall outside the range before we clip instead.
 _MAX_REJECTIONS = 64
@@ -116,7 +116,7 @@ class PriorGuidedSampler(WrappedSampler):
         their distribution)."""
         matching = [b for b in self.space.params.get(name, ()) if not b.fixed and b.distribution() == distribution]
         for branch in matching:
-            if all(key not in chosen or any(_same(chosen[key], a) for a in allowed) for key, allowed in branch.when):
+            if all(key not in chosen or any(same(chosen[key], a) for a in allowed) for key, allowed in branch.when):
                 return branch
         return matching[0] if matching else None
 

@@ -7,7 +7,7 @@ import optuna
 from tuner.config import StudyConfig
 from tuner.search._head_stage import HeadSettledSampler, StageUnpruned
 from tuner.search._priors import PriorGuidedSampler
-from tuner.space._space import SearchSpace
+from tuner.space import SearchSpace
 
 
 def epoch_cap(space: SearchSpace, max_epochs: int | None) -> int:

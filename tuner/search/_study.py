@@ -12,7 +12,7 @@ from tuner.config import StudyConfig
 from tuner.errors import StudyError
 from tuner.search._note import save_note
 from tuner.search._warm_start import first_trials
-from tuner.space._space import SearchSpace, parse_space
+from tuner.space import SearchSpace, parse_space
 
 CONFIG_ATTR = "tuner_config"
 CREATED_ATTR = "tuner_created"  # ISO time, UTC: Optuna keeps no creation time of its own

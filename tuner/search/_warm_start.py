@@ -6,8 +6,8 @@ from typing import Any, Mapping
 
 from tuner.config import StudyConfig
 from tuner.search._head_stage import HEAD_STAGE_ATTR, stage_params
-from tuner.space._space import SearchSpace
-from tuner.training._hyperparams import Hyperparams
+from tuner.space import SearchSpace
+from tuner.training import Hyperparams
 
 # The seed's recommended starting points, tried first unless --no-warm-start.
 WARM_START = (

@@ -12,14 +12,11 @@ import yaml
 from optuna.trial import TrialState
 
 from tuner.errors import SpaceError, StudyError
-from tuner.search._budget import request_stop
-from tuner.search._study import CONFIG_ATTR, CREATED_ATTR, budget_left, finished_count
+from tuner.search import CONFIG_ATTR, CREATED_ATTR, budget_left, finished_count, request_stop
 from tuner.service._artifact_store import remove_study_artifacts
 from tuner.service._open import OpenedStudy, connect, load_any
 from tuner.service._storage import StorageSettings, mask_url
-from tuner.space._describe import branch_range
-from tuner.space._model import Branch, is_number
-from tuner.space._space import SearchSpace
+from tuner.space import Branch, SearchSpace, branch_range, is_number
 from tuner.text import plural
 
 ENQUEUED_ATTR = "enqueued"

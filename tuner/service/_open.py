@@ -13,13 +13,14 @@ import optuna
 
 from tuner.config import MachineOptions, StudyConfig
 from tuner.errors import StorageError, StudyError
-from tuner.search._samplers import make_pruner, make_sampler
-from tuner.search._study import config_from_attrs, set_up_new_study, stored_attrs, study_space
+from tuner.search import config_from_attrs, make_pruner, make_sampler, set_up_new_study, stored_attrs, study_space
 from tuner.service._storage import ResilientRDBStorage, StorageSettings, open_storage, ping, sqlite_file
-from tuner.space._space import SearchSpace
+from tuner.space import SearchSpace
 
 if TYPE_CHECKING:
-    from tuner.training._data import ImageData
+    import torch
+
+    from tuner.training import ImageData
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,16 @@ class OpenedStudy:
     machine: MachineOptions = field(default_factory=MachineOptions)
     # The study's user attrs as read at opening: the stop counter a worker starts from.
     attrs: Mapping[str, Any] = field(default_factory=dict)
-    # The study's images when this process has loaded and checked them already (`tuner run`).
+    # Set together once this process has checked the study for work on this machine (`tuner
+    # run`, see tuner.service._prepare): its images loaded and checked, and the device its
+    # trials train on, resolved. None: not checked yet (a `tuner worker` checks it itself).
     data: ImageData | None = None
+    device: torch.device | None = None
     created: bool = False
 
-    def with_data(self, data: ImageData) -> OpenedStudy:
-        return replace(self, data=data)
+    def ready(self, data: ImageData, device: torch.device) -> OpenedStudy:
+        """This study, checked for work here: its space checked, `data` and `device` as checked."""
+        return replace(self, data=data, device=device)
 
 
 def require_existing_sqlite(url: str) -> None:

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import optuna
 from optuna.trial import TrialState
 
-from tuner.search._budget import StudyControl
+from tuner.search import StudyControl
 from tuner.service._handover import TrialHandover
 from tuner.service._signals import StopFlag
 
 
+@dataclass(frozen=True, eq=False)
 class OtherWorkers:
     """The other workers' trials as this worker sees them near the budget's end, and its wait for them."""
 
-    def __init__(self, study: optuna.Study, control: StudyControl, handover: TrialHandover,
-                 stop: StopFlag, heartbeat_interval: float) -> None:
-        self.study = study
-        self.control = control
-        self.handover = handover
-        self.stop = stop
-        self.heartbeat_interval = heartbeat_interval
+    study: optuna.Study
+    control: StudyControl
+    handover: TrialHandover  # fails and requeues dead workers' trials
+    stop: StopFlag  # a stop (signal or `tuner stop`) ends the wait
+    heartbeat_interval: float  # the study's: the longest pause between two looks
 
     def nothing_to_do(self) -> bool:
         """The budget is taken by finished trials and none runs or waits: no data to load."""

@@ -15,22 +15,27 @@ import torch
 
 from tuner.config import MachineOptions, StudyConfig, StudyRequest, requested_settings
 from tuner.errors import DataError, ModelError, StudyError
-from tuner.search._head_stage import check_head_stage
-from tuner.search._note import study_note
-from tuner.training._hyperparams import check_space
-from tuner.training._task import metric_name
+from tuner.search import check_head_stage, study_note
 from tuner.service._artifact_store import default_artifacts_dir
 from tuner.service._open import OpenedStudy, connect, open_for_work, open_new, require_existing_sqlite
 from tuner.service._storage import StorageSettings, local_folder, normalize_url, storage_is_empty
-from tuner.space._space import SearchSpace, load_space
-from tuner.training._data import ImageData, describe_source, load_data
+from tuner.space import SearchSpace, load_space
 from tuner.text import byte_size
-from tuner.training._forward_memory import forward_bytes
-from tuner.training._spill import machine_ram
-from tuner.training._fingerprint import check_same_data, data_fingerprint
-from tuner.training._loop import resolve_device
-from tuner.training._models import ModelSpec, build_model
-from tuner.training._settings import data_config
+from tuner.training import (
+    ImageData,
+    ModelSpec,
+    build_model,
+    check_same_data,
+    check_space,
+    data_config,
+    data_fingerprint,
+    describe_source,
+    forward_bytes,
+    load_data,
+    machine_ram,
+    metric_name,
+    training_device,
+)
 
 
 def default_study_name(space_ref: str, data: str) -> str:
@@ -60,9 +65,11 @@ def prepare_study(settings: StorageSettings, name: str | None, request: StudyReq
         if storage is None:
             require_existing_sqlite(settings.url)
         raise DataError(f"study {study_name!r} does not exist yet: --data is required to create it")
+    # `--device gpu`, or cuda without CUDA, fails before the study exists.
+    device = training_device(machine.device, machine.compile)
     config, space, data = build_config(request, settings, machine)
     note = study_note(config, space, describe_source(request.data))
-    return open_new(settings, study_name, config, space, note, machine, storage=storage).with_data(data)
+    return open_new(settings, study_name, config, space, note, machine, storage=storage).ready(data, device)
 
 
 def continue_study(storage, settings: StorageSettings, name: str, request: StudyRequest,
@@ -70,8 +77,19 @@ def continue_study(storage, settings: StorageSettings, name: str, request: Study
     """Join an existing study with its stored settings; only machine-local flags may differ."""
     opened = open_for_work(settings, name, machine, storage=storage)
     check_compatible(name, opened.config, request.given)
-    resolve_device(machine.device)
-    return opened.with_data(load_checked_data(opened))
+    return ready_for_work(opened)
+
+
+def ready_for_work(opened: OpenedStudy) -> OpenedStudy:
+    """A joined study checked for work on this machine, before this process writes anything:
+    the device first (a bad one fails before seconds of decoding), the stored space, the
+    model's name, then the data. The one check of each for `tuner run` and `tuner worker`."""
+    device = training_device(opened.machine.device, opened.machine.compile)
+    check_space(opened.space)
+    # The study stores the model's name only: a machine that cannot import it (a
+    # MODULE:FUNCTION that is not here, timm not installed) stops before any trial.
+    ModelSpec(opened.config.model, weights=opened.config.weights)
+    return opened.ready(load_checked_data(opened), device)
 
 
 def load_checked_data(opened: OpenedStudy) -> ImageData:
@@ -85,9 +103,8 @@ def load_checked_data(opened: OpenedStudy) -> ImageData:
 
 def build_config(request: StudyRequest, settings: StorageSettings,
                  machine: MachineOptions) -> tuple[StudyConfig, SearchSpace, ImageData]:
-    """Validate the device, space, model, weights, data and input size of a new study,
-    before anything is written to the storage."""
-    resolve_device(machine.device)  # `--device gpu`, or cuda without CUDA, fails before the study exists
+    """Validate the space, model, weights, data and input size of a new study, before
+    anything is written to the storage (the device is checked before this)."""
     space = load_space(request.space)
     check_space(space)
     values = requested_settings(request, space.settings)

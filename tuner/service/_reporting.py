@@ -9,8 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from tuner.search._budget import StudyControl
-from tuner.search._study_progress import read_progress
+from tuner.search import StudyControl, read_progress
 from tuner.service._summary import WorkerSummary, summarize
 from tuner.text import plural
 

@@ -14,10 +14,10 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import OptionError, StudyError
-from tuner.service._artifact_store import open_artifact_store
 from tuner.config import StudyConfig
-from tuner.search._study import CONFIG_ATTR, stored_config
+from tuner.errors import OptionError, StudyError
+from tuner.search import CONFIG_ATTR, stored_config
+from tuner.service._artifact_store import open_artifact_store
 from tuner.service._open import OpenedStudy, connect, load_any
 from tuner.service._storage import StorageSettings, mask_url
 from tuner.text import significant

@@ -7,7 +7,7 @@ import signal
 import threading
 from typing import Any, Callable
 
-from tuner.search._budget import StudyControl
+from tuner.search import StudyControl
 
 
 class StopFlag:

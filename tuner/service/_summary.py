@@ -10,7 +10,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.search._study_progress import StudyProgress, span_of, study_progress
+from tuner.search import StudyProgress, span_of, study_progress
 from tuner.service._results import fail_kinds
 from tuner.service._storage import mask_url
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tuner.errors import DeviceError, OptionError
 from tuner.progress import PLAIN_ENV
-from tuner.training._device_spec import parse_device
+from tuner.training import parse_device
 
 # A child that keeps crashing is given up on after this many restarts.
 MAX_RESTARTS = 5

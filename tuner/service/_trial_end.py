@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.search._budget import StudyControl
+from tuner.search import StudyControl
 from tuner.service._checkpoints import (
     BEST_WEIGHTS_ATTR,
     ArtifactCheckpointer,
@@ -19,17 +20,18 @@ from tuner.service._study_artifacts import publish_best_model
 from tuner.service._trial_stops import HANDED_BACK_ATTR, OVER_BUDGET_ATTR
 
 
+@dataclass(frozen=True, eq=False)
 class TrialEnd:
     """The bookkeeping of a trial's end, and the tidy-up once the whole study is over."""
 
-    def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, store: Any,
-                 checkpointer: ArtifactCheckpointer, control: StudyControl, handover: TrialHandover) -> None:
-        self.study = study
-        self.storage = storage
-        self.store = store
-        self.checkpointer = checkpointer
-        self.control = control
-        self.handover = handover
+    study: optuna.Study
+    storage: optuna.storages.RDBStorage
+    # Where checkpoints and best weights live: the study's artifact store, and the
+    # checkpointer that writes checkpoints there under a trial's lineage.
+    store: Any
+    checkpointer: ArtifactCheckpointer
+    control: StudyControl
+    handover: TrialHandover  # requeues a handed-back trial
 
     def keep_best(self, trial: optuna.Trial, value: float, state_dict: dict, meta: dict) -> None:
         """Upload the weights when this trial beats every finished trial so far."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from tuner.search._study import within_budget
+from tuner.search import within_budget
 from tuner.service._storage import duplicate_retry
 
 HANDED_BACK_ATTR = "handed_back"

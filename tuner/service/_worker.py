@@ -12,14 +12,13 @@ from optuna.trial import FrozenTrial
 
 from tuner.config import StudyConfig
 from tuner.progress import progress_for
-from tuner.search._budget import StudyControl
-from tuner.search._objective import Objective
+from tuner.search import Objective, StudyControl
 from tuner.service._artifact_store import open_artifact_store
 from tuner.service._checkpoints import ArtifactCheckpointer
 from tuner.service._handover import TrialHandover
 from tuner.service._open import OpenedStudy
 from tuner.service._other_workers import OtherWorkers
-from tuner.service._prepare import load_checked_data
+from tuner.service._prepare import ready_for_work
 from tuner.service._reporting import Reporter
 from tuner.service._summary import WorkerSummary
 from tuner.service._signals import StopFlag
@@ -28,10 +27,7 @@ from tuner.service._torch_threads import TorchThreads
 from tuner.service._trial_end import TrialEnd
 from tuner.service._trial_stops import EXPECTED_STOPS, HANDED_BACK_ATTR, HandBack, TakenOver, refuse_start
 from tuner.service._worker_log import ExpectedStops, make_logger
-from tuner.training._loop import resolve_device
-from tuner.training._models import ModelSpec
-from tuner.training._seeds import derive_seed
-from tuner.training._settings import trial_settings
+from tuner.training import derive_seed, trial_settings
 
 
 def worker_name(device: str) -> str:
@@ -78,19 +74,12 @@ class Worker:
                                    self.storage_settings.heartbeat_interval)
 
     def build_objective(self) -> Objective:
-        opened = self.opened
-        data = opened.data
-        if data is None:
-            # Joined without preparing (`tuner worker`): the device first, so a bad one fails
-            # before seconds of decoding. The study stores the model's name only: a worker
-            # whose machine cannot import it (a MODULE:FUNCTION that is not here, timm not
-            # installed) stops before any trial.
-            resolve_device(self.options.device)
-            ModelSpec(self.config.model, weights=self.config.weights)
-            data = load_checked_data(opened)
+        # Joined without preparing (`tuner worker`): checked for work here, once.
+        opened = self.opened if self.opened.device is not None else ready_for_work(self.opened)
         return Objective(
-            opened.space, data, trial_settings(self.config, self.options), checkpointer=self.checkpointer,
-            on_epoch=self.on_epoch, keep_best=self.keep_best, progress=self.progress,
+            opened.space, opened.data, trial_settings(self.config, self.options), opened.device,
+            checkpointer=self.checkpointer, on_epoch=self.on_epoch, keep_best=self.keep_best,
+            progress=self.progress,
         )
 
     def run(self) -> WorkerSummary:

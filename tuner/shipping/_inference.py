@@ -9,14 +9,20 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from tuner.training._data import load_labelled
-from tuner.training._data_sources import IMAGE_EXTENSIONS
-from tuner.training._decode import read_image
 from tuner.errors import DataError
 from tuner.shipping._calibration import BINS, activation, confidences, expected_calibration_error, reliability
 from tuner.shipping._model_folder import load_model
 from tuner.progress import Progress
-from tuner.training._loop import Runtime, make_runtime, place_model, resolve_device, to_device
+from tuner.training import (
+    IMAGE_EXTENSIONS,
+    Runtime,
+    load_labelled,
+    make_runtime,
+    place_model,
+    read_image,
+    resolve_device,
+    to_device,
+)
 
 BATCH = 64
 

@@ -12,10 +12,7 @@ import torch
 from torch import nn
 
 from tuner.errors import ModelError
-from tuner.training._batches import eval_transform
-from tuner.training._decode import image_to_tensor
-from tuner.training._models import ModelSpec, build_model
-from tuner.training._sources import LITE0, TIMM_PREFIX
+from tuner.training import LITE0, TIMM_PREFIX, ModelSpec, build_model, eval_transform, image_to_tensor
 
 FORMAT = "tuner-model/1"
 INFO_FILE = "model.json"

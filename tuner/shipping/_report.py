@@ -11,9 +11,7 @@ from typing import Any, Callable
 import optuna
 
 from tuner.errors import StudyError
-from tuner.service._artifact_store import open_artifact_store
-from tuner.service._open import OpenedStudy
-from tuner.service._study_artifacts import publish_report
+from tuner.service import OpenedStudy, open_artifact_store, publish_report
 from tuner.shipping._report_data import (
     KEY_PARAMS,
     Finished,

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.service._results import all_params
+from tuner.service import all_params
 from tuner.text import plural
 
 # Optuna 5's default importance evaluator (PED-ANOVA) returns equal, meaningless importances

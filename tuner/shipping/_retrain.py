@@ -13,20 +13,24 @@ import torch
 from tuner.config import StudyConfig
 from tuner.errors import OptionError, TunerError
 from tuner.progress import Progress
-from tuner.search._objective import Objective
-from tuner.service._open import OpenedStudy
-from tuner.service._results import all_params, best_trial
+from tuner.search import Objective
+from tuner.service import OpenedStudy, all_params, best_trial
+from tuner.space import Branch, SearchSpace
+from tuner.training import (
+    ImageData,
+    OutOfMemory,
+    Run,
+    TrialSettings,
+    check_same_data,
+    data_config,
+    derive_seed,
+    load_data,
+    task_of,
+    trial_settings,
+    val_logits,
+)
 from tuner.shipping._calibration import Calibration, calibrate
 from tuner.shipping._model_folder import FORMAT, THRESHOLD, model_kind, write_folder
-from tuner.space._space import Branch, SearchSpace
-from tuner.training._data import ImageData, load_data
-from tuner.training._epochs import val_logits
-from tuner.training._fingerprint import check_same_data
-from tuner.training._loop import OutOfMemory
-from tuner.training._run import Run
-from tuner.training._seeds import derive_seed
-from tuner.training._settings import TrialSettings, data_config, trial_settings
-from tuner.training._task import task_of
 
 
 # Under --include-val, this share of val stays out of training: the temperature is fitted on it.

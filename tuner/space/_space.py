@@ -9,10 +9,8 @@ import yaml
 
 from tuner.errors import SpaceError
 
-# Re-exported: the layers above import a search space's whole vocabulary from this module; the
-# space itself is defined in _model.py and a document's checks are in _validator.py.
-from tuner.space._model import Branch, Prior, SearchSpace, fmt  # noqa: F401
-from tuner.space._model import same as _same  # noqa: F401  (tuner.search._priors imports it by this name)
+# The space itself is defined in _model.py and a document's checks are in _validator.py.
+from tuner.space._model import SearchSpace
 from tuner.space._validator import validate
 
 

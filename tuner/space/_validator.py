@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tuner.errors import SpaceError
@@ -12,6 +12,13 @@ from tuner.space._model import Branch, Prior, SearchSpace, fmt, is_int, is_numbe
 PARAM_TYPES = ("float", "int", "categorical", "fixed")
 TOP_LEVEL_KEYS = ("description", "settings", "params")
 SETTING_KEYS = ("model", "image_size", "weights", "max_epochs")
+# Each setting's test of a value the file gives, and what the message says it must be.
+SETTING_RULES = {
+    "model": (lambda value: isinstance(value, str) and bool(value), "a model name"),
+    "image_size": (lambda value: is_int(value) and value >= 8, "an integer >= 8"),
+    "weights": (lambda value: isinstance(value, str) and bool(value), "imagenet, none or a file path"),
+    "max_epochs": (lambda value: is_int(value) and value >= 1, "an integer >= 1"),
+}
 # Values that come from the data rather than the sampler; `when` may test them.
 CONTEXT_VALUES: Mapping[str, tuple[str, ...]] = {"task": ("single_label", "multi_label")}
 KEYS_BY_TYPE: Mapping[str, frozenset[str]] = {
@@ -78,18 +85,10 @@ class _Validator(_Checker):
         if not isinstance(raw, dict):
             raise self.fail(f"settings must be a mapping, got {fmt(raw)}")
         self.unknown_keys(raw, SETTING_KEYS, "settings")
-        model = raw.get("model")
-        if model is not None and (not isinstance(model, str) or not model):
-            raise self.fail(f"settings.model must be a model name, got {fmt(model)}")
-        size = raw.get("image_size")
-        if size is not None and (not is_int(size) or size < 8):
-            raise self.fail(f"settings.image_size must be an integer >= 8, got {fmt(size)}")
-        weights = raw.get("weights")
-        if weights is not None and (not isinstance(weights, str) or not weights):
-            raise self.fail(f"settings.weights must be imagenet, none or a file path, got {fmt(weights)}")
-        cap = raw.get("max_epochs")
-        if cap is not None and (not is_int(cap) or cap < 1):
-            raise self.fail(f"settings.max_epochs must be an integer >= 1, got {fmt(cap)}")
+        for key, (fits, wanted) in SETTING_RULES.items():
+            value = raw.get(key)
+            if value is not None and not fits(value):
+                raise self.fail(f"settings.{key} must be {wanted}, got {fmt(value)}")
         return dict(raw)
 
     def branches(self, param: str, entry: Any) -> tuple[Branch, ...]:
@@ -128,13 +127,8 @@ class _EntryChecker(_Checker):
         return self.numeric(param, label, kind, entry, when)
 
     def numeric(self, param: str, label: str, kind: str, entry: dict, when: tuple) -> Branch:
-        is_num = is_int if kind == "int" else is_number
-        noun = "an integer" if kind == "int" else "a number"
-        for key in ("low", "high"):
-            if key not in entry:
-                raise self.fail(f"{label}.{key} is required for a {kind} parameter")
-            if not is_num(entry[key]):
-                raise self.fail(f"{label}.{key} must be {noun}, got {fmt(entry[key])}")
+        is_num, noun = number_test(kind)
+        self.required_numbers(label, entry, ("low", "high"), kind, f" for a {kind} parameter")
         low, high = entry["low"], entry["high"]
         log, step = entry.get("log", False), entry.get("step")
         if not isinstance(log, bool):
@@ -155,16 +149,21 @@ class _EntryChecker(_Checker):
             step=None if step is None else cast(step), when=when, prior=prior,
         )
 
+    def required_numbers(self, where: str, raw: dict, keys: tuple[str, ...], kind: str, why: str = "") -> None:
+        """Each of `keys` is in `raw`, and a number of `kind` (int, or float: any number)."""
+        is_num, noun = number_test(kind)
+        for key in keys:
+            if key not in raw:
+                raise self.fail(f"{where}.{key} is required{why}")
+            if not is_num(raw[key]):
+                raise self.fail(f"{where}.{key} must be {noun}, got {fmt(raw[key])}")
+
     def range_prior(self, label: str, raw: Any, low: float, high: float, log: bool) -> Prior:
         where = f"{label}.prior"
         if not isinstance(raw, dict):
             raise self.fail(f"{where} must be a mapping with centre and spread, got {fmt(raw)}")
         self.unknown_keys(raw, ("centre", "spread"), where)
-        for key in ("centre", "spread"):
-            if key not in raw:
-                raise self.fail(f"{where}.{key} is required")
-            if not is_number(raw[key]):
-                raise self.fail(f"{where}.{key} must be a number, got {fmt(raw[key])}")
+        self.required_numbers(where, raw, ("centre", "spread"), "float")
         centre, spread = raw["centre"], raw["spread"]
         if not low <= centre <= high:
             raise self.fail(f"{where}.centre must lie in the range {fmt(low)} .. {fmt(high)}, got {fmt(centre)}")
@@ -304,3 +303,8 @@ class _ConditionChecker(_Checker):
         for name in params:
             visit(name, [])
         return order
+
+
+def number_test(kind: str) -> tuple[Callable[[Any], bool], str]:
+    """The test a value of a range of `kind` passes, and its noun for messages."""
+    return (is_int, "an integer") if kind == "int" else (is_number, "a number")

@@ -15,15 +15,12 @@ from tuner.errors import DataError
 
 # The steps live beside this module: _data_sources (listing files, reading manifests), _decode
 # (PIL to tensors), _split (train/val), _spill (the memory limit), _augment (AugmentConfig).
-# Re-exported: the trainer's callers import a data source's whole vocabulary from here.
-from tuner.training._augment import AugmentConfig  # noqa: F401
-from tuner.training._data_config import DataConfig, gib_to_bytes  # noqa: F401  (gib_to_bytes: re-exported)
-from tuner.training._data_sources import (  # noqa: F401  (DataWarning, describe_source: re-exported)
+from tuner.training._data_config import DataConfig
+from tuner.training._data_sources import (
     DIGITS,
     SPLIT_DIRS,
     DataWarning,
     class_names,
-    describe_source,
     is_manifest,
     manifest_targets,
     quoted,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from tuner.errors import SpaceError, TunerError
 
 if TYPE_CHECKING:
-    from tuner.space._space import SearchSpace
+    from tuner.space import SearchSpace
 
 
 @dataclass(frozen=True)

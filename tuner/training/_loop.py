@@ -64,6 +64,15 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def training_device(spec: str, compile: bool) -> torch.device:
+    """The device trials train on, resolved once where a run checks its inputs; with
+    `compile`, refused on a CPU that cannot compile (see check_compiler)."""
+    device = resolve_device(spec)
+    if compile:
+        check_compiler(device)
+    return device
+
+
 def check_compiler(device: torch.device) -> None:
     """torch.compile generates C++ on a CPU and Triton kernels on CUDA: without the compiler
     for the device, every trial would fail at its first step."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tuner.training._batches import TensorBatches, eval_transform
-from tuner.training._data import AugmentConfig
+from tuner.training._augment import AugmentConfig
 from tuner.training._features import extract
 from tuner.training._hyperparams import Hyperparams
 from tuner.training._loop import Runtime, evaluate, train_one_epoch

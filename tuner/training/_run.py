@@ -8,7 +8,8 @@ import torch
 
 from tuner.progress import Progress
 from tuner.training._batches import ImageBatches, PlacedImages, TensorBatches, eval_transform, train_transform
-from tuner.training._data import AugmentConfig, ImageData
+from tuner.training._augment import AugmentConfig
+from tuner.training._data import ImageData
 from tuner.training._features import CachedFeatures, FeatureCache
 from tuner.training._hyperparams import Hyperparams
 from tuner.training._loop import (

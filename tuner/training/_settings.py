@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuner.config import MachineOptions, StudyConfig, default
-from tuner.training._data import DataConfig, gib_to_bytes
+from tuner.training._data_config import DataConfig, gib_to_bytes
 
 
 @dataclass(frozen=True)

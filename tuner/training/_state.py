@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -10,27 +11,28 @@ from torch import nn
 from tuner.training._loop import EarlyStopping
 
 
+@dataclass(eq=False)  # compared by identity, as before: its fields hold tensors and modules
 class TrainingState:
     """What training changes: weights, optimizer, schedule, scaler, early stopping, history,
     the best epoch's weights, the RNG states and how far gradual unfreezing has gone.
 
     Its checkpoint dict's keys are those of every checkpoint written so far: one written
-    before must still resume.
+    before must still resume. Not frozen: training moves it on epoch by epoch.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler,
-                 stopper: EarlyStopping, generator: torch.Generator) -> None:
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.scaler = scaler
-        self.stopper = stopper
-        self.generator = generator
-        self.start_epoch = 1
-        self.history: list[dict[str, float]] = []
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.unfrozen_blocks = 0  # freeze=gradual: how far unfreezing has gone
-        self.resumed = False
+    # What trains, built by the run: their own state_dicts go into the checkpoint.
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch LR scheduler, or None
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    stopper: EarlyStopping
+    generator: torch.Generator  # the training loader's shuffling RNG, saved in the checkpoint
+    # How far training has gone: load_state_dict sets it again from a checkpoint.
+    start_epoch: int = 1
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    unfrozen_blocks: int = 0  # freeze=gradual: how far unfreezing has gone
+    resumed: bool = False
 
     def keep_best(self) -> None:
         """The current weights are the best so far: a copy on the CPU, so that training goes on."""
