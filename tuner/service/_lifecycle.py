@@ -15,6 +15,7 @@ from tuner.errors import SpaceError, StudyError
 from tuner.search._budget import request_stop
 from tuner.search._study import CONFIG_ATTR, CREATED_ATTR, budget_left, finished_count
 from tuner.service._artifact_store import remove_study_artifacts
+from tuner.service._counts import trial_counts
 from tuner.service._open import OpenedStudy, connect, load_any
 from tuner.service._storage import StorageSettings, mask_url
 from tuner.space._describe import branch_range
@@ -35,10 +36,7 @@ def list_studies(storage_url: str) -> dict[str, Any]:
 
 
 def study_row(study: optuna.Study) -> dict[str, Any]:
-    states = {state.name: 0 for state in TrialState}
     trials = study.get_trials(deepcopy=False)
-    for trial in trials:
-        states[trial.state.name] += 1
     attrs = study.user_attrs
     config = attrs.get(CONFIG_ATTR)
     return {
@@ -46,8 +44,7 @@ def study_row(study: optuna.Study) -> dict[str, Any]:
         "tuner": config is not None,
         "metric": config["metric"] if config else None,
         "n_trials": config["n_trials"] if config else None,
-        "trials": len(trials),
-        "states": states,
+        **trial_counts(trials),  # counted as `tuner status` counts them
         "best": best_value(study),
         "created": attrs.get(CREATED_ATTR) or first_start(trials),
     }
