@@ -273,6 +273,49 @@ def test_an_unknown_study_is_one_clear_error(storage_url, tiny_space, tmp_path, 
     assert optuna.get_all_study_names(storage=storage_url) == ["mine"]
 
 
+# Every command that reads or manages one study, and what it prints when --study is left out
+# and the storage's only study is "mine" (None: only that it runs on "mine").
+DEFAULT_STUDY = [
+    pytest.param(["best"], "study mine: best val_accuracy = 0.7500 (trial 0)", id="best"),
+    pytest.param(["export", "--format", "json"], '"study": "mine"', id="export"),
+    pytest.param(["report", "--out", "report"], None, id="report"),
+    pytest.param(["retrain", "--out", "model"], None, id="retrain"),
+    pytest.param(["extend", "--n-trials", "5"], "study mine: budget 3 -> 5 trials", id="extend"),
+    pytest.param(["stop"], "asked the workers of study mine to stop", id="stop"),
+    pytest.param(["enqueue", "--params", "p.yaml"], "queued in study mine:", id="enqueue"),
+    pytest.param(["status"], "study mine: 1/3 finished", id="status"),
+]
+
+
+@pytest.mark.parametrize("command, shown", DEFAULT_STUDY)
+def test_the_storage_s_only_study_is_every_command_s_default(tmp_path, tiny_space, monkeypatch, command, shown):
+    """`tuner best` needed --study where `tuner status` did not: one rule for all of them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text("lr: 0.002\n")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    add_finished_trial(library_study(url, "mine", tiny_space, n_trials=3, warm_start=False), 0.75)
+    if shown is not None:
+        result = invoke(*command, "--storage", url)
+        assert result.exit_code == 0, result.output
+        assert shown in result.output
+    library_study(url, "other", tiny_space, n_trials=3, warm_start=False)
+    result = invoke(*command, "--storage", url)
+    if command == ["status"]:  # status shows every study when it names none
+        assert result.exit_code == 0 and "study other: 0/3 finished" in result.output, result.output
+        return
+    assert result.exit_code == 1, result.output
+    assert result.output == "Error: this storage holds 2 studies: name one with --study (mine, other)\n"
+    assert not (tmp_path / "report").exists() and not (tmp_path / "model").exists()
+
+
+def test_a_command_on_an_empty_storage_says_there_is_no_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.storages.RDBStorage(url)  # the tables, no study
+    result = invoke("best", "--storage", url)
+    assert result.exit_code == 1
+    assert result.output == "Error: this storage holds no study yet (create one with tuner run or tuner create)\n"
+
+
 # --- status of running trials -----------------------------------------------------------------
 
 @pytest.mark.parametrize("silent, stale", [pytest.param(5, False, id="reported 5 s ago"),

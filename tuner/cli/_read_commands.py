@@ -9,7 +9,7 @@ import json
 
 import click
 
-from tuner.cli._options import storage_option
+from tuner.cli._options import storage_option, study_option
 
 
 @click.command()
@@ -35,11 +35,11 @@ def status(study: str | None, storage: str, fmt: str) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study whose best trial is shown.")
+@study_option("The study whose best trial is shown")
 @storage_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
               help="yaml prints a search-space file that fixes every parameter to the best value.")
-def best(study: str, storage: str, fmt: str) -> None:
+def best(study: str | None, storage: str, fmt: str) -> None:
     """The best trial's value, number and parameters, as they ran (epochs trained).
 
     \b
@@ -66,12 +66,12 @@ def best(study: str, storage: str, fmt: str) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study whose trials are exported.")
+@study_option("The study whose trials are exported")
 @storage_option
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
               help="One CSV row per trial, or one JSON object.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
-def export(study: str, storage: str, fmt: str, out: str | None) -> None:
+def export(study: str | None, storage: str, fmt: str, out: str | None) -> None:
     """Every trial with its params, value, state and user attrs.
 
     \b
@@ -93,10 +93,10 @@ def export(study: str, storage: str, fmt: str, out: str | None) -> None:
 
 
 @click.command()
-@click.option("--study", required=True, metavar="NAME", help="The study to report on.")
+@study_option("The study to report on")
 @storage_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs and index.html.")
-def report(study: str, storage: str, out: str) -> None:
+def report(study: str | None, storage: str, out: str) -> None:
     """PNG plots (history, learning curves, parallel coordinates, importances) and an index.html.
 
     The report is also uploaded as study artifacts (optuna-dashboard's Study Artifacts).
