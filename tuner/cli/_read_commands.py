@@ -51,7 +51,7 @@ def best(study: str | None, storage: str, fmt: str) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    opened = open_for_reading(storage, study)
+    opened = open_for_reading(storage, study, read_only=True)
     summary = best_summary(opened)
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2))
@@ -83,7 +83,7 @@ def export(study: str | None, storage: str, fmt: str, out: str | None) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    text = export_trials(open_for_reading(storage, study), fmt)
+    text = export_trials(open_for_reading(storage, study, read_only=True), fmt)
     if out:
         with open(out, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)

@@ -77,10 +77,11 @@ def study_name(storage: optuna.storages.BaseStorage, name: str | None) -> str:
 
 
 def open_for_reading(url: str, name: str | None, *, machine: MachineOptions | None = None,
-                     storage: ResilientRDBStorage | None = None) -> OpenedStudy:
+                     storage: ResilientRDBStorage | None = None, read_only: bool = False) -> OpenedStudy:
     """A tuner study to read or manage (best, export, report, retrain, extend, stop, ...): `name`,
-    or the storage's only study; `machine`: this machine's options where the caller trains (retrain)."""
-    storage = storage or connect(StorageSettings(url=url))
+    or the storage's only study; `machine`: this machine's options where the caller trains (retrain);
+    `read_only`: the caller writes nothing (best, export), so a file it may not write opens read-only."""
+    storage = storage or connect(StorageSettings(url=url, read_only=read_only))
     name = study_name(storage, name)
     attrs = stored_attrs(storage, name)
     config = config_from_attrs(name, attrs)

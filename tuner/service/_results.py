@@ -36,7 +36,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
 
 
 def study_status(storage_url: str, name: str | None) -> dict[str, Any]:
-    storage = connect(StorageSettings(url=storage_url))
+    storage = connect(StorageSettings(url=storage_url, read_only=True))
     if name is not None:
         stored_config(storage, name)  # an unknown study: one clear error, listing the known ones
     names = [name] if name else optuna.get_all_study_names(storage=storage)
