@@ -16,6 +16,7 @@ from tuner.errors import DataError
 from tuner.shipping._model_folder import load_model
 from tuner.progress import Progress
 from tuner.training._loop import make_runtime, resolve_device, to_device
+from tuner.text import plural
 
 BATCH = 64
 
@@ -47,6 +48,16 @@ def image_files(inputs: Sequence[str]) -> list[Path]:
         else:
             raise DataError(f"{given}: no such file or folder")
     return files
+
+
+def none_readable(inputs: Sequence[str], files: Sequence[Path]) -> str:
+    """Why there is nothing to predict: what was given, how many image files it held, and that none is
+    readable (a folder of one broken file used to read "the only file given is not a readable image")."""
+    if len(inputs) == 1 and not Path(inputs[0]).expanduser().is_dir():
+        return f"{inputs[0]}: not a readable image"
+    where = f"folder {inputs[0]}" if len(inputs) == 1 else f"the {len(inputs)} paths given"
+    found = plural(len(files), "image file")
+    return f"found {found} in {where}, and {'it is not' if len(files) == 1 else 'none is'} a readable image"
 
 
 class Runner:
@@ -94,8 +105,7 @@ def predict(folder: str, inputs: Sequence[str], *, top_k: int, device: str = "au
     files = image_files(inputs)
     images, kept, skipped = decode(files, runner.size)
     if not kept:
-        raise DataError("the only file given is not a readable image" if len(files) == 1
-                        else f"none of the {len(files)} files is a readable image")
+        raise DataError(none_readable(inputs, files))
     probabilities = runner.probabilities(images, progress or Progress())
     classes = runner.model.classes
     predictions = []
