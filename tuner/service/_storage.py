@@ -281,6 +281,9 @@ def open_storage(settings: StorageSettings, *, heartbeat: bool = True) -> Resili
             storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs(url, settings.connect_timeout))
     except (OperationalError, SQLAlchemyError, ImportError) as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {short_reason(exc)}") from None
+    except optuna.exceptions.StorageInternalError as exc:
+        # Optuna's wrapper around the driver's error (a first read that commits, as reading does)
+        raise StorageError(f"cannot open storage {mask_url(url)}: {short_reason(exc.__cause__ or exc)}") from None
     except sqlite3.Error as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {exc}") from None
     if database is not None:
