@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from tuner.cli import cli
 from tuner.service._cores import CoreShare, default_folder, machine_cores
+from tuner.service._torch_threads import TorchThreads
 
 # A stand-in for another worker: it holds the lock on its pid file in `folder`, as a worker does.
 HOLDER = ("import fcntl, os, sys, time; f = open(os.path.join(sys.argv[1], str(os.getpid())), 'a'); "
@@ -154,3 +155,60 @@ def test_worker_help_says_how_the_cores_are_shared():
     result = CliRunner().invoke(cli, ["worker", "--help"])
     assert result.exit_code == 0
     assert "OMP_NUM_THREADS" in result.output and "TUNER_WORKERS_DIR" in result.output
+
+
+class FakeClock:
+    """time.monotonic for a test: it moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_thread_line_follows_each_change_but_is_logged_at_most_once_a_minute(tmp_path, sleepers, monkeypatch,
+                                                                                 caplog):
+    """It was printed four times in 30 s as another tuner process came and went."""
+    cores = machine_cores()
+    if cores < 2:
+        pytest.skip("one core: nothing to share")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("TUNER_WORKERS_DIR", str(tmp_path))
+    clock, before = FakeClock(), torch.get_num_threads()
+    torch.set_num_threads(cores)  # every core, as a worker starts (the tests run on one thread)
+    threads = TorchThreads(logging.LoggerAdapter(logging.getLogger("test_threads"), {}), clock=clock)
+    threads.join()
+    lines = []
+
+    def at(seconds: float, workers: int) -> None:
+        """A trial or epoch starts `seconds` after the first, with `workers` live workers."""
+        clock.now = 1000.0 + seconds
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="test_threads"):
+            threads.share()
+        assert torch.get_num_threads() == cores // workers  # the count itself follows at once
+        lines.extend((seconds, r.getMessage().split(":")[0]) for r in caplog.records)
+
+    try:
+        at(0, 1)
+        other = sleepers(tmp_path)
+        at(10, 2)                    # changed, but logged 10 s ago
+        other.kill()
+        other.wait(timeout=30)
+        at(20, 1)                    # back to what was logged: nothing to say
+        other = sleepers(tmp_path)
+        at(30, 2)
+        at(59.9, 2)                  # still within the minute
+        at(60, 2)                    # the minute is over: the change that held is logged now
+        other.kill()
+        other.wait(timeout=30)
+        at(70, 1)
+        at(119, 1)
+        at(120, 1)
+        at(500, 1)                   # no change since: nothing
+    finally:
+        threads.leave()
+        torch.set_num_threads(before)
+    assert lines == [(0, f"{cores} torch thread(s)"), (60, f"{cores // 2} torch thread(s)"),
+                     (120, f"{cores} torch thread(s)")]

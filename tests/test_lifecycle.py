@@ -201,7 +201,9 @@ def test_studies_lists_every_study_and_a_foreign_one_breaks_nothing(storage_url,
     assert report["storage"] == mask_url(storage_url)
     rows = {row["name"]: row for row in report["studies"]}
     assert rows["mine"] == {"name": "mine", "tuner": True, "metric": "val_accuracy", "n_trials": 3, "trials": 1,
+                            "finished": 1,
                             "states": {"RUNNING": 0, "COMPLETE": 1, "PRUNED": 0, "FAIL": 0, "WAITING": 0},
+                            "failed": 0, "handed_back": 0, "over_budget": 0, "retried": 0, "duplicate": 0,
                             "best": 0.75, "created": created}
     assert rows["foreign"]["tuner"] is False and rows["foreign"]["best"] is None
     assert rows["foreign"]["states"]["WAITING"] == 1
@@ -209,12 +211,46 @@ def test_studies_lists_every_study_and_a_foreign_one_breaks_nothing(storage_url,
     assert table.exit_code == 0
     cells = [line.split() for line in table.output.splitlines()[1:] if line.strip() and set(line.strip()) != {"─"}]
     assert ["mine", "1/3", "complete", "1", "val_accuracy", "0.7500", created] in cells
-    assert any(row[:2] == ["foreign", "1"] and "(not tuner's)" in " ".join(row) for row in cells), cells
+    assert any(row[:2] == ["foreign", "0"] and "(not tuner's)" in " ".join(row) for row in cells), cells
 
     status = invoke("status", "--storage", storage_url)
     assert status.exit_code == 0, status.output
     assert "study foreign: not created by tuner [waiting 1]" in status.output.splitlines()
     assert "study mine: 1/3 finished [complete 1]; best val_accuracy 0.7500 (trial 0)" in status.output.splitlines()
+
+
+def add_worker_trial(study: optuna.Study, state: TrialState, **attrs) -> None:
+    """A trial as a worker leaves it, with the user attrs (and retry system attrs) it writes."""
+    system = attrs.pop("system_attrs", {})
+    lr = {"lr": 5e-3}, {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}
+    study.add_trial(optuna.trial.create_trial(state=state, params=lr[0], distributions=lr[1],
+                                              user_attrs=attrs, system_attrs=system))
+
+
+def test_studies_and_status_count_the_same_trials_the_same_way(tmp_path, tiny_space):
+    """They disagreed: studies said `3/3 | fail 1, waiting 2` where status said `0/3 finished`."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = library_study(url, "s", tiny_space, n_trials=3, warm_start=False)
+    add_worker_trial(study, TrialState.FAIL, handed_back=True, lineage=0)   # 0: handed back ...
+    add_worker_trial(study, TrialState.WAITING, lineage=0, retry_of=0)       # 1: ... and its copy: one trial
+    add_worker_trial(study, TrialState.WAITING)                                # 2: queued
+    add_finished_trial(study, 0.5)                                             # 3
+    add_worker_trial(study, TrialState.FAIL, over_budget=True)                # never a trial
+    add_worker_trial(study, TrialState.FAIL, duplicate_of=1)                  # never a trial
+    add_worker_trial(study, TrialState.FAIL)                                  # 6: really failed
+
+    status = json.loads(invoke("status", "--storage", url, "--format", "json").output)["studies"][0]
+    listed = json.loads(invoke("studies", "--storage", url, "--format", "json").output)["studies"][0]
+    counts = ("trials", "finished", "states", "failed", "handed_back", "over_budget", "retried", "duplicate")
+    assert {k: status[k] for k in counts} == {k: listed[k] for k in counts}
+    assert (listed["trials"], listed["finished"], listed["failed"]) == (4, 1, 1)
+    expected = "complete 1, fail 1, handed back 1, over budget 1, duplicate 1, waiting 2"
+    status_text = invoke("status", "--storage", url).output
+    assert f"study s: 1/3 finished [{expected}]; best val_accuracy 0.5000 (trial 3)" in status_text.splitlines()
+    table = invoke("studies", "--storage", url).output  # the states cell may fold onto a second line
+    words = " ".join(table.split())
+    assert "s 1/3 complete 1, fail 1, handed back 1, over budget 1, duplicate 1," in words, table
+    assert "waiting 2" in words and "fail 2" not in words and "3/3" not in words, table
 
 
 UNKNOWN_STUDY = [
@@ -235,6 +271,49 @@ def test_an_unknown_study_is_one_clear_error(storage_url, tiny_space, tmp_path, 
     assert result.exit_code == 1
     assert result.output == "Error: no study named 'nope' in this storage (studies: mine)\n"
     assert optuna.get_all_study_names(storage=storage_url) == ["mine"]
+
+
+# Every command that reads or manages one study, and what it prints when --study is left out
+# and the storage's only study is "mine" (None: only that it runs on "mine").
+DEFAULT_STUDY = [
+    pytest.param(["best"], "study mine: best val_accuracy = 0.7500 (trial 0)", id="best"),
+    pytest.param(["export", "--format", "json"], '"study": "mine"', id="export"),
+    pytest.param(["report", "--out", "report"], None, id="report"),
+    pytest.param(["retrain", "--out", "model"], None, id="retrain"),
+    pytest.param(["extend", "--n-trials", "5"], "study mine: budget 3 -> 5 trials", id="extend"),
+    pytest.param(["stop"], "asked the workers of study mine to stop", id="stop"),
+    pytest.param(["enqueue", "--params", "p.yaml"], "queued in study mine:", id="enqueue"),
+    pytest.param(["status"], "study mine: 1/3 finished", id="status"),
+]
+
+
+@pytest.mark.parametrize("command, shown", DEFAULT_STUDY)
+def test_the_storage_s_only_study_is_every_command_s_default(tmp_path, tiny_space, monkeypatch, command, shown):
+    """`tuner best` needed --study where `tuner status` did not: one rule for all of them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text("lr: 0.002\n")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    add_finished_trial(library_study(url, "mine", tiny_space, n_trials=3, warm_start=False), 0.75)
+    if shown is not None:
+        result = invoke(*command, "--storage", url)
+        assert result.exit_code == 0, result.output
+        assert shown in result.output
+    library_study(url, "other", tiny_space, n_trials=3, warm_start=False)
+    result = invoke(*command, "--storage", url)
+    if command == ["status"]:  # status shows every study when it names none
+        assert result.exit_code == 0 and "study other: 0/3 finished" in result.output, result.output
+        return
+    assert result.exit_code == 1, result.output
+    assert result.output == "Error: this storage holds 2 studies: name one with --study (mine, other)\n"
+    assert not (tmp_path / "report").exists() and not (tmp_path / "model").exists()
+
+
+def test_a_command_on_an_empty_storage_says_there_is_no_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.storages.RDBStorage(url)  # the tables, no study
+    result = invoke("best", "--storage", url)
+    assert result.exit_code == 1
+    assert result.output == "Error: this storage holds no study yet (create one with tuner run or tuner create)\n"
 
 
 # --- status of running trials -----------------------------------------------------------------

@@ -300,7 +300,7 @@ def test_status_lists_running_trials_with_host_device_epoch_and_metric(storage_u
     assert 0 <= row.pop("elapsed_s") == row.pop("silent_s") < 60
     assert report == {"storage": mask_url(storage_url), "studies": [{
         "name": "live", "tuner": True, "metric": "val_accuracy", "direction": "maximize", "n_trials": 4,
-        "finished": 2, "states": {"RUNNING": 1, "COMPLETE": 1, "PRUNED": 1, "FAIL": 0, "WAITING": 0},
+        "trials": 3, "finished": 2, "states": {"RUNNING": 1, "COMPLETE": 1, "PRUNED": 1, "FAIL": 0, "WAITING": 0},
         "failed": 0, "handed_back": 0, "over_budget": 0, "retried": 0, "duplicate": 0,
         "best": {"value": 0.75, "number": 0},
         "running": [{"number": 2, "worker": "node7:4242:cuda", "host": "node7", "device": "cuda:0", "epoch": 3,

@@ -282,11 +282,21 @@ def test_predict_multilabel_prints_every_label_above_the_threshold(tmp_path):
     (["--model", "{tmp}/m", "{tmp}/nothing.png"], "Error: {tmp}/nothing.png: no such file or folder"),
     (["--model", "{tmp}/m", "{tmp}/empty"], "Error: folder {tmp}/empty has no image files "
                                             "(.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff)"),
-    (["--model", "{tmp}/m", "{tmp}/m/model.json"], "Error: the only file given is not a readable image"),
+    (["--model", "{tmp}/m", "{tmp}/m/model.json"], "Error: {tmp}/m/model.json: not a readable image"),
+    (["--model", "{tmp}/m", "{tmp}/broken"], "Error: found 3 image files in folder {tmp}/broken, and none is a "
+                                             "readable image"),
+    (["--model", "{tmp}/m", "{tmp}/one"], "Error: found 1 image file in folder {tmp}/one, and it is not a "
+                                          "readable image"),
+    (["--model", "{tmp}/m", "{tmp}/one", "{tmp}/broken"], "Error: found 4 image files in the 2 paths given, and "
+                                                          "none is a readable image"),
 ])
 def test_predict_errors_are_one_line(tmp_path, args, message):
     handmade_model(tmp_path / "m", ["cat", "dog"], [1.0, 0.0])
     (tmp_path / "empty").mkdir()
+    for folder, count in (("broken", 3), ("one", 1)):  # image files that are not images
+        (tmp_path / folder).mkdir()
+        for i in range(count):
+            (tmp_path / folder / f"{i}.jpg").write_bytes(b"not a jpeg")
     result = invoke(["predict", *(a.format(tmp=tmp_path) for a in args), "--device", "cpu"])
     assert (result.exit_code, result.stderr) == (1, message.format(tmp=tmp_path) + "\n")
 

@@ -28,7 +28,10 @@ COMMANDS = (run, create, worker, status, best, export, studies, report, dashboar
 @click.group(cls=TunerGroup, commands=COMMANDS,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="tuner")
-def cli() -> None:
+@click.option("--debug", is_flag=True, envvar="TUNER_DEBUG",
+              help="On an error, print its full traceback (and its causes') before the Error line "
+                   "(env TUNER_DEBUG=1).")
+def cli(debug: bool) -> None:
     """Hyperparameter search for transfer learning of image classifiers (torchvision, timm, your own).
 
     \b
@@ -43,6 +46,9 @@ def cli() -> None:
 
     Storage defaults to sqlite:///tuner.db (or $TUNER_STORAGE); use
     postgresql+psycopg://user:pass@host/db for workers on many machines.
+
+    An error is one `Error: ...` line; `tuner --debug COMMAND ...` (or TUNER_DEBUG=1) also
+    prints its traceback, e.g. of your own MODULE:FUNCTION model that raised.
 
     \b
     Examples:

@@ -6,16 +6,16 @@ import json
 
 import click
 
-from tuner.cli._options import STUDY_NAME, storage_option
+from tuner.cli._options import STUDY_NAME, storage_option, study_option
 from tuner.text import plural
 
 
 @click.command()
-@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study whose budget changes.")
+@study_option("The study whose budget changes")
 @storage_option
 @click.option("--n-trials", type=click.IntRange(min=1), required=True, metavar="N",
               help="The new budget (at least the finished trials).")
-def extend(study: str, storage: str, n_trials: int) -> None:
+def extend(study: str | None, storage: str, n_trials: int) -> None:
     """Raise (or lower) a study's budget; running workers take it up within an epoch.
 
     \b
@@ -27,14 +27,15 @@ def extend(study: str, storage: str, n_trials: int) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    old, new = extend_study(open_for_reading(storage, study), n_trials)
-    click.echo(f"study {study}: budget {old} -> {plural(new, 'trial')}")
+    opened = open_for_reading(storage, study)
+    old, new = extend_study(opened, n_trials)
+    click.echo(f"study {opened.name}: budget {old} -> {plural(new, 'trial')}")
 
 
 @click.command()
-@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study whose workers stop.")
+@study_option("The study whose workers stop")
 @storage_option
-def stop(study: str, storage: str) -> None:
+def stop(study: str | None, storage: str) -> None:
     """Stop the study's workers: each finishes its epoch, hands its trial back and exits 0.
 
     \b
@@ -46,19 +47,20 @@ def stop(study: str, storage: str) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    running = stop_study(open_for_reading(storage, study))
-    click.echo(f"asked the workers of study {study} to stop ({plural(running, 'trial')} running); "
-               f"`tuner worker --study {study}` resumes them later")
+    opened = open_for_reading(storage, study)
+    running = stop_study(opened)
+    click.echo(f"asked the workers of study {opened.name} to stop ({plural(running, 'trial')} running); "
+               f"`tuner worker --study {opened.name}` resumes them later")
 
 
 @click.command()
-@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study that gets the configuration.")
+@study_option("The study that gets the configuration")
 @storage_option
 @click.option("--params", "params_file", required=True, metavar="FILE.yaml",
               help="name: value lines, or the output of tuner best --format yaml.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="A readable list, or JSON for scripts.")
-def enqueue(study: str, storage: str, params_file: str, fmt: str) -> None:
+def enqueue(study: str | None, storage: str, params_file: str, fmt: str) -> None:
     """Queue a configuration (checked against the study's space) for the next free worker.
 
     \b
@@ -70,11 +72,12 @@ def enqueue(study: str, storage: str, params_file: str, fmt: str) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    params = enqueue_params(open_for_reading(storage, study), params_file)
+    opened = open_for_reading(storage, study)
+    params = enqueue_params(opened, params_file)
     if fmt == "json":
-        click.echo(json.dumps({"study": study, "params": params}, indent=2))
+        click.echo(json.dumps({"study": opened.name, "params": params}, indent=2))
         return
-    click.echo(f"queued in study {study}:")
+    click.echo(f"queued in study {opened.name}:")
     for name, value in params.items():
         click.echo(f"  {name}: {value}")
 

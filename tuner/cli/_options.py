@@ -33,6 +33,12 @@ def storage_option(f: Callable) -> Callable:
     )(f)
 
 
+def study_option(what: str) -> Callable[[Callable], Callable]:
+    """--study of a command that reads or manages one study: the storage's only study by default."""
+    return click.option("--study", type=STUDY_NAME, metavar="NAME",
+                        help=f"{what} (default: the storage's only study; name one where it has several).")
+
+
 def heartbeat_options(f: Callable) -> Callable:
     options = [
         click.option("--heartbeat-interval", type=click.IntRange(min=1), default=default("heartbeat_interval"), show_default=True,

@@ -9,7 +9,7 @@ import json
 
 import click
 
-from tuner.cli._options import STUDY_NAME, storage_option
+from tuner.cli._options import STUDY_NAME, storage_option, study_option
 
 
 @click.command()
@@ -35,13 +35,13 @@ def status(study: str | None, storage: str, fmt: str) -> None:
 
 
 @click.command()
-@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study whose best trial is shown.")
+@study_option("The study whose best trial is shown")
 @storage_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
               help="yaml prints a search-space file that fixes every parameter to the best value. The table "
                    "shows floats at 4 significant digits; json and yaml keep every digit, so that they rerun "
                    "(or enqueue) exactly the configuration that ran.")
-def best(study: str, storage: str, fmt: str) -> None:
+def best(study: str | None, storage: str, fmt: str) -> None:
     """The best trial's value, number and parameters, as they ran (epochs trained).
 
     \b
@@ -54,7 +54,7 @@ def best(study: str, storage: str, fmt: str) -> None:
     from tuner.text import significant
 
     require_existing_sqlite(storage)
-    opened = open_for_reading(storage, study)
+    opened = open_for_reading(storage, study, read_only=True)
     summary = best_summary(opened)
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2))
@@ -69,12 +69,12 @@ def best(study: str, storage: str, fmt: str) -> None:
 
 
 @click.command()
-@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study whose trials are exported.")
+@study_option("The study whose trials are exported")
 @storage_option
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
               help="One CSV row per trial, or one JSON object.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
-def export(study: str, storage: str, fmt: str, out: str | None) -> None:
+def export(study: str | None, storage: str, fmt: str, out: str | None) -> None:
     """Every trial with its params, value, state and user attrs.
 
     \b
@@ -86,7 +86,7 @@ def export(study: str, storage: str, fmt: str, out: str | None) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    text = export_trials(open_for_reading(storage, study), fmt)
+    text = export_trials(open_for_reading(storage, study, read_only=True), fmt)
     if out:
         with open(out, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
@@ -96,10 +96,10 @@ def export(study: str, storage: str, fmt: str, out: str | None) -> None:
 
 
 @click.command()
-@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study to report on.")
+@study_option("The study to report on")
 @storage_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs and index.html.")
-def report(study: str, storage: str, out: str) -> None:
+def report(study: str | None, storage: str, out: str) -> None:
     """index.html (the best configuration, a sortable table of every trial) and PNG plots of a study.
 
     The report is also uploaded as study artifacts (optuna-dashboard's Study Artifacts).

@@ -100,9 +100,16 @@ def evaluation_text(report: dict[str, Any]) -> str:
 
 def study_line(study: dict[str, Any]) -> str:
     if not study["tuner"]:
-        states = ", ".join(f"{k.lower()} {v}" for k, v in study["states"].items() if v)
-        return f"study {study['name']}: not created by tuner [{states or 'no trials'}]"
-    # FAIL as Optuna has it, less the trials that only Optuna calls failed (counted apart).
+        return f"study {study['name']}: not created by tuner [{counts_text(study)}]"
+    best = study["best"]
+    best_text = "none yet" if best is None else f"{best['value']:.4f} (trial {best['number']})"
+    return (f"study {study['name']}: {study['finished']}/{study['n_trials']} finished "
+            f"[{counts_text(study)}]; best {study['metric']} {best_text}")
+
+
+def counts_text(study: dict[str, Any]) -> str:
+    """`complete 2, waiting 1, handed back 1`: the trials of tuner.service._counts.trial_counts, as
+    status and studies both show them; FAIL is only what really failed, the rest is counted apart."""
     counts: dict[str, int] = {}
     for state, count in study["states"].items():
         if state != "FAIL":
@@ -110,11 +117,7 @@ def study_line(study: dict[str, Any]) -> str:
             continue
         counts["fail"] = study["failed"]
         counts.update({k.replace("_", " "): study[k] for k in ("handed_back", "over_budget", "retried", "duplicate")})
-    states = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-    best = study["best"]
-    best_text = "none yet" if best is None else f"{best['value']:.4f} (trial {best['number']})"
-    return (f"study {study['name']}: {study['finished']}/{study['n_trials']} finished "
-            f"[{states or 'no trials'}]; best {study['metric']} {best_text}")
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "no trials"
 
 
 def epoch_text(row: dict[str, Any]) -> str:
@@ -126,12 +129,12 @@ def epoch_text(row: dict[str, Any]) -> str:
 def studies_text(report: dict[str, Any]) -> str:
     rows = []
     for study in report["studies"]:
-        states = ", ".join(f"{k.lower()} {v}" for k, v in study["states"].items() if v) or "no trials"
         best = "-" if study["best"] is None else f"{study['best']:.4f}"
-        budget = f"/{study['n_trials']}" if study["tuner"] else ""
-        rows.append((study["name"], f"{study['trials']}{budget}", states, study["metric"] or "(not tuner's)",
+        # As status counts: finished trials out of the budget (a foreign study has none).
+        finished = f"{study['finished']}/{study['n_trials']}" if study["tuner"] else str(study["finished"])
+        rows.append((study["name"], finished, counts_text(study), study["metric"] or "(not tuner's)",
                      best, study["created"] or "-"))
     if not rows:
         return f"storage: {report['storage']}\nno studies"
-    table = simple_table(None, ("study", "trials", "states", "metric", "best", "created"), rows)
+    table = simple_table(None, ("study", "finished", "states", "metric", "best", "created"), rows)
     return f"storage: {report['storage']}\n{table}"

@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from tuner.cli._options import STUDY_NAME, machine_options, storage_option
+from tuner.cli._options import machine_options, storage_option, study_option
 from tuner.config import default
 
 
 @click.command()
-@click.option("--study", type=STUDY_NAME, required=True, metavar="NAME", help="The study whose best trial is retrained.")
+@study_option("The study whose best trial is retrained")
 @storage_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Model folder to write: weights.pt, model.json, README.md.")

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from tuner.errors import SpaceError, StudyError
 from tuner.search import CONFIG_ATTR, CREATED_ATTR, budget_left, finished_count, request_stop
 from tuner.service._artifact_store import remove_study_artifacts
+from tuner.service._counts import trial_counts
 from tuner.service._open import OpenedStudy, connect, load_any
 from tuner.service._storage import StorageSettings, mask_url
 from tuner.space import Branch, SearchSpace, branch_range, is_number
@@ -26,17 +27,14 @@ ENQUEUED_ATTR = "enqueued"
 
 def list_studies(storage_url: str) -> dict[str, Any]:
     """Every study of the storage; one that tuner did not create is listed as foreign."""
-    storage = connect(StorageSettings(url=storage_url))
+    storage = connect(StorageSettings(url=storage_url, read_only=True))
     rows = [study_row(load_any(storage, name))
             for name in optuna.get_all_study_names(storage=storage)]
     return {"storage": mask_url(storage_url), "studies": rows}
 
 
 def study_row(study: optuna.Study) -> dict[str, Any]:
-    states = {state.name: 0 for state in TrialState}
     trials = study.get_trials(deepcopy=False)
-    for trial in trials:
-        states[trial.state.name] += 1
     attrs = study.user_attrs
     config = attrs.get(CONFIG_ATTR)
     return {
@@ -44,8 +42,7 @@ def study_row(study: optuna.Study) -> dict[str, Any]:
         "tuner": config is not None,
         "metric": config["metric"] if config else None,
         "n_trials": config["n_trials"] if config else None,
-        "trials": len(trials),
-        "states": states,
+        **trial_counts(trials),  # counted as `tuner status` counts them
         "best": best_value(study),
         "created": attrs.get(CREATED_ATTR) or first_start(trials),
     }

@@ -68,11 +68,26 @@ def load_any(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def open_for_reading(url: str, name: str, *, machine: MachineOptions | None = None,
-                     storage: ResilientRDBStorage | None = None) -> OpenedStudy:
-    """A tuner study to read or manage (best, export, report, retrain, extend, stop, ...);
-    `machine`: this machine's options where the caller trains (retrain)."""
-    storage = storage or connect(StorageSettings(url=url))
+def study_name(storage: optuna.storages.BaseStorage, name: str | None) -> str:
+    """The study a command names; when it names none, the storage's only study (every read and
+    manage command's rule), else one error listing the studies to choose from."""
+    if name is not None:
+        return name
+    names = optuna.get_all_study_names(storage=storage)
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise StudyError("this storage holds no study yet (create one with tuner run or tuner create)")
+    raise StudyError(f"this storage holds {len(names)} studies: name one with --study ({', '.join(names)})")
+
+
+def open_for_reading(url: str, name: str | None, *, machine: MachineOptions | None = None,
+                     storage: ResilientRDBStorage | None = None, read_only: bool = False) -> OpenedStudy:
+    """A tuner study to read or manage (best, export, report, retrain, extend, stop, ...): `name`,
+    or the storage's only study; `machine`: this machine's options where the caller trains (retrain);
+    `read_only`: the caller writes nothing (best, export), so a file it may not write opens read-only."""
+    storage = storage or connect(StorageSettings(url=url, read_only=read_only))
+    name = study_name(storage, name)
     attrs = stored_attrs(storage, name)
     config = config_from_attrs(name, attrs)
     # A random sampler: nothing samples here, and building the config's own costs time.

@@ -18,6 +18,7 @@ from tuner.config import StudyConfig
 from tuner.errors import OptionError, StudyError
 from tuner.search import CONFIG_ATTR, stored_config
 from tuner.service._artifact_store import open_artifact_store
+from tuner.service._counts import trial_counts
 from tuner.service._open import OpenedStudy, connect, load_any
 from tuner.service._storage import StorageSettings, mask_url
 from tuner.text import significant
@@ -36,24 +37,17 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
 
 
 def study_status(storage_url: str, name: str | None) -> dict[str, Any]:
-    storage = connect(StorageSettings(url=storage_url))
+    storage = connect(StorageSettings(url=storage_url, read_only=True))
     if name is not None:
         stored_config(storage, name)  # an unknown study: one clear error, listing the known ones
     names = [name] if name else optuna.get_all_study_names(storage=storage)
     return {"storage": mask_url(storage_url), "studies": [one_status(storage, n) for n in names]}
 
 
-# Trials Optuna can only end as FAIL although nothing failed: counted apart (the note explains).
-BOOKKEEPING = ("handed_back", "over_budget", "retried", "duplicate")
-
-
 def one_status(storage, name: str) -> dict[str, Any]:
     # No sampler or pruner: status only reads (and a foreign study has no config to build them).
     study = load_any(storage, name)
     trials = study.get_trials(deepcopy=False)
-    states = {state.name: 0 for state in TrialState}
-    for trial in trials:
-        states[trial.state.name] += 1
     raw = study.user_attrs.get(CONFIG_ATTR)
     report: dict[str, Any] = {
         "name": name,
@@ -61,9 +55,7 @@ def one_status(storage, name: str) -> dict[str, Any]:
         "metric": raw["metric"] if raw else None,
         "direction": raw["direction"] if raw else None,
         "n_trials": raw["n_trials"] if raw else None,
-        "finished": states["COMPLETE"] + states["PRUNED"],
-        "states": states,
-        **fail_kinds(trials),
+        **trial_counts(trials),
         "best": best_info(study),
         "running": [],
     }
@@ -73,27 +65,6 @@ def one_status(storage, name: str) -> dict[str, Any]:
         report["running"] = [running_info(t, config.grace_period, now) for t in trials
                              if t.state == TrialState.RUNNING]
     return report
-
-
-def fail_kinds(trials) -> dict[str, Any]:
-    """FAIL trials by why: handed back, over budget, retried after a dead worker, or really failed."""
-    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
-    kinds = dict.fromkeys(BOOKKEEPING, 0)
-    failed = 0
-    for trial in trials:
-        if trial.state != TrialState.FAIL:
-            continue
-        if trial.user_attrs.get("handed_back"):
-            kinds["handed_back"] += 1
-        elif trial.user_attrs.get("over_budget"):
-            kinds["over_budget"] += 1
-        elif "duplicate_of" in trial.user_attrs:
-            kinds["duplicate"] += 1  # a second retry of one dead trial, dropped before training
-        elif trial.number in retried:
-            kinds["retried"] += 1
-        else:
-            failed += 1
-    return {"failed": failed, **kinds}
 
 
 def best_info(study: optuna.Study) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -41,6 +43,8 @@ class StorageSettings:
     grace_period: int = default("grace_period")
     max_retry: int = default("max_retry")
     connect_timeout: int = 10
+    # Only reads (status, studies, best, export): a SQLite file this user may not write opens read-only.
+    read_only: bool = False
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval < 1:
@@ -264,16 +268,25 @@ for _name in RETRIED_METHODS:
 
 
 def open_storage(settings: StorageSettings, *, heartbeat: bool = True) -> ResilientRDBStorage:
-    """Connect to the storage, creating its tables if needed; a clear StorageError otherwise."""
+    """Connect to the storage, creating its tables if needed (unless it only reads); a clear
+    StorageError otherwise."""
     url = normalize_url(settings.url)
+    database = sqlite_file(url)
     try:
-        use_write_ahead_log(url)
-        storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs(url, settings.connect_timeout))
+        if settings.read_only:
+            storage = ResilientRDBStorage(reading_url(url), engine_kwargs=engine_kwargs(url, settings.connect_timeout),
+                                          skip_table_creation=True)
+        else:
+            use_write_ahead_log(url)
+            storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs(url, settings.connect_timeout))
     except (OperationalError, SQLAlchemyError, ImportError) as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {short_reason(exc)}") from None
+    except optuna.exceptions.StorageInternalError as exc:
+        # Optuna's wrapper around the driver's error (a first read that commits, as reading does)
+        raise StorageError(f"cannot open storage {mask_url(url)}: {short_reason(exc.__cause__ or exc)}") from None
     except sqlite3.Error as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {exc}") from None
-    if sqlite_file(url) is not None:
+    if database is not None:
         lock_at_begin(storage)
     if heartbeat:
         storage.start_heartbeat(settings)
@@ -296,6 +309,29 @@ def lock_at_begin(storage: ResilientRDBStorage) -> None:
     def begin_immediate(connection) -> None:
         if getattr(storage.changing_state, "active", False):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def reading_url(url: str) -> str:
+    """The URL a command that only reads opens: a SQLite file this user may not write, read-only.
+
+    Opened as usual, such a file failed with "unable to open database file" (or "attempt to write
+    a readonly database"): SQLite writes beside it, and Optuna would create missing tables. With
+    mode=ro it writes nothing, but a file in WAL mode still needs its -shm index, which it cannot
+    create in a folder it may not write: when no -wal file is there (no writer has the file open,
+    for a writer keeps one while it has), immutable=1 reads the file as it is without that index.
+    Where a writer has it open, its -wal and -shm are there, and mode=ro reads them as they change.
+    """
+    database = sqlite_file(url)
+    if database is None or writable(database):
+        return url
+    options = "mode=ro" + ("" if database.with_name(database.name + "-wal").exists() else "&immutable=1")
+    # Quoted twice: SQLAlchemy unquotes the URL's path once, SQLite the file: URI's (a space, # or ?).
+    return f"sqlite:///file:{quote(quote(str(database.resolve())))}?{options}&uri=true"
+
+
+def writable(database: Path) -> bool:
+    """Whether this user may write the database file and create files beside it (-wal, -shm)."""
+    return os.access(database, os.W_OK) and os.access(database.parent, os.W_OK | os.X_OK)
 
 
 def use_write_ahead_log(url: str) -> None:

@@ -23,6 +23,7 @@ from tuner.training import (
     resolve_device,
     to_device,
 )
+from tuner.text import plural
 
 BATCH = 64
 
@@ -54,6 +55,16 @@ def image_files(inputs: Sequence[str]) -> list[Path]:
         else:
             raise DataError(f"{given}: no such file or folder")
     return files
+
+
+def none_readable(inputs: Sequence[str], files: Sequence[Path]) -> str:
+    """Why there is nothing to predict: what was given, how many image files it held, and that none is
+    readable (a folder of one broken file used to read "the only file given is not a readable image")."""
+    if len(inputs) == 1 and not Path(inputs[0]).expanduser().is_dir():
+        return f"{inputs[0]}: not a readable image"
+    where = f"folder {inputs[0]}" if len(inputs) == 1 else f"the {len(inputs)} paths given"
+    found = plural(len(files), "image file")
+    return f"found {found} in {where}, and {'it is not' if len(files) == 1 else 'none is'} a readable image"
 
 
 class Runner:
@@ -103,8 +114,7 @@ def predict(folder: str, inputs: Sequence[str], *, top_k: int, device: str = "au
     files = image_files(inputs)
     images, kept, skipped = decode(files, runner.size)
     if not kept:
-        raise DataError("the only file given is not a readable image" if len(files) == 1
-                        else f"none of the {len(files)} files is a readable image")
+        raise DataError(none_readable(inputs, files))
     probabilities = runner.probabilities(images, progress or Progress())
     classes = runner.model.classes
     predictions = []
