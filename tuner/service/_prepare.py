@@ -129,13 +129,27 @@ def check_input_size(network, name: str, image_size: int) -> None:
     fixed = getattr(network, "image_size", None)  # torchvision's ViTs take exactly one size
     if isinstance(fixed, int):
         raise ModelError(f"{name} needs {fixed} px input, got {image_size} (--image-size {fixed})")
-    for size in (s for s in PROBE_SIZES if s > image_size):
-        try:
-            forward(network, size)
-        except Exception:  # noqa: BLE001
-            continue
+    size = first_accepted(network, [s for s in PROBE_SIZES if s > image_size])
+    if size is not None:
         raise ModelError(f"{name} needs at least {size} px input, got {image_size} (--image-size {size})")
     raise ModelError(f"{name} cannot take {image_size} px input: {reason}")
+
+
+def smallest_input_size(network) -> int | None:
+    """The smallest of PROBE_SIZES (or a ViT's one fixed size) the model takes; None: none of them."""
+    network.eval()
+    fixed = getattr(network, "image_size", None)
+    return first_accepted(network, [fixed] if isinstance(fixed, int) else list(PROBE_SIZES))
+
+
+def first_accepted(network, sizes: list[int]) -> int | None:
+    for size in sizes:
+        try:
+            forward(network, size)
+        except Exception:  # noqa: BLE001 - any failure means this size does not fit
+            continue
+        return size
+    return None
 
 
 def forward(network, size: int) -> None:
