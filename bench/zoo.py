@@ -88,7 +88,7 @@ def main() -> None:
     print(f"SUMMARY: {counts['PASS']} PASS, {counts['REFUSED']} REFUSED, {counts['FAIL']} FAIL "
           f"of {len(outcomes)} ({len(names)} models) in {time.monotonic() - started:.0f} s")
     if args.out:
-        Path(args.out).write_text(markdown(outcomes, strategies, " ".join(sys.argv)), encoding="utf-8")
+        Path(args.out).write_text(markdown(outcomes, strategies, " ".join(["bench/zoo.py", *sys.argv[1:]])), encoding="utf-8")
         print(f"wrote {args.out}")
     sys.exit(1 if counts["FAIL"] else 0)
 
@@ -96,7 +96,8 @@ def main() -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="*", metavar="PATTERN",
-                        help="comma-separated shell patterns (resnet*, vit_b_16) or substrings of model names")
+                        help="comma-separated shell patterns (resnet*, vit_b_16) or substrings of model names; "
+                             "MODULE:FUNCTION names a model of yours")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help=f"comma-separated, of {', '.join(STRATEGIES)} (default: all)")
     parser.add_argument("--out", metavar="FILE", help="also write the table as markdown")
@@ -104,15 +105,19 @@ def parse_args() -> argparse.Namespace:
 
 
 def select_models(patterns: str) -> tuple[list[str], int]:
-    """The models the patterns select (timm's left out), and how many timm models were skipped."""
+    """The models the patterns select (timm's left out), and how many timm models were skipped.
+
+    A MODULE:FUNCTION pattern is taken as it is: a model of the user's, as --model takes one.
+    """
     every = available_models()
     timm = [n for n in every if n.startswith(TIMM_PREFIX)]
     wanted = [p for p in patterns.split(",") if p]
+    functions = [p for p in wanted if ":" in p and not p.startswith(TIMM_PREFIX)]
 
     def chosen(name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, p) or p in name for p in wanted)
 
-    return [n for n in every if not n.startswith(TIMM_PREFIX) and chosen(n)], len(timm)
+    return [n for n in every if not n.startswith(TIMM_PREFIX) and chosen(n)] + functions, len(timm)
 
 
 class Sweep:
@@ -165,13 +170,16 @@ class Sweep:
 
     def refused(self, name: str) -> Outcome:
         """`tuner create` of a model no probed size fits: one Error line, exit 1, no storage file."""
-        folder = self.scratch / f"refused-{name}"
+        folder = self.scratch / f"refused-{name.replace(':', '-')}"
         folder.mkdir()
         started = time.monotonic()
-        command = [sys.executable, "-m", "tuner", "create", "--data", "digits", "--model", name, "--weights", "none",
+        command = [sys.executable, "-m", "tuner", "create", "--study", "zoo", "--data", "digits", "--model", name, "--weights", "none",
                    "--image-size", "16", "--storage", f"sqlite:///{folder / 'tuner.db'}",
                    "--artifacts", str(folder / "artifacts")]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=folder, env=os.environ.copy())
+        # Run elsewhere, so that a stray file would show; a MODULE:FUNCTION model imports from here.
+        path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=folder,
+                              env={**os.environ, "PYTHONPATH": path})
         lines = (done.stdout + done.stderr).strip().splitlines()
         clean = (done.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error:")
                  and not any(folder.iterdir()))
@@ -217,7 +225,7 @@ def markdown(outcomes: list[Outcome], strategies: list[str], command: str) -> st
         by_model.setdefault(outcome.model, []).append(outcome)
     for model, mine in by_model.items():
         size = f"{mine[0].size}" if mine[0].size else "-"
-        note = next((o.detail for o in mine if o.detail), "")
+        note = next((o.detail for o in mine if o.detail), "").replace("|", "/")
         rows.append(f"| {model} | {size} | " + " | ".join(o.result for o in mine) + f" | {note} |")
     return "\n".join(rows) + "\n"
 
