@@ -41,6 +41,9 @@ from tuner.training._settings import TrialSettings  # noqa: E402
 from tuner.training._sources import TIMM_PREFIX  # noqa: E402
 
 STRATEGIES = ("head", "last_blocks", "full", "gradual", "probe")
+# Two images train and two validate: one epoch is one step. At a model's smallest size its last
+# maps are often 1x1, and BatchNorm over two values per channel can give NaN gradients in a deep
+# network (resnet152): --batch-size 4 is the way out, and tuner prunes such a trial as diverged.
 BATCH = 2
 SPACE = """\
 params:
@@ -81,7 +84,7 @@ def main() -> None:
     started = time.monotonic()
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="tuner-zoo-") as scratch:
-        sweep = Sweep(Path(scratch))
+        sweep = Sweep(Path(scratch), args.batch_size)
         for name in names:
             outcomes.extend(sweep.model(name, strategies))
     counts = {r: sum(o.result == r for o in outcomes) for r in ("PASS", "REFUSED", "FAIL")}
@@ -100,6 +103,8 @@ def parse_args() -> argparse.Namespace:
                              "MODULE:FUNCTION names a model of yours")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help=f"comma-separated, of {', '.join(STRATEGIES)} (default: all)")
+    parser.add_argument("--batch-size", type=int, default=BATCH, metavar="N",
+                        help=f"images to train on, and the batch: one step (default {BATCH})")
     parser.add_argument("--out", metavar="FILE", help="also write the table as markdown")
     return parser.parse_args()
 
@@ -123,8 +128,9 @@ def select_models(patterns: str) -> tuple[list[str], int]:
 class Sweep:
     """Runs the zoo's trials; decoded digits are kept per input size, the feature cache in `scratch`."""
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, batch: int = BATCH) -> None:
         self.scratch = scratch
+        self.batch = batch
         self.data: dict[int, ImageData] = {}
 
     def model(self, name: str, strategies: list[str]) -> list[Outcome]:
@@ -143,7 +149,7 @@ class Sweep:
     def trial(self, name: str, size: int, strategy: str) -> Outcome:
         """One real trial of `strategy` through tuner's Objective: PASS when it completes one step."""
         freeze, head_init = ("last_blocks", "probe") if strategy == "probe" else (strategy, "random")
-        space = parse_space(SPACE.format(freeze=freeze, head_init=head_init, batch=BATCH),
+        space = parse_space(SPACE.format(freeze=freeze, head_init=head_init, batch=self.batch),
                             source="zoo.yaml", name="zoo")
         settings = TrialSettings(model=name, weights="none", image_size=size, device="cpu", seed=0,
                                  cache_dir=str(self.scratch / "features"))
@@ -158,12 +164,12 @@ class Sweep:
         return Outcome(name, strategy, result, size, time.monotonic() - started, detail)
 
     def digits(self, size: int) -> ImageData:
-        """BATCH training and BATCH validation images of digits: one epoch is one step."""
+        """`batch` training and `batch` validation images of digits: one epoch is one step."""
         if size not in self.data:
-            full = load_data(DataConfig("digits", size))
+            full, n = load_data(DataConfig("digits", size)), self.batch
             self.data[size] = ImageData(
-                train_images=full.train_images[:BATCH].clone(), train_targets=full.train_targets[:BATCH].clone(),
-                val_images=full.val_images[:BATCH].clone(), val_targets=full.val_targets[:BATCH].clone(),
+                train_images=full.train_images[:n].clone(), train_targets=full.train_targets[:n].clone(),
+                val_images=full.val_images[:n].clone(), val_targets=full.val_targets[:n].clone(),
                 classes=full.classes, multilabel=False, skipped=0,
             )
         return self.data[size]
