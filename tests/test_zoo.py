@@ -24,7 +24,7 @@ from tuner.training._settings import TrialSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 # The smallest (fewest parameters, fastest to build) member of each family. vit/swin:
-# swin_t takes small inputs (32 px); every torchvision ViT takes only 224 px.
+# swin_t takes 16 px inputs; every torchvision ViT takes only 224 px.
 FAMILIES = {
     "resnet": "resnet18", "squeezenet": "squeezenet1_1", "mobilenet": "mobilenet_v3_small",
     "efficientnet": "efficientnet_b0", "convnext": "convnext_tiny", "regnet": "regnet_x_400mf",
