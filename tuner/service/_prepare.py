@@ -150,11 +150,8 @@ def check_input_size(network, name: str, image_size: int) -> None:
         return
     except Exception as error:  # noqa: BLE001 - any failure means this size does not fit
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    for size in (s for s in PROBE_SIZES if s > image_size):
-        try:
-            forward(network, size)
-        except Exception:  # noqa: BLE001
-            continue
+    size = first_accepted(network, [s for s in PROBE_SIZES if s > image_size])
+    if size is not None:
         raise ModelError(f"{name} needs at least {size} px input, got {image_size} (--image-size {size})")
     raise ModelError(f"{name} cannot take {image_size} px input: {reason}")
 
@@ -167,6 +164,23 @@ def check_forward_memory(network, name: str, image_size: int) -> None:
         raise ModelError(f"{name} at {image_size} px: one image's forward keeps about {byte_size(needed)} "
                          f"(input and activations, for the backward pass), more than this machine's "
                          f"{byte_size(ram)} of RAM (--image-size)")
+
+
+def smallest_input_size(network) -> int | None:
+    """The smallest of PROBE_SIZES (or a ViT's one fixed size) the model takes; None: none of them."""
+    network.eval()
+    fixed = getattr(network, "image_size", None)
+    return first_accepted(network, [fixed] if isinstance(fixed, int) else list(PROBE_SIZES))
+
+
+def first_accepted(network, sizes: list[int]) -> int | None:
+    for size in sizes:
+        try:
+            forward(network, size)
+        except Exception:  # noqa: BLE001 - any failure means this size does not fit
+            continue
+        return size
+    return None
 
 
 def forward(network, size: int) -> None:

@@ -51,13 +51,19 @@ class ModelSpec:
 
 @dataclass
 class BuiltModel:
-    """A model with its new head, the head's dotted name and the input normalisation it expects."""
+    """A model with its new head, the head's dotted name and the input normalisation it expects.
+
+    `on_features` maps the head's input (what the feature cache holds) to the model's output:
+    the head itself, or for squeezenet, whose head is a 1x1 conv on the last feature map, the
+    head followed by the ReLU, global pooling and flatten the model applies after it.
+    """
 
     model: nn.Module
     head: nn.Module
     head_name: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    on_features: nn.Module
 
 
 def build_model(spec: ModelSpec) -> BuiltModel:
@@ -70,9 +76,12 @@ def build_model(spec: ModelSpec) -> BuiltModel:
     head_name = _find_head_name(model, spec.name, conv_ok=source.conv_head_ok)
     if local_path is not None:
         _load_local_weights(model, local_path, head_name, spec.name)
-    head = _new_head(model.get_submodule(head_name), spec.num_classes, spec.dropout)
+    old_head = model.get_submodule(head_name)
+    head = _new_head(old_head, spec.num_classes, spec.dropout)
     model.set_submodule(head_name, head)
-    return BuiltModel(model=model, head=head, head_name=head_name, mean=mean, std=std)
+    tail = _after_head(model, head_name, old_head)
+    return BuiltModel(model=model, head=head, head_name=head_name, mean=mean, std=std,
+                      on_features=nn.Sequential(head, *tail) if tail else head)
 
 
 def freeze(
@@ -211,6 +220,26 @@ def _find_head_name(model: nn.Module, name: str, conv_ok: bool) -> str:
     if not conv_ok:
         raise ModelError(f"model {name!r} has no final nn.Linear for tuner to replace with its own head")
     raise ModelError(f"cannot find the classification layer of model {name!r}")
+
+
+def _after_head(model: nn.Module, head_name: str, old_head: nn.Module) -> list[nn.Module]:
+    """What the model applies to the head's output before returning it, so that a head trained
+    on cached features computes what the whole model does.
+
+    The head's later siblings when its parent is a Sequential (which runs them in order:
+    squeezenet's classifier is dropout, conv, ReLU, global average pool), and for a conv head
+    a flatten to (batch, classes), as squeezenet's forward does after its classifier. A final
+    Linear (every other torchvision model, timm's, Lite0) has nothing after it.
+    """
+    parent_name, _, child = head_name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    after: list[nn.Module] = []
+    if isinstance(parent, nn.Sequential):
+        names = [name for name, _ in parent.named_children()]
+        after = [module for name, module in parent.named_children()][names.index(child) + 1:]
+    if isinstance(old_head, nn.Conv2d):
+        after.append(nn.Flatten(1))
+    return after
 
 
 def _new_head(old: nn.Module, num_classes: int, dropout: float) -> nn.Sequential:

@@ -14,6 +14,7 @@ from tuner.training._augment import AugmentConfig
 from tuner.training._features import extract
 from tuner.training._hyperparams import Hyperparams
 from tuner.training._loop import Runtime, evaluate, train_one_epoch
+from tuner.training._models import BuiltModel
 from tuner.training._seeds import derive_seed
 
 if TYPE_CHECKING:
@@ -36,13 +37,16 @@ class ProbeResult:
         return {"epochs": self.epochs, "seconds": round(self.seconds, 3), "val_metric": self.metric}
 
 
-def probe_head(head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-               loss_fn: nn.Module, runtime: Runtime, *, batch_size: int, seed: int, multilabel: bool) -> ProbeResult:
-    """Train `head` in place on (features, targets); its own optimizer, so the trial's is untouched.
+def probe_head(built: BuiltModel, train: tuple[torch.Tensor, torch.Tensor],
+               val: tuple[torch.Tensor, torch.Tensor], loss_fn: nn.Module, runtime: Runtime, *,
+               batch_size: int, seed: int, multilabel: bool) -> ProbeResult:
+    """Train the model's head in place on (features, targets); its own optimizer, so the trial's is untouched.
 
-    Only the head's parameters are given to the optimizer: the features are fixed tensors,
-    so no gradient can reach the backbone.
+    The features run through `built.on_features` (the head and whatever the model does after
+    it). Only the head's parameters are given to the optimizer: the features are fixed
+    tensors, so no gradient can reach the backbone.
     """
+    head, net = built.head, built.on_features
     started = time.monotonic()
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -55,8 +59,8 @@ def probe_head(head: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: t
     scaler = runtime.grad_scaler()
     head.train()
     for _ in range(PROBE_EPOCHS):
-        train_one_epoch(head, batches, loss_fn, optimizer, runtime, scaler)
-    result = evaluate(head, TensorBatches(val, batch_size), loss_fn, runtime, multilabel)
+        train_one_epoch(net, batches, loss_fn, optimizer, runtime, scaler)
+    result = evaluate(net, TensorBatches(val, batch_size), loss_fn, runtime, multilabel)
     head.train()
     return ProbeResult(PROBE_EPOCHS, time.monotonic() - started, result.metric)
 
@@ -73,7 +77,7 @@ def probe(run: Run) -> ProbeResult:
     """
     train, val = probe_features(run)
     return probe_head(
-        run.built.head, (train, run.data.train_targets), (val, run.data.val_targets), run.loss_fn,
+        run.built, (train, run.data.train_targets), (val, run.data.val_targets), run.loss_fn,
         run.runtime, batch_size=run.hp.batch_size, seed=derive_seed(run.seed, "probe"),
         multilabel=run.data.multilabel,
     )

@@ -117,7 +117,7 @@ class Run:
             # A frozen backbone is a fixed feature extractor: eval mode throughout (BatchNorm
             # statistics and any dropout inside it), exactly as the cached features were made.
             self.model.eval()
-            self.built.head.train()
+            self.built.head.train()  # what follows the head (squeezenet's pooling) holds no state
         else:
             set_train_mode(self.model)
 
@@ -155,7 +155,7 @@ def build_run(inputs: RunInputs, hp: Hyperparams, seed: int) -> Run:
     run.aug = AugmentConfig.from_params(hp.__dict__)
     run.features = cached_features(run)
     # With cached features only the head runs; otherwise the whole model does.
-    run.net = run.built.head if run.features is not None else run.model
+    run.net = run.built.on_features if run.features is not None else run.model
     if inputs.compile:
         # Only the network that runs is wrapped: run.model stays the plain module, so
         # state_dict() and checkpoints keep their keys (no `_orig_mod.` prefix).
