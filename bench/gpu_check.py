@@ -442,7 +442,7 @@ def probe_oom_branch(setup: Setup, data: ImageData) -> str:
     module = user_models(setup)
     sys.modules.pop(module, None)  # a fresh BUILT list
     probe_space = space(freeze="full", head_init="probe")
-    objective = Objective(probe_space, data, replace(settings(setup), model=f"{module}:oom_in_eval"))
+    objective = make_objective(probe_space, data, replace(settings(setup), model=f"{module}:oom_in_eval"))
     before = allocated_mib(setup)
     study = optuna.create_study(direction="maximize")
     study.optimize(objective, n_trials=1)
@@ -456,7 +456,7 @@ def probe_oom_branch(setup: Setup, data: ImageData) -> str:
         if kept > 96:
             raise AssertionError(f"{kept:.0f} MiB still allocated after the probe's out of memory")
         note += f"; {kept:.0f} MiB left allocated"
-    (fitting,) = one_trial(Objective(probe_space, data, settings(setup)))
+    (fitting,) = one_trial(make_objective(probe_space, data, settings(setup)))
     return note + "; next trial: " + completed(fitting)
 
 
@@ -481,7 +481,7 @@ def fp16_without_bf16_branch(setup: Setup, data: ImageData) -> str:
                                 ("head cache=on", {"freeze": "head"}, 1)):
         cache_dir = Path(tempfile.mkdtemp(prefix="features-", dir=setup.folder))
         with emulated_bf16_only():
-            objective = Objective(space(**params), data, settings(setup, cache_views=views, cache_dir=str(cache_dir)))
+            objective = make_objective(space(**params), data, settings(setup, cache_views=views, cache_dir=str(cache_dir)))
         if objective.runtime.amp_dtype != torch.float16 or objective.runtime.grad_scaler() is None:
             raise AssertionError(f"runtime {objective.runtime} on a GPU without native bf16")
         (trial,) = one_trial(objective)

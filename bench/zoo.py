@@ -32,7 +32,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
-from tuner.search._objective import Objective  # noqa: E402
+from tuner.search._objective import make_objective  # noqa: E402
 from tuner.service._prepare import smallest_input_size  # noqa: E402
 from tuner.space._space import parse_space  # noqa: E402
 from tuner.training._data import DataConfig, ImageData, load_data  # noqa: E402
@@ -156,7 +156,7 @@ class Sweep:
         study = optuna.create_study(direction="maximize")
         started = time.monotonic()
         try:
-            study.optimize(Objective(space, self.digits(size), settings), n_trials=1)
+            study.optimize(make_objective(space, self.digits(size), settings), n_trials=1)
         except Exception as exc:  # noqa: BLE001 - the point is to see every failure
             traceback.print_exc(limit=-3)
             return Outcome(name, strategy, "FAIL", size, time.monotonic() - started, reason(exc))

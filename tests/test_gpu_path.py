@@ -21,8 +21,9 @@ from optuna.trial import TrialState
 from torch import nn
 
 from tuner.progress import Progress
-from tuner.cli import cli, machine_options, storage_settings, study_request
-from tuner.search._objective import Objective
+from tuner.cli import cli
+from tuner.cli._options import machine_options, storage_settings, study_request
+from tuner.search._objective import make_objective
 from tuner.service._prepare import prepare_study
 from tuner.service._worker import Worker
 from tuner.space._space import parse_space
@@ -32,7 +33,7 @@ from tuner.training._augment import AugmentConfig
 from tuner.training._data import ImageData
 from tuner.training._features import FeatureCache, FeatureCacheConfig, tensor_digest
 from tuner.training._loop import Runtime, make_runtime, oom_message
-from tuner.training._models import ModelSpec, build_model
+from tuner.training._models import BuiltModel, ModelSpec, build_model
 from tuner.training._probe import probe_head
 from tuner.training._settings import TrialSettings
 
@@ -143,7 +144,7 @@ def test_out_of_memory_in_the_probe_prunes_the_trial_as_oom(user_module, tmp_pat
     settings = TrialSettings(model=f"{user_module}:oom_in_eval", weights="none", image_size=16, device="cpu",
                              cache_views=cache_views, cache_dir=str(tmp_path / "features"))
     study = optuna.create_study(direction="maximize")
-    study.optimize(Objective(fixed_space(freeze="full", head_init="probe"), tiny_data(), settings), n_trials=1)
+    study.optimize(make_objective(fixed_space(freeze="full", head_init="probe"), tiny_data(), settings), n_trials=1)
     (trial,) = study.trials
     assert (trial.state, trial.user_attrs["stop_reason"]) == (TrialState.PRUNED, "oom")
     assert "probe" not in trial.user_attrs
@@ -169,7 +170,8 @@ def test_the_probe_scales_its_fp16_loss_so_small_gradients_do_not_underflow():
     features = torch.full((64, 8), 6e-8)  # fp16's smallest subnormal: the gradients are ~1e-8
     targets = torch.arange(64) % 2
     runtime = Runtime(torch.device("cpu"), amp_dtype=torch.float16)
-    probe_head(head, (features, targets), (features[:8], targets[:8]), nn.CrossEntropyLoss(), runtime,
+    built = BuiltModel(model=head, head=head, head_name="", mean=(0.5,) * 3, std=(0.5,) * 3, on_features=head)
+    probe_head(built, (features, targets), (features[:8], targets[:8]), nn.CrossEntropyLoss(), runtime,
                batch_size=16, seed=0, multilabel=False)
     # Without gradients AdamW would only decay the weights: a change along the initial weights.
     steps = 20 * 4

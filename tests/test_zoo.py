@@ -15,7 +15,7 @@ import optuna
 import pytest
 import torch
 
-from tuner.search._objective import Objective
+from tuner.search._objective import make_objective
 from tuner.service._prepare import smallest_input_size
 from tuner.space._space import parse_space
 from tuner.training._data import DataConfig, ImageData, load_data
@@ -62,7 +62,7 @@ def one_trial(model: str, size: int, data: ImageData, freeze: str, head_init: st
     settings = TrialSettings(model=model, weights="none", image_size=size, device="cpu", seed=0,
                              cache_dir=str(cache_dir))
     study = optuna.create_study(direction="maximize")
-    study.optimize(Objective(space, data, settings), n_trials=1)
+    study.optimize(make_objective(space, data, settings), n_trials=1)
     (trial,) = study.trials
     return trial
 

@@ -11,7 +11,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.search import StudyProgress, span_of, study_progress
-from tuner.service._results import fail_kinds
+from tuner.service._counts import fail_kinds
 from tuner.service._storage import mask_url
 
 TOP = 3

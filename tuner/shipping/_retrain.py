@@ -13,7 +13,7 @@ import torch
 from tuner.config import StudyConfig
 from tuner.errors import OptionError, TunerError
 from tuner.progress import Progress
-from tuner.search import Objective
+from tuner.search import make_objective
 from tuner.service import OpenedStudy, all_params, best_trial
 from tuner.space import Branch, SearchSpace
 from tuner.training import (
@@ -134,8 +134,8 @@ def train_best(opened: OpenedStudy, request: RetrainRequest, best, data: ImageDa
         say(line)
 
     settings = retrain_settings(config, opened, best, request)
-    objective = Objective(with_fixed_epochs(opened.space, epochs), data, settings, on_epoch=on_epoch,
-                          progress=progress)
+    objective = make_objective(with_fixed_epochs(opened.space, epochs), data, settings, on_epoch=on_epoch,
+                               progress=progress)
     # The lineage gives the trial's own seed: on the CPU, the same data trains the same model.
     trial = optuna.trial.FixedTrial({**best.params, "epochs": epochs},
                                     number=best.user_attrs.get("lineage", best.number))
