@@ -426,14 +426,18 @@ def pruned_memory_branch(setup: Setup) -> str:
         raise AssertionError(f"trial ended {trial.state.name}/{trial.user_attrs.get('stop_reason')}")
     all_freed(module)
     note = f"PRUNED/diverged on {trial.user_attrs['device']}, its model freed while the worker lives"
-    if setup.cuda:
-        # Images on the GPU (tiny here) and cuBLAS's workspaces may stay; the model, its
-        # gradients and Adam's state (about 256 MiB) may not.
-        kept = allocated_mib(setup) - before
-        if kept > 96:
-            raise AssertionError(f"{kept:.0f} MiB still allocated after the pruned trial")
-        note += f"; {kept:.0f} MiB left allocated"
-    return note
+    return note + left_allocated(setup, before, "the pruned trial")
+
+
+def left_allocated(setup: Setup, before: float, after_what: str) -> str:
+    """On CUDA, what is still allocated since `before`: images on the GPU (tiny here) and cuBLAS's
+    workspaces may stay; a model, its gradients and Adam's state (about 256 MiB) may not."""
+    if not setup.cuda:
+        return ""
+    kept = allocated_mib(setup) - before
+    if kept > 96:
+        raise AssertionError(f"{kept:.0f} MiB still allocated after {after_what}")
+    return f"; {kept:.0f} MiB left allocated"
 
 
 def probe_oom_branch(setup: Setup, data: ImageData) -> str:
@@ -451,11 +455,7 @@ def probe_oom_branch(setup: Setup, data: ImageData) -> str:
         raise AssertionError(f"probe out of memory ended {trial.state.name}/{trial.user_attrs.get('stop_reason')}")
     all_freed(module)
     note = f"PRUNED/oom on {trial.user_attrs['device']}, model freed"
-    if setup.cuda:
-        kept = allocated_mib(setup) - before
-        if kept > 96:
-            raise AssertionError(f"{kept:.0f} MiB still allocated after the probe's out of memory")
-        note += f"; {kept:.0f} MiB left allocated"
+    note += left_allocated(setup, before, "the probe's out of memory")
     (fitting,) = one_trial(make_objective(probe_space, data, settings(setup)))
     return note + "; next trial: " + completed(fitting)
 
