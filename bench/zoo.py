@@ -64,7 +64,7 @@ params:
 class Outcome:
     model: str
     strategy: str
-    result: str  # PASS, REFUSED or FAIL
+    result: str  # PASS, PASS (batch N), REFUSED or FAIL
     size: int | None
     seconds: float
     detail: str = ""
@@ -87,7 +87,7 @@ def main() -> None:
         sweep = Sweep(Path(scratch), args.batch_size)
         for name in names:
             outcomes.extend(sweep.model(name, strategies))
-    counts = {r: sum(o.result == r for o in outcomes) for r in ("PASS", "REFUSED", "FAIL")}
+    counts = {r: sum(o.result.split()[0] == r for o in outcomes) for r in ("PASS", "REFUSED", "FAIL")}
     print(f"SUMMARY: {counts['PASS']} PASS, {counts['REFUSED']} REFUSED, {counts['FAIL']} FAIL "
           f"of {len(outcomes)} ({len(names)} models) in {time.monotonic() - started:.0f} s")
     if args.out:
@@ -131,7 +131,7 @@ class Sweep:
     def __init__(self, scratch: Path, batch: int = BATCH) -> None:
         self.scratch = scratch
         self.batch = batch
-        self.data: dict[int, ImageData] = {}
+        self.data: dict[tuple[int, int], ImageData] = {}
 
     def model(self, name: str, strategies: list[str]) -> list[Outcome]:
         started = time.monotonic()
@@ -144,35 +144,52 @@ class Sweep:
             refused = self.refused(name)
             return [self.report(Outcome(name, s, refused.result, None, refused.seconds, refused.detail))
                     for s in strategies]
-        return [self.report(self.trial(name, size, s)) for s in strategies]
+        return [self.report(self.with_retry(name, size, s)) for s in strategies]
 
-    def trial(self, name: str, size: int, strategy: str) -> Outcome:
+    def with_retry(self, name: str, size: int, strategy: str) -> Outcome:
+        """The trial, and once more at twice the batch if it was pruned as diverged.
+
+        At a model's smallest size its last maps are often 1x1, and BatchNorm over two values
+        per channel can overflow in a deep network's backward (resnet152 `full`): tuner rightly
+        prunes that trial as diverged, and with 4 images per batch the model trains. Reported
+        as PASS (batch 4), so one sweep shows every model training, and why it needed it."""
+        outcome = self.trial(name, size, strategy)
+        if outcome.detail != "trial pruned: diverged":
+            return outcome
+        retried = self.trial(name, size, strategy, batch=2 * self.batch)
+        if retried.result != "PASS":
+            return outcome
+        return Outcome(name, strategy, f"PASS (batch {2 * self.batch})", size, outcome.seconds + retried.seconds,
+                       f"batch {self.batch}: pruned as diverged")
+
+    def trial(self, name: str, size: int, strategy: str, batch: int | None = None) -> Outcome:
         """One real trial of `strategy` through tuner's Objective: PASS when it completes one step."""
+        batch = batch or self.batch
         freeze, head_init = ("last_blocks", "probe") if strategy == "probe" else (strategy, "random")
-        space = parse_space(SPACE.format(freeze=freeze, head_init=head_init, batch=self.batch),
+        space = parse_space(SPACE.format(freeze=freeze, head_init=head_init, batch=batch),
                             source="zoo.yaml", name="zoo")
         settings = TrialSettings(model=name, weights="none", image_size=size, device="cpu", seed=0,
                                  cache_dir=str(self.scratch / "features"))
         study = optuna.create_study(direction="maximize")
         started = time.monotonic()
         try:
-            study.optimize(make_objective(space, self.digits(size), settings), n_trials=1)
+            study.optimize(make_objective(space, self.digits(size, batch), settings), n_trials=1)
         except Exception as exc:  # noqa: BLE001 - the point is to see every failure
             traceback.print_exc(limit=-3)
             return Outcome(name, strategy, "FAIL", size, time.monotonic() - started, reason(exc))
         result, detail = verdict(study.trials[0], strategy)
         return Outcome(name, strategy, result, size, time.monotonic() - started, detail)
 
-    def digits(self, size: int) -> ImageData:
+    def digits(self, size: int, batch: int) -> ImageData:
         """`batch` training and `batch` validation images of digits: one epoch is one step."""
-        if size not in self.data:
-            full, n = load_data(DataConfig("digits", size)), self.batch
-            self.data[size] = ImageData(
+        if (size, batch) not in self.data:
+            full, n = load_data(DataConfig("digits", size)), batch
+            self.data[size, batch] = ImageData(
                 train_images=full.train_images[:n].clone(), train_targets=full.train_targets[:n].clone(),
                 val_images=full.val_images[:n].clone(), val_targets=full.val_targets[:n].clone(),
                 classes=full.classes, multilabel=False, skipped=0,
             )
-        return self.data[size]
+        return self.data[size, batch]
 
     def refused(self, name: str) -> Outcome:
         """`tuner create` of a model no probed size fits: one Error line, exit 1, no storage file."""
