@@ -174,11 +174,13 @@ def main() -> None:
     args = parser.parse_args()
     quiet()
     print(f"(d) service overhead, {args.trials} no-op trials per run, median of {args.repeats} runs, on {machine()}")
-    # Workers fork from a server that has imported tuner's worker (torch, Optuna, SQLAlchemy)
-    # once: a run starts in a moment instead of four interpreters importing torch on two
-    # cores. (Preloading "__main__" does not work for a script: each child re-runs it.)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tuner.service._worker"])
+    # Workers fork from this process, which has imported tuner's worker (torch, Optuna,
+    # SQLAlchemy) once: a run starts in a moment instead of four interpreters importing torch
+    # on two cores. Not a forkserver: its children of the layered package ran one full
+    # garbage collection of the ~420,000 objects they inherit (0.7 s each, 4 workers on 2
+    # cores) inside the timed trials, which neither forked children nor fresh interpreters
+    # (what `tuner worker` is) do; it made SQLite with 4 workers look 25% slower (bench/README).
+    context = multiprocessing.get_context("fork")
     worst = {"Optuna+heartbeat": float("inf"), "Optuna": float("inf")}
     with tempfile.TemporaryDirectory() as folder:
         for backend in args.backends.split(","):
