@@ -120,7 +120,7 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
         "weights": "none", "image_size": 16, "val_fraction": 0.2, "sampler": "random", "pruner": "median",
         "n_trials": 3, "seed": 7, "max_epochs": 2, "metric": "val_accuracy", "direction": "maximize",
         "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2, "artifacts": str(artifacts.resolve()),
-        "warm_start": warm_start, "cache_views": 2, "prior_weight": 4.0, "startup_trials": 5,
+        "warm_start": warm_start, "recipes": "sampled", "cache_views": 2, "prior_weight": 4.0, "startup_trials": 5,
         "min_resource": 2, "reduction_factor": 4, "head_trials": 0,
     }
     assert study.metric_names == ["val_accuracy"]

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import click
 from click.core import ParameterSource
 
-from tuner.config import PRUNERS, SAMPLERS, STORED_OPTIONS, MachineOptions, StudyRequest, default
+from tuner.config import PRUNERS, RECIPES, SAMPLERS, STORED_OPTIONS, MachineOptions, StudyRequest, default
 from tuner.service._storage import DEFAULT_STORAGE, StorageSettings
 
 
@@ -85,6 +85,10 @@ def study_options(f: Callable) -> Callable:
                      "(default: from the space file, else none)."),
         click.option("--no-warm-start", "warm_start", flag_value=False, default=default("warm_start"),
                      help="Do not enqueue the seed's recommended configurations as the first trials."),
+        click.option("--recipes", type=click.Choice(RECIPES), default=default("recipes"), show_default=True,
+                     help="The warm start's recipes: the seed's freeze, optimizer and learning rates with "
+                          "every other parameter sampled, or complete with the seed's advice (AdamW, weight "
+                          "decay 1e-4, plateau schedule, dropout 0.4, batch 32, a flip, its epochs)."),
         click.option("--prior-weight", type=click.FloatRange(min=0), default=default("prior_weight"), show_default=True,
                      metavar="W",
                      help="Trial n follows the space's priors with chance W/(W+n), else the sampler's "
