@@ -45,16 +45,16 @@ class Task:
 
 
 TASKS: dict[str, Task] = {task.name: task for task in (
-    Task("fashion", "fashion", None, 50, 50, 32, 40, 8, 0,
+    Task("fashion", "fashion", None, 50, 50, 32, 18, 8, 0,
          "all 10 Fashion-MNIST classes, 50 + 50 per class, 32 px: the bench's original set-up"),
-    Task("fewshot", "fashion", None, 10, 40, 32, 60, 10, 1,
+    Task("fewshot", "fashion", None, 10, 40, 32, 40, 10, 1,
          "all 10 Fashion-MNIST classes, 10 training images per class, 40 to validate on"),
-    Task("large", "fashion", ("pullover", "dress", "sandal"), 300, 60, 48, 10, 4, 2,
+    Task("large", "fashion", ("pullover", "dress", "sandal"), 300, 60, 48, 8, 4, 2,
          "3 Fashion-MNIST classes, 300 + 60 per class, 48 px: the most images and pixels per epoch"),
-    Task("confusable", "fashion", ("t-shirt", "pullover", "coat", "shirt"), 50, 50, 32, 60, 8, 3,
+    Task("confusable", "fashion", ("t-shirt", "pullover", "coat", "shirt"), 50, 50, 32, 40, 8, 3,
          "Fashion-MNIST's 4 tops that look alike (t-shirt, pullover, coat, shirt), 50 + 50 per class, 32 px"),
-    Task("digits", "digits", None, 50, 50, 32, 50, 8, 4,
-         "scikit-learn's 8x8 digits, 50 + 50 per class, upscaled to 32 px by tuner's loader"),
+    Task("digits", "digits", None, 30, 30, 32, 36, 8, 4,
+         "scikit-learn's 8x8 digits, 30 + 30 per class, upscaled to 32 px by tuner's loader"),
 )}
 
 
