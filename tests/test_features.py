@@ -152,3 +152,22 @@ def test_cache_views_must_be_positive(tmp_path):
 
     with pytest.raises(TunerError, match="--cache-views must be >= 1, got 0"):
         FeatureCacheConfig(tmp_path, views=0)
+
+
+def test_the_cache_counts_the_seconds_it_spends_computing_features(digits, tmp_path):
+    """compute_seconds: the backbone passes this object paid for, so that a budget can charge them."""
+    runtime = make_runtime(torch.device("cpu"))
+    built = build_model(ModelSpec("resnet18", weights="none", num_classes=10))
+    aug = AugmentConfig(hflip=0.5)
+    cache = FeatureCache(FeatureCacheConfig(tmp_path, views=2), runtime)
+    assert cache.compute_seconds == 0
+    cache.get(built, "resnet18", digits, 16, aug)
+    spent = cache.compute_seconds
+    assert spent > 0
+    cache.get(built, "resnet18", digits, 16, aug)  # from memory: nothing computed
+    assert cache.compute_seconds == spent
+    other = FeatureCache(FeatureCacheConfig(tmp_path, views=2), runtime)
+    other.get(built, "resnet18", digits, 16, aug)  # another worker loads the file: nothing computed
+    assert other.compute_seconds == 0
+    cache.get(built, "resnet18", digits, 16, AugmentConfig())  # a new entry: its passes add up
+    assert cache.compute_seconds > spent

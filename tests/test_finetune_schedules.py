@@ -106,6 +106,15 @@ def test_a_probed_head_is_trained_on_cached_features_before_fine_tuning(tmp_path
     assert "probe" not in plain.user_attrs
     # The features came from the cache, written once, where head-only trials find them too.
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    # The cache counts its own backbone passes (FeatureCache.compute_seconds): none here.
+    assert probe["extract_seconds"] == 0
+
+
+def test_a_probe_without_the_cache_counts_its_feature_extraction(data):
+    settings = TrialSettings(model="resnet18", weights="none", image_size=16, device="cpu", cache_views=0)
+    probe = run_one(still_full("probe"), data, settings).user_attrs["probe"]
+    # Both keys: the head's own seconds as before, and the backbone passes that made its features.
+    assert probe["epochs"] == 20 and probe["seconds"] > 0 and probe["extract_seconds"] > 0
 
 
 def test_a_resumed_probed_trial_does_not_probe_again(tmp_path, data):

@@ -59,7 +59,7 @@ class FakeTrial:
 
 
 def test_ledger_counts_pruned_epochs_and_stops_at_the_budget(bench):
-    ledger = bench.EpochLedger(budget=6)
+    ledger = bench.EpochLedger(budget=6, epoch_seconds=4.0)
     trials = [FakeTrial(0), FakeTrial(1), FakeTrial(2)]
     for trial, metric in ((trials[0], 0.5), (trials[0], 0.6), (trials[1], 0.9), (trials[1], 0.95), (trials[2], 0.7)):
         ledger.on_epoch(trial, 0, 0, metric)
@@ -75,7 +75,7 @@ def test_ledger_counts_pruned_epochs_and_stops_at_the_budget(bench):
 
 
 def test_ledger_follows_a_continued_trial_by_its_lineage(bench):
-    ledger = bench.EpochLedger(budget=10)
+    ledger = bench.EpochLedger(budget=10, epoch_seconds=4.0)
     ledger.on_epoch(FakeTrial(0), 1, 3, 0.4)  # screening round, trial 0
     ledger.on_epoch(FakeTrial(1), 1, 3, 0.5)  # screening round, trial 1
     ledger.on_epoch(FakeTrial(0, lineage=1), 2, 3, 0.7)  # trial 1 continued as a new trial
@@ -114,8 +114,15 @@ def test_smoke_run_prints_every_ratio_and_draws_the_curves(tmp_path):
     lines = result.stdout.splitlines()
     for start in ("RATIO (c1)", "RATIO (c2)", "SANITY", "RATIO (b')", "RATIO (a')", "RATIO (a'')"):
         assert any(line.startswith(start) for line in lines), (start, result.stdout)
-    for method in ("tuner", "random", "optuna", "topk", "recipes"):
+    for start in ("RATIO (c3)", "TARGET (final)", "TARGET (25%)"):
+        assert any(line.startswith(start) for line in lines), (start, result.stdout)
+    for method in ("tuner", "random", "optuna", "topk", "recipes", "optuna+recipes"):
         assert any(line.split()[:1] == [method] for line in lines), (method, result.stdout)
+    # Methods pay for their feature cache's backbone passes: these three start with a head-only recipe.
+    for method in ("tuner", "recipes", "optuna+recipes"):
+        (row,) = [line for line in lines if line.split()[:1] == [method]]
+        charged = re.search(r"caches (\d+\.\d+) epochs \((\d+\.\d+) s\)", row)
+        assert charged and float(charged.group(1)) > 0 and float(charged.group(2)) > 0, row
     # top-K's best screened trials continue from their epoch-1 checkpoint, not from scratch.
     assert re.search(r"topk .*\d+ screened, [1-9]\d* continued from epoch 1", result.stdout), result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

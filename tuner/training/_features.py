@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import io
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,9 @@ class FeatureCache:
 
     Held in memory for the trials of this process and on disk for the other workers on
     the machine; a file lock makes concurrent workers compute a missing entry only once.
+    `compute_seconds` adds up the seconds this object spent computing features (backbone
+    passes; not loading them from disk or memory), so that a caller can charge the cache's
+    cost to whatever it budgets (bench/transfer.py charges it to the method's epochs).
     """
 
     def __init__(self, config: FeatureCacheConfig, runtime: Runtime, progress: Progress | None = None) -> None:
@@ -107,6 +111,7 @@ class FeatureCache:
         self.memory: dict[str, CachedFeatures] = {}
         self.digested: tuple[object, str] | None = None  # (data, digest of its pixels)
         self.backbones: dict[Hashable, str] = {}  # the weights' source -> backbone_digest
+        self.compute_seconds = 0.0  # cumulative, of compute() only
 
     def views(self, aug: AugmentConfig) -> int:
         """Without random augmentation every view would be the same tensor: cache one."""
@@ -166,6 +171,14 @@ class FeatureCache:
             return features
 
     def compute(self, built, data, image_size: int, aug: AugmentConfig, key: str) -> CachedFeatures:
+        started = time.perf_counter()
+        try:
+            return self.extract_views(built, data, aug, key)
+        finally:
+            # Counted even when extraction fails half-way: those backbone passes were paid.
+            self.compute_seconds += time.perf_counter() - started
+
+    def extract_views(self, built, data, aug: AugmentConfig, key: str) -> CachedFeatures:
         views = self.views(aug)
         transform = train_transform(aug, built.mean, built.std)
         train = []

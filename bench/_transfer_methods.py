@@ -1,0 +1,251 @@
+"""bench/transfer.py's methods: tuner and the baselines it is measured against, each (context, seed) -> Trace."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import optuna
+import torch
+
+from _transfer_ledger import BudgetSpent, EpochLedger, Trace, outcomes_of
+from tuner.config import MachineOptions, StudyRequest
+from tuner.search._objective import make_objective
+from tuner.search._warm_start import WARM_START
+from tuner.service._prepare import prepare_study
+from tuner.service._storage import StorageSettings
+from tuner.service._worker import Worker
+from tuner.service._worker_log import ExpectedStops
+from tuner.space._model import SearchSpace
+from tuner.training._data import ImageData
+from tuner.training._settings import TrialSettings
+
+# Filled in from the seed for every parameter the warm-start recipes leave open: its advice
+# where it gives a value (AdamW, ReduceLROnPlateau factor 0.1 and patience 3, dropout 0.3-0.5,
+# batch 32, weight decay 1e-4), no augmentation beyond a flip, a random head (the seed knows
+# no probe), and each strategy's epochs at the top of the seed's range (the per-trial cap
+# --max-epochs applies, as for every method).
+RECIPE_BASE = {
+    "optimizer": "adamw", "weight_decay": 1e-4, "batch_size": 32, "scheduler": "plateau",
+    "plateau_factor": 0.1, "plateau_patience": 3, "head_init": "random",
+    "dropout": 0.4, "aug_crop_scale": 1.0, "aug_hflip": 0.5, "aug_rotation": 0, "aug_color_jitter": 0.0,
+    "label_smoothing": 0.0, "class_weighting": "none",
+}
+RECIPE_EPOCHS = {"head": 20, "last_blocks": 30, "full": 50}
+
+
+@dataclass
+class Context:
+    """What every method of one task's run shares: the config, the data folder and its images,
+    and the task's full fine-tuning epoch in seconds (the unit the ledger charges probes in)."""
+
+    config: Any  # transfer.BenchConfig
+    folder: Path
+    data: ImageData
+    space: SearchSpace
+    work: Path
+    epoch_seconds: float
+
+    def settings(self, seed: int, cache_dir: Path) -> TrialSettings:
+        c = self.config
+        return TrialSettings(model=c.model, weights=c.weights, image_size=c.image_size, device="cpu",
+                             seed=seed, max_epochs=c.max_epochs, cache_views=c.cache_views,
+                             cache_dir=str(cache_dir))
+
+    def scratch(self, method: str, seed: int) -> Path:
+        """A fresh folder per method and seed: no method reuses another's feature cache."""
+        folder = self.work / f"{method}-{seed}"
+        folder.mkdir(parents=True, exist_ok=False)
+        return folder
+
+    def ledger(self) -> EpochLedger:
+        return EpochLedger(self.config.budget_epochs, self.epoch_seconds)
+
+    @property
+    def val_images(self) -> int:
+        return len(self.data.val_targets)
+
+
+def plain_study(sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+                enqueue: Sequence[Mapping[str, Any]] = ()) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    for params in enqueue:
+        study.enqueue_trial(dict(params))
+    return study
+
+
+def run_study(ctx: Context, seed: int, method: str, study: optuna.Study, n_trials: int, note: str = "") -> Trace:
+    """Trials of tuner's Objective in an in-memory study until the budget (or n_trials) is spent."""
+    scratch = ctx.scratch(method, seed)
+    ledger = ctx.ledger()
+    objective = make_objective(ctx.space, ctx.data, ctx.settings(seed, scratch), on_epoch=ledger.on_epoch)
+    ledger.cache = objective.cache
+    try:
+        with ExpectedStops((BudgetSpent,)).installed():
+            study.optimize(objective, n_trials=n_trials)
+    except BudgetSpent:
+        pass
+    return ledger.trace(method, seed, outcomes_of(study.trials), note, ctx.val_images)
+
+
+def search_trials(ctx: Context) -> int:
+    # Bounds a space whose trials could all end before their first epoch (none here).
+    return 10 * ctx.config.budget_epochs
+
+
+def run_random(ctx: Context, seed: int) -> Trace:
+    study = plain_study(optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner())
+    return run_study(ctx, seed, "random", study, search_trials(ctx))
+
+
+def run_optuna(ctx: Context, seed: int) -> Trace:
+    study = plain_study(optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner())
+    return run_study(ctx, seed, "optuna", study, search_trials(ctx))
+
+
+def recipe_params(space: SearchSpace) -> list[dict[str, Any]]:
+    """The seed's three recipes as complete configurations of `space` (enqueue params)."""
+    out = []
+    for recipe in WARM_START:
+        values = {**RECIPE_BASE, "epochs": RECIPE_EPOCHS[recipe["freeze"]], **recipe}
+        active: dict[str, Any] = {"task": "single_label"}  # what `when` sees: fixed values too
+        chosen: dict[str, Any] = {}
+        for name in space.params:
+            branch = space.active_branch(name, {**active, **values})
+            if branch is None:
+                continue
+            if branch.fixed:
+                active[name] = branch.value
+            elif name in values:
+                active[name] = chosen[name] = values[name]
+        out.append(chosen)
+    return out
+
+
+def run_recipes(ctx: Context, seed: int) -> Trace:
+    # Every parameter is given, so the sampler never draws; no pruning, early stopping as always.
+    study = plain_study(optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner(),
+                        recipe_params(ctx.space))
+    return run_study(ctx, seed, "recipes", study, len(WARM_START), note="3 recipes, no search")
+
+
+def optuna_recipes_study(space: SearchSpace, seed: int) -> optuna.Study:
+    """Plain Optuna (TPE + MedianPruner) with the seed's three complete recipes queued first:
+    what a user who read the seed's advice does without tuner."""
+    return plain_study(optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner(), recipe_params(space))
+
+
+def run_optuna_recipes(ctx: Context, seed: int) -> Trace:
+    return run_study(ctx, seed, "optuna+recipes", optuna_recipes_study(ctx.space, seed), search_trials(ctx),
+                     note="3 recipes enqueued, then TPE")
+
+
+class AfterFirstEpoch(optuna.pruners.BasePruner):
+    """Stops every trial after its first epoch: the screening round of top-K."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.last_step is not None and trial.last_step >= 1
+
+
+class FirstEpochCheckpoints:
+    """Keeps each trial's state after its first epoch on disk, so the best ones continue from it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, lineage: int) -> Path:
+        return self.folder / f"trial-{lineage}-epoch1.pt"
+
+    def load(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        path = self.path(int(trial.user_attrs["lineage"]))  # set by the Objective before it restores
+        return torch.load(path, weights_only=False) if path.exists() else None
+
+    def save(self, trial: optuna.Trial, lineage: int, state: dict[str, Any]) -> None:
+        if state["epoch"] == 1:
+            torch.save(state, self.path(lineage))
+
+
+def run_topk(ctx: Context, seed: int) -> Trace:
+    """Screen random configurations for one epoch each until half the budget is spent, then continue
+    the best in rank order from their epoch-1 state."""
+    scratch = ctx.scratch("topk", seed)
+    budget = ctx.config.budget_epochs
+    ledger = ctx.ledger()
+    checkpoints = FirstEpochCheckpoints(scratch)
+    objective = make_objective(ctx.space, ctx.data, ctx.settings(seed, scratch), checkpointer=checkpoints,
+                               on_epoch=ledger.on_epoch)
+    ledger.cache = objective.cache
+    screen = plain_study(optuna.samplers.RandomSampler(seed=seed), AfterFirstEpoch())
+    final = plain_study(optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner())
+
+    def half_spent(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # Half the budget, probes and caches included: a screened trial costs 1 epoch or more.
+        if ledger.spent >= budget / 2:
+            study.stop()
+
+    try:
+        with ExpectedStops((BudgetSpent,)).installed():
+            screen.optimize(objective, n_trials=max(1, budget), callbacks=[half_spent])
+            ranked = sorted((t for t in screen.trials if 1 in t.intermediate_values),
+                            key=lambda t: t.intermediate_values[1], reverse=True)
+            for trial in ranked:
+                # Same lineage: the continued trial restores the epoch-1 state and keeps its seed.
+                final.enqueue_trial(trial.params, user_attrs={"lineage": trial.number})
+            final.optimize(objective, n_trials=len(ranked))
+    except BudgetSpent:
+        pass
+    # The screening round's trials count only through their continuation.
+    outcomes = {lineage: None for lineage in outcomes_of(screen.trials)}
+    outcomes.update(outcomes_of(final.trials))
+    # Counted by what the Objective restored: a continuation that retrained from scratch is not one.
+    continued = sum(1 for t in final.trials if t.user_attrs.get("resumed_from_epoch") == 1)
+    return ledger.trace("topk", seed, outcomes, f"{len(screen.trials)} screened, {continued} continued from epoch 1",
+                        ctx.val_images)
+
+
+class BudgetedWorker(Worker):
+    """tuner's Worker, stopped the way a user stops it (the stop flag) once the budget is spent."""
+
+    def __init__(self, *args: Any, ledger: EpochLedger, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ledger = ledger
+
+    def on_epoch(self, trial: optuna.Trial, epoch: int, epochs: int, metric: float) -> None:
+        # The Worker builds its Objective (and with it the feature cache) once it starts work.
+        self.ledger.cache = self.objective.cache
+        self.ledger.record(trial, metric)
+        if self.ledger.exhausted:
+            self.stop.event.set()  # the worker hands the trial back and stops
+        super().on_epoch(trial, epoch, epochs, metric)
+
+
+def run_tuner(ctx: Context, seed: int) -> Trace:
+    """tuner's defaults, as `tuner run` does them: a SQLite study created from the folder, one Worker."""
+    scratch = ctx.scratch("tuner", seed)
+    c = ctx.config
+    storage = StorageSettings(url=f"sqlite:///{scratch / 'tuner.db'}")
+    request = StudyRequest(space=c.space, data=str(ctx.folder), given=dict(
+        model=c.model, image_size=c.image_size, weights=c.weights, sampler=c.tuner_sampler, pruner=c.tuner_pruner,
+        n_trials=10 * c.budget_epochs, seed=seed, max_epochs=c.max_epochs, cache_views=c.cache_views,
+        prior_weight=c.tuner_prior_weight, startup_trials=c.tuner_startup_trials,
+        min_resource=c.tuner_min_resource, reduction_factor=c.tuner_reduction_factor,
+        head_trials=c.tuner_head_trials))
+    machine = MachineOptions(device="cpu", quiet=True, cache_dir=str(scratch / "cache"),
+                             artifacts=str(scratch / "artifacts"))
+    ledger = ctx.ledger()
+    worker = BudgetedWorker(prepare_study(storage, "bench", request, machine), ledger=ledger)
+    # The budget's stop hands the running trial back "for another worker": expected here, not news.
+    worker.log.logger.setLevel(logging.ERROR)
+    ledger.started = time.perf_counter()
+    worker.run()
+    return ledger.trace("tuner", seed, outcomes_of(worker.study.get_trials(deepcopy=False)), "", ctx.val_images)
+
+
+METHODS: dict[str, Callable[[Context, int], Trace]] = {
+    "tuner": run_tuner, "random": run_random, "optuna": run_optuna, "topk": run_topk, "recipes": run_recipes,
+    "optuna+recipes": run_optuna_recipes,
+}
+ALL_METHODS = tuple(METHODS)
