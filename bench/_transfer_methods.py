@@ -14,7 +14,7 @@ import torch
 from _transfer_ledger import BudgetSpent, EpochLedger, Trace, outcomes_of
 from tuner.config import MachineOptions, StudyRequest
 from tuner.search._objective import make_objective
-from tuner.search._warm_start import WARM_START
+from tuner.search._warm_start import SEED_ADVICE, SEED_EPOCHS, WARM_START
 from tuner.service._prepare import prepare_study
 from tuner.service._storage import StorageSettings
 from tuner.service._worker import Worker
@@ -23,18 +23,13 @@ from tuner.space._model import SearchSpace
 from tuner.training._data import ImageData
 from tuner.training._settings import TrialSettings
 
-# Filled in from the seed for every parameter the warm-start recipes leave open: its advice
-# where it gives a value (AdamW, ReduceLROnPlateau factor 0.1 and patience 3, dropout 0.3-0.5,
-# batch 32, weight decay 1e-4), no augmentation beyond a flip, a random head (the seed knows
-# no probe), and each strategy's epochs at the top of the seed's range (the per-trial cap
-# --max-epochs applies, as for every method).
-RECIPE_BASE = {
-    "optimizer": "adamw", "weight_decay": 1e-4, "batch_size": 32, "scheduler": "plateau",
-    "plateau_factor": 0.1, "plateau_patience": 3, "head_init": "random",
-    "dropout": 0.4, "aug_crop_scale": 1.0, "aug_hflip": 0.5, "aug_rotation": 0, "aug_color_jitter": 0.0,
-    "label_smoothing": 0.0, "class_weighting": "none",
-}
-RECIPE_EPOCHS = {"head": 20, "last_blocks": 30, "full": 50}
+# Filled in from the seed for every parameter the warm-start recipes leave open: tuner's own
+# SEED_ADVICE (AdamW, weight decay 1e-4, ReduceLROnPlateau 0.1/3, dropout 0.4, batch 32, a flip
+# only, early stopping patience 5, each strategy's epochs at the top of the seed's range: what
+# `--recipes complete` enqueues), with a random head (the seed knows no probe). The per-trial
+# cap --max-epochs applies, as for every method.
+RECIPE_BASE = {**SEED_ADVICE, "head_init": "random"}
+RECIPE_EPOCHS = SEED_EPOCHS
 
 
 @dataclass
@@ -232,7 +227,7 @@ def run_tuner(ctx: Context, seed: int) -> Trace:
         n_trials=10 * c.budget_epochs, seed=seed, max_epochs=c.max_epochs, cache_views=c.cache_views,
         prior_weight=c.tuner_prior_weight, startup_trials=c.tuner_startup_trials,
         min_resource=c.tuner_min_resource, reduction_factor=c.tuner_reduction_factor,
-        head_trials=c.tuner_head_trials))
+        head_trials=c.tuner_head_trials, recipes=c.tuner_recipes))
     machine = MachineOptions(device="cpu", quiet=True, cache_dir=str(scratch / "cache"),
                              artifacts=str(scratch / "artifacts"))
     ledger = ctx.ledger()
