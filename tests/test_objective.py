@@ -209,6 +209,21 @@ def test_a_pruned_trial_stops_at_the_pruners_step(data, warmup, pruned_at):
     assert sorted(trial.intermediate_values) == list(range(1, pruned_at + 1))
 
 
+def test_a_pruned_trial_records_its_best_epochs_value_and_offers_its_best_weights(data):
+    """Its best epoch can be the study's best (tuner.search.best_value_of): its value and weights are kept."""
+    space = make_space("epochs: {type: fixed, value: 3}\nbatch_size: {type: fixed, value: 64}\n")
+    kept = {}
+    trial = only_trial(run_study(space, data, pruner=optuna.pruners.ThresholdPruner(lower=1.1, n_warmup_steps=2),
+                                 keep_best=lambda trial, value, state, meta: kept.update(value=value, meta=meta)))
+
+    assert (trial.state, trial.user_attrs["stop_reason"], trial.user_attrs["epochs_run"]) == (
+        TrialState.PRUNED, "pruned", 2)
+    metrics = {row["epoch"]: row["metric"] for row in trial.user_attrs["history"]}
+    assert trial.user_attrs["best_value"] == max(metrics.values()) == metrics[trial.user_attrs["best_epoch"]]
+    assert kept["value"] == trial.user_attrs["best_value"]
+    assert kept["meta"]["best_epoch"] == trial.user_attrs["best_epoch"]
+
+
 @pytest.mark.parametrize(
     ("epochs", "batch_size"),
     [

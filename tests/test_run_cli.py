@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
+from tuner.search import best_value_of, study_best
 from tuner.service._checkpoints import BEST_WEIGHTS_ATTR
 from tuner.cli import cli
 from tuner.training._data_sources import DataWarning
@@ -85,13 +86,17 @@ def test_run_end_to_end_on_sqlite(runner, image_folder, tiny_space, tmp_path):
         check_finished_trial(trial, max_epochs=2)
     assert study.metric_names == ["val_accuracy"]
 
-    best = study.best_trial
+    best = study_best(study)
     lines = result.stdout.splitlines()
     assert lines[:2] == ["created study s (4 trials, metric val_accuracy)", "finished 4/4 trials (4 run by this process)"]
     assert lines[2].startswith(f"study s in {db}: wall time ")
+    # The top trials: the completed ones and, at their best epoch, those the pruner stopped.
     complete = sum(t.state == TrialState.COMPLETE for t in study.trials)
-    assert lines[4] == f"top {min(complete, 3)} of {complete} completed trial{'s' * (complete != 1)} by val_accuracy:"
-    assert lines[5].startswith(f"  {best.value:.4f}  trial {best.number}: ")
+    pruned = sum(t.state == TrialState.PRUNED for t in study.trials)  # all for stop_reason pruned, as checked above
+    scope = (f"{complete} completed and {pruned} pruned trial{'s' * (pruned != 1)} (each at its best epoch)" if pruned
+             else f"{complete} completed trial{'s' * (complete != 1)}")
+    assert lines[4] == f"top {min(complete + pruned, 3)} of {scope} by val_accuracy:"
+    assert lines[5].startswith(f"  {best_value_of(best):.4f}  trial {best.number}")
     assert f"  tuner retrain --study s --storage {db} --out model" in lines
 
 

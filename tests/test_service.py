@@ -424,6 +424,15 @@ def test_run_finishes_the_budget_starting_with_the_warm_start(finished):
     assert f"  {best.value:.4f}  trial {best.number}: " in finished.run_output
 
 
+def test_every_trial_records_its_best_epochs_value(finished):
+    """A pruned trial has no value in Optuna: best_value ranks it for the study's best without re-reading history."""
+    for trial in finished.study().get_trials():
+        metrics = [row["metric"] for row in trial.user_attrs["history"]]
+        assert trial.user_attrs["best_value"] == max(metrics) == metrics[trial.user_attrs["best_epoch"] - 1]
+        if trial.state == TrialState.COMPLETE:
+            assert trial.user_attrs["best_value"] == trial.value
+
+
 def test_status_of_a_finished_study(finished):
     study = finished.study()
     best = study.best_trial

@@ -44,11 +44,15 @@ def status(study: str | None, storage: str, fmt: str) -> None:
 def best(study: str | None, storage: str, fmt: str) -> None:
     """The best trial's value, number and parameters, as they ran (epochs trained).
 
+    A pruned trial's best epoch counts too: when it is the best, its state and best epoch
+    are shown, and `epochs` is that best epoch (what `tuner retrain` trains).
+
     \b
     Examples:
       tuner best --study flowers
       tuner best --study flowers --format yaml > best.yaml   # a space that reruns it: --space best.yaml
     """
+    from tuner.cli._render import pruned_text
     from tuner.service._results import best_as_space_yaml, best_summary, epochs_note
     from tuner.service._open import open_for_reading, require_existing_sqlite
     from tuner.text import significant
@@ -62,9 +66,10 @@ def best(study: str | None, storage: str, fmt: str) -> None:
         click.echo(best_as_space_yaml(opened), nl=False)
     else:
         click.echo(f"study {summary['study']}: best {summary['metric']} = {summary['value']:.4f} "
-                   f"(trial {summary['number']})")
+                   f"(trial {summary['number']}{pruned_text(summary)})")
         for name, value in summary["params"].items():
-            shown = epochs_note(summary["epochs"]) if name == "epochs" and summary["epochs"] else value
+            shown = (epochs_note(summary["epochs"], summary["best_epoch"]) if name == "epochs" and summary["epochs"]
+                     else value)
             click.echo(f"  {name}: {significant(shown)}")
 
 

@@ -102,9 +102,16 @@ def study_line(study: dict[str, Any]) -> str:
     if not study["tuner"]:
         return f"study {study['name']}: not created by tuner [{counts_text(study)}]"
     best = study["best"]
-    best_text = "none yet" if best is None else f"{best['value']:.4f} (trial {best['number']})"
+    best_text = "none yet" if best is None else f"{best['value']:.4f} (trial {best['number']}{pruned_text(best)})"
     return (f"study {study['name']}: {study['finished']}/{study['n_trials']} finished "
             f"[{counts_text(study)}]; best {study['metric']} {best_text}")
+
+
+def pruned_text(best: dict[str, Any]) -> str:
+    """`, pruned at epoch 3, best epoch 2` after a pruned best's number (`status`, `best`); `` for a completed one."""
+    if best.get("state") != "pruned":
+        return ""
+    return f", pruned at epoch {best['epochs_run']}, best epoch {best['best_epoch']}"
 
 
 def counts_text(study: dict[str, Any]) -> str:

@@ -146,11 +146,16 @@ def print_summary(summary) -> None:
     if not summary.top:
         click.echo("no completed trial yet")
     else:
-        completed = plural(summary.states.get("complete", 0), "completed trial")
-        click.echo(f"top {len(summary.top)} of {completed} by {summary.metric}:")
+        complete = summary.states.get("complete", 0)
+        scope = plural(complete, "completed trial")
+        if summary.pruned_counted:  # a pruned trial's best epoch competes too (tuner.search.best_value_of)
+            pruned = plural(summary.pruned_counted, "pruned trial")
+            scope = f"{complete} completed and {pruned} (each at its best epoch)"
+        click.echo(f"top {len(summary.top)} of {scope} by {summary.metric}:")
         for trial in summary.top:
             params = " ".join(f"{name}={significant(value)}" for name, value in trial.params.items())
-            line = f"{trial.value:.4f}  trial {trial.number}" + (f": {params}" if params else "")
+            line = (f"{trial.value:.4f}  trial {trial.number}" + (f" ({trial.note})" if trial.note else "")
+                    + (f": {params}" if params else ""))
             click.echo(textwrap.fill(line, width=100,
                                      initial_indent="  ", subsequent_indent="      ", break_on_hyphens=False))
     click.echo("next:")

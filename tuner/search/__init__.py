@@ -3,6 +3,8 @@
 from tuner._lazy import lazy_api
 
 __getattr__, __dir__, __all__ = lazy_api(__name__, {
+    "_best": ("BEST_VALUE_ATTR", "best_epoch_of", "best_of", "best_value_of", "is_maximized", "pruned_note", "rank",
+              "ranked", "study_best", "study_ranked"),
     "_budget": ("StudyControl", "request_stop"),
     "_head_stage": ("check_head_stage",),
     "_note": ("study_note",),

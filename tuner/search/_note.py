@@ -57,7 +57,14 @@ Trials enqueued at creation say why: `warm_start: true` (one of the seed's recip
 Other attributes: `lineage` is the number of the first attempt (a retry and a hand-back
 keep it, with its seed and checkpoints); `worker` is host:pid:device; `epoch`/`epochs` and
 `last_metric` are the progress of a running trial; `stop_reason` says why a trial ended
-(completed, early_stopped, pruned, diverged, oom).
+(completed, early_stopped, pruned, diverged, oom); `best_epoch` and `best_value` are its best
+epoch and that epoch's metric.
+
+**The study's best** (`tuner best`, `tuner status`, `tuner retrain`, the report and the
+`best-model-trial-N.pt` study artifact) is the best epoch of any completed trial or any trial
+the pruner stopped (`stop_reason: pruned`; not diverged or oom): a pruned trial's best epoch
+counts, and `tuner retrain` trains its parameters for `best_epoch` epochs. This dashboard's own
+best trial and history count completed trials only.
 """
 
 

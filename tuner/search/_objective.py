@@ -16,6 +16,7 @@ import torch
 
 from tuner.errors import SpaceError
 from tuner.progress import Progress, short_params
+from tuner.search._best import BEST_VALUE_ATTR, COUNTED_PRUNED
 from tuner.space import SearchSpace
 from tuner.training import (
     Diverged,
@@ -195,10 +196,12 @@ class TrialRun:
             # After the except block, which held the failed step's traceback: now the run's
             # model, optimizer and gradients can really be freed, and the worker goes on.
             run.release_memory()
+        if reason in ("completed", "early_stopped", COUNTED_PRUNED):
+            # A pruned trial's best epoch can be the study's best (tuner.search._best): its weights too.
+            self.keep_best_weights(trial)
         if reason in ("pruned", "diverged", "oom"):
             # Pruned, not failed: the budget counts it and the sampler learns to avoid it.
             raise optuna.TrialPruned(reason + detail)
-        self.keep_best_weights(trial)
         return run.state.stopper.best
 
     def restore(self, trial: optuna.Trial) -> None:
@@ -232,6 +235,8 @@ class TrialRun:
         trial.set_user_attr("stop_reason", reason)
         trial.set_user_attr("epochs_run", len(state.history))
         trial.set_user_attr("best_epoch", state.stopper.best_epoch)
+        # Optuna keeps no value for a pruned trial: its best epoch's is needed to rank it.
+        trial.set_user_attr(BEST_VALUE_ATTR, state.stopper.best)
         trial.set_user_attr("train_seconds", round(seconds, 3))
         trial.set_user_attr("history", state.history)
         if self.objective.settings.compile:

@@ -14,6 +14,7 @@ import torch
 from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from tuner.search import best_of, best_value_of
 from tuner.service._artifact_store import BEST_WEIGHTS_ATTR, CHECKPOINT_ATTR, checkpoint_prefix
 
 RESUME_PROBLEM_ATTR = "resume_problem"
@@ -106,7 +107,8 @@ class ArtifactCheckpointer:
                 self.finish(trial)
 
 
-def prune_weights(store, trials: list[optuna.trial.FrozenTrial], best_number: int) -> None:
+def prune_weights(store, trials: list[optuna.trial.FrozenTrial], best_number: int | None, *,
+                  maximize: bool = True) -> None:
     """Remove the best weights of every finished trial but the study's best.
 
     A worker uploads weights when its trial beats the best trial it can see, so racing
@@ -115,7 +117,7 @@ def prune_weights(store, trials: list[optuna.trial.FrozenTrial], best_number: in
     are left alone: it may be about to become the best. (The artifact's entry stays in the
     finished trial's system attrs, which Optuna does not let anyone change.)
     """
-    keep = weights_keeper(trials, best_number)
+    keep = weights_keeper(trials, best_number, maximize=maximize)
     for trial in trials:
         artifact_id = trial.user_attrs.get(BEST_WEIGHTS_ATTR)
         if artifact_id and trial.state.is_finished() and trial.number != keep:
@@ -125,20 +127,21 @@ def prune_weights(store, trials: list[optuna.trial.FrozenTrial], best_number: in
                 pass
 
 
-def weights_keeper(trials: list[optuna.trial.FrozenTrial], best_number: int) -> int | None:
-    """The trial whose weights stay: the best trial, if it holds weights; else the best-valued
-    completed trial that does (the lowest number among equals).
+def weights_keeper(trials: list[optuna.trial.FrozenTrial], best_number: int | None, *,
+                   maximize: bool = True) -> int | None:
+    """The trial whose weights stay: the best trial, if it holds weights; else the best of the
+    trials that do, as the study ranks them (tuner.search.best_of).
 
     A trial uploads only when it strictly beats the best finished trial: of two trials that
-    tie, only the first to finish uploads, while Optuna's best_trial may name either of them.
-    Keeping only best_trial's weights then removed the study's one copy of its best weights.
+    tie, only the first to finish uploads, while the study's best may be the other (a
+    completed trial wins a tie with a pruned one, and a lower number with a higher one).
+    Keeping only the best trial's weights then removed the study's one copy of its best weights.
     """
-    holders = [t for t in trials if t.user_attrs.get(BEST_WEIGHTS_ATTR) and t.state == optuna.trial.TrialState.COMPLETE]
-    if any(t.number == best_number for t in holders):
+    holders = [t for t in trials if t.user_attrs.get(BEST_WEIGHTS_ATTR)]
+    if any(t.number == best_number and best_value_of(t, maximize) is not None for t in holders):
         return best_number
-    if not holders:
-        return None
-    return max(holders, key=lambda t: (t.value, -t.number)).number
+    kept = best_of(holders, maximize)
+    return None if kept is None else kept.number
 
 
 def upload_weights(store, trial: optuna.Trial, state_dict: dict[str, Any], meta: dict[str, Any]) -> str:

@@ -12,7 +12,16 @@ import yaml
 from optuna.trial import TrialState
 
 from tuner.errors import SpaceError, StudyError
-from tuner.search import CONFIG_ATTR, CREATED_ATTR, budget_left, finished_count, request_stop
+from tuner.search import (
+    CONFIG_ATTR,
+    CREATED_ATTR,
+    best_value_of,
+    budget_left,
+    finished_count,
+    is_maximized,
+    request_stop,
+    study_best,
+)
 from tuner.service._artifact_store import remove_study_artifacts
 from tuner.service._counts import trial_counts
 from tuner.service._open import OpenedStudy, connect, load_any
@@ -49,11 +58,10 @@ def study_row(study: optuna.Study) -> dict[str, Any]:
 
 
 def best_value(study: optuna.Study) -> float | None:
-    # A foreign study may be multi-objective (best_value raises) or have nothing finished.
-    try:
-        return study.best_value
-    except (ValueError, RuntimeError):
-        return None
+    """The value of the study's best trial (a pruned one's best epoch counts); None while no trial
+    counts, and for a foreign multi-objective study."""
+    best = study_best(study)
+    return None if best is None else best_value_of(best, is_maximized(study))
 
 
 def first_start(trials) -> str | None:

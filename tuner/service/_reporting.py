@@ -9,7 +9,15 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from tuner.search import StudyControl, read_progress
+from tuner.search import (
+    StudyControl,
+    best_of,
+    best_value_of,
+    is_maximized,
+    pruned_note,
+    span_of,
+    study_progress,
+)
 from tuner.service._summary import WorkerSummary, summarize
 from tuner.text import plural
 
@@ -58,8 +66,10 @@ class Reporter:
         reason = frozen.user_attrs.get("stop_reason", frozen.state.name.lower())
         value = frozen.value if frozen.value is not None else frozen.user_attrs.get("last_metric")
         shown = "-" if value is None else f"{value:.4f}"
+        trials = self.study.get_trials(deepcopy=False)  # read once for the progress and the best
+        progress = study_progress([span_of(t) for t in trials], self.control.n_trials, time.time())
         self.log.info("trial %d %s (%s) value=%s; %s; best %s", frozen.number, frozen.state.name, reason, shown,
-                      read_progress(self.study, self.control.n_trials, time.time()).text(), self.best_text())
+                      progress.text(), self.best_text(trials))
 
     def epoch(self, number: int, epoch: int, epochs: int, metric: float) -> None:
         self.log.info("trial %d epoch %d/%d %s=%.4f", number, epoch, epochs, self.metric, metric)
@@ -79,16 +89,19 @@ class Reporter:
 
     def show_study(self) -> None:
         self.shown_at = time.monotonic()
-        progress = read_progress(self.study, self.control.n_trials, time.time())
+        trials = self.study.get_trials(deepcopy=False)
+        progress = study_progress([span_of(t) for t in trials], self.control.n_trials, time.time())
         self.progress.show("study", f"study {self.study_name}: {progress.text()}; best {self.metric} "
-                                    f"{self.best_text()}")
+                                    f"{self.best_text(trials)}")
 
-    def best_text(self) -> str:
-        try:
-            best = self.study.best_trial
-        except ValueError:
+    def best_text(self, trials: list[FrozenTrial]) -> str:
+        """The study's best (tuner.search.best_of) among `trials`, every trial of the study."""
+        maximize = is_maximized(self.study)
+        best = best_of(trials, maximize)
+        if best is None:
             return "none yet"
-        return f"{best.value:.4f} (trial {best.number})"
+        note = pruned_note(best)
+        return f"{best_value_of(best, maximize):.4f} (trial {best.number}{', ' + note if note else ''})"
 
     def summary(self, storage_url: str, trials_run: int, wall_s: float, stopped_by_signal: bool) -> WorkerSummary:
         return summarize(self.study, storage_url, self.metric, self.control.n_trials, trials_run=trials_run,

@@ -16,7 +16,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import StudyConfig
 from tuner.errors import OptionError, StudyError
-from tuner.search import CONFIG_ATTR, stored_config
+from tuner.search import (
+    CONFIG_ATTR,
+    best_epoch_of,
+    best_value_of,
+    is_maximized,
+    pruned_note,
+    stored_config,
+    study_best,
+)
 from tuner.service._artifact_store import open_artifact_store
 from tuner.service._counts import trial_counts
 from tuner.service._open import OpenedStudy, connect, load_any
@@ -30,10 +38,11 @@ def all_params(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
-    try:
-        return study.best_trial
-    except ValueError:
-        raise StudyError(f"study {study.study_name!r} has no completed trial yet") from None
+    """The study's best trial (tuner.search.study_best: a pruned trial's best epoch counts)."""
+    best = study_best(study)
+    if best is None:
+        raise StudyError(f"study {study.study_name!r} has no completed trial yet")
+    return best
 
 
 def study_status(storage_url: str, name: str | None) -> dict[str, Any]:
@@ -68,11 +77,14 @@ def one_status(storage, name: str) -> dict[str, Any]:
 
 
 def best_info(study: optuna.Study) -> dict[str, Any] | None:
-    try:
-        best = study.best_trial
-    except (ValueError, RuntimeError):  # nothing finished; or a (foreign) multi-objective study
+    """The best trial's value and number; for a pruned one, also where it was pruned and its best epoch."""
+    best = study_best(study)  # None: nothing counts yet, or a (foreign) multi-objective study
+    if best is None:
         return None
-    return {"value": best.value, "number": best.number}
+    info = {"value": best_value_of(best, is_maximized(study)), "number": best.number}
+    if best.state == TrialState.PRUNED:
+        info.update(state="pruned", epochs_run=best.user_attrs.get("epochs_run"), best_epoch=best_epoch_of(best))
+    return info
 
 
 def running_info(trial: FrozenTrial, grace_period: int, now: float) -> dict[str, Any]:
@@ -112,12 +124,17 @@ def epochs_that_ran(trial: FrozenTrial, max_epochs: int | None) -> dict[str, Any
             "stop_reason": trial.user_attrs.get("stop_reason")}
 
 
-def epochs_note(epochs: dict[str, Any]) -> str:
-    """`2 (sampled 22, cut by --max-epochs 2)`, `3 of 5 (early stopped)` or just `5`."""
-    text = str(epochs["trained"])
-    if epochs["trained"] != epochs["planned"]:
-        text += f" of {epochs['planned']}"
+def epochs_note(epochs: dict[str, Any], best_epoch: int | None = None) -> str:
+    """`2 (sampled 22, cut by --max-epochs 2)`, `3 of 5 (early stopped)` or just `5`; for a
+    pruned trial, its best epoch: `2 (its best epoch; pruned at epoch 3 of 5)`."""
     notes = []
+    if epochs["stop_reason"] == "pruned" and best_epoch is not None:
+        text = str(best_epoch)
+        notes.append(f"its best epoch; pruned at epoch {epochs['trained']} of {epochs['planned']}")
+    else:
+        text = str(epochs["trained"])
+        if epochs["trained"] != epochs["planned"]:
+            text += f" of {epochs['planned']}"
     if epochs["planned"] != epochs["sampled"]:
         notes.append(f"sampled {epochs['sampled']}, cut by --max-epochs {epochs['planned']}")
     if epochs["stop_reason"] == "early_stopped":
@@ -126,20 +143,25 @@ def epochs_note(epochs: dict[str, Any]) -> str:
 
 
 def best_summary(opened: OpenedStudy) -> dict[str, Any]:
-    """The best trial as it ran: `params.epochs` is the count trained (`epochs` has the rest)."""
+    """The best trial as it ran: `params.epochs` is the count trained (`epochs` has the rest).
+
+    For a pruned best (`state: pruned`), `params.epochs` is its best epoch: what reproduces
+    the value, as `tuner retrain` trains it."""
     name, config = opened.name, opened.config
     best = best_trial(opened.study)
     params = dict(sorted(all_params(best).items()))
     epochs = epochs_that_ran(best, config.max_epochs)
-    if epochs is not None:
-        params["epochs"] = epochs["trained"]
+    pruned = best.state == TrialState.PRUNED
+    if "epochs" in params and (pruned or epochs is not None):
+        params["epochs"] = best_epoch_of(best) if pruned else epochs["trained"]
     return {
         "study": name,
         "metric": config.metric,
-        "value": best.value,
+        "value": best_value_of(best, is_maximized(opened.study)),
         "number": best.number,
+        **({"state": "pruned", "epochs_run": best.user_attrs.get("epochs_run")} if pruned else {}),
         "params": params,
-        "best_epoch": best.user_attrs.get("best_epoch"),
+        "best_epoch": best_epoch_of(best) if pruned else best.user_attrs.get("best_epoch"),
         "epochs": epochs,
     }
 
@@ -148,20 +170,27 @@ def best_as_space_yaml(opened: OpenedStudy) -> str:
     """A search-space file fixing every parameter at the value the best trial ran with: `--space` takes it.
 
     `epochs` is the count the trial planned after the study's cap (early stopping ends it
-    where it ended before, and a schedule like cosine spans the same epochs), and the
-    settings carry the study's model, weights, image size and cap.
+    where it ended before, and a schedule like cosine spans the same epochs), or a pruned
+    best's best epoch (the pruner stopped it, so it had no end to repeat), and the settings
+    carry the study's model, weights, image size and cap.
     """
     name, config = opened.name, opened.config
     best = best_trial(opened.study)
     params = all_params(best)
     epochs = epochs_that_ran(best, config.max_epochs)
-    if epochs is not None:
+    value = f"{config.metric} = {best_value_of(best, is_maximized(opened.study)):.4f}"
+    if best.state == TrialState.PRUNED:
+        # Its best epoch is what counted: the same params for that many epochs reproduce it.
+        value += f" ({pruned_note(best)})"
+        if "epochs" in params:
+            params["epochs"] = best_epoch_of(best)
+    elif epochs is not None:
         params["epochs"] = epochs["planned"]
     settings: dict[str, Any] = {"model": config.model, "weights": config.weights, "image_size": config.image_size}
     if config.max_epochs is not None:
         settings["max_epochs"] = config.max_epochs
     doc = {
-        "description": f"Best trial {best.number} of study {name}: {config.metric} = {best.value:.4f}.",
+        "description": f"Best trial {best.number} of study {name}: {value}.",
         "settings": settings,
         "params": {k: {"type": "fixed", "value": v} for k, v in sorted(params.items())},
     }

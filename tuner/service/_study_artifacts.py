@@ -11,6 +11,8 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from tuner.search import study_best
+
 # optuna's key for an artifact in the study's system attrs (optuna.artifacts._upload).
 ATTR_PREFIX = "artifacts:"
 BEST_MODEL = "best-model-trial-"
@@ -57,7 +59,8 @@ def publish_best_model(study: optuna.Study, storage, number: int, artifact_id: s
     meta = {"artifact_id": artifact_id, "filename": f"{BEST_MODEL}{number}.pt",
             "mimetype": "application/octet-stream", "encoding": None}
     storage.set_study_system_attr(study_id, ATTR_PREFIX + artifact_id, json.dumps(meta))
-    keep = f"{BEST_MODEL}{study.best_trial.number}.pt"
+    best = study_best(study)
+    keep = f"{BEST_MODEL}{best.number if best is not None else number}.pt"
     for stale, name in listed(storage, study.study_name).items():
         if name.startswith(BEST_MODEL) and name != keep:
             # Delisted only: the file is a trial's weights, which the worker's pruning removes.

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.search import StudyProgress, span_of, study_progress
+from tuner.search import StudyProgress, pruned_note, span_of, study_progress, study_ranked
 from tuner.service._counts import fail_kinds
 from tuner.service._storage import mask_url
 
@@ -20,8 +19,9 @@ TOP = 3
 @dataclass(frozen=True)
 class TopTrial:
     number: int
-    value: float
+    value: float  # a pruned trial's best epoch's
     params: dict[str, Any]  # the sampled parameters (the space's fixed values are the same in every trial)
+    note: str = ""  # a pruned trial's `pruned at epoch 3, best epoch 2`
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class WorkerSummary:
     progress: StudyProgress  # the whole study's, every worker's trials
     states: dict[str, int]  # trials by state, only those with any
     top: tuple[TopTrial, ...]  # best first
+    pruned_counted: int  # pruned trials whose best epoch competed for the top (tuner.search.best_value_of)
     next_commands: tuple[str, ...]
     stopped_by_signal: bool
 
@@ -45,12 +46,10 @@ class WorkerSummary:
         return "***" in self.storage
 
 
-def top_trials(study: optuna.Study, count: int = TOP) -> tuple[TopTrial, ...]:
-    """The `count` best completed trials, best first (ties: the earlier trial first)."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    ranked = sorted(done, key=lambda t: (sign * t.value, t.number))[:count]
-    return tuple(TopTrial(number=t.number, value=t.value, params=dict(sorted(t.params.items()))) for t in ranked)
+def top_trials(order: list[tuple[float, FrozenTrial]], count: int = TOP) -> tuple[TopTrial, ...]:
+    """The `count` first of the study's trials as it ranks them (tuner.search.study_ranked), best first."""
+    return tuple(TopTrial(t.number, value, dict(sorted(t.params.items())), pruned_note(t))
+                 for value, t in order[:count])
 
 
 def trials_by_state(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -90,10 +89,12 @@ def summarize(study: optuna.Study, storage_url: str, metric: str, n_trials: int,
     """The closing summary of a worker of `study`, read from the storage as it stands now."""
     trials = study.get_trials(deepcopy=False)
     progress = study_progress([span_of(t) for t in trials], n_trials, now)
-    top = top_trials(study)
+    order = study_ranked(study)
+    top = top_trials(order)
     return WorkerSummary(
         study=study.study_name, storage=mask_url(storage_url), metric=metric, trials_run=trials_run, wall_s=wall_s,
         progress=progress, states=trials_by_state(trials), top=top,
+        pruned_counted=sum(1 for _, t in order if t.state == TrialState.PRUNED),
         next_commands=next_commands(study.study_name, storage_url, progress.left, bool(top)),
         stopped_by_signal=stopped_by_signal,
     )

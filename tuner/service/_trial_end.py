@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.search import StudyControl
+from tuner.search import StudyControl, best_value_of, is_maximized, study_best
 from tuner.service._checkpoints import (
     BEST_WEIGHTS_ATTR,
     ArtifactCheckpointer,
@@ -34,13 +34,10 @@ class TrialEnd:
     handover: TrialHandover  # requeues a handed-back trial
 
     def keep_best(self, trial: optuna.Trial, value: float, state_dict: dict, meta: dict) -> None:
-        """Upload the weights when this trial beats every finished trial so far."""
-        try:
-            best = self.study.best_value
-        except ValueError:
-            best = None
-        better = best is None or value > best  # every study maximizes its metric
-        if better:
+        """Upload the weights when this trial's best epoch beats the study's best so far."""
+        best, maximize = study_best(self.study), is_maximized(self.study)
+        current = None if best is None else best_value_of(best, maximize)
+        if current is None or (value > current if maximize else value < current):
             artifact_id = upload_weights(self.store, trial, state_dict, meta)
             trial.set_user_attr(BEST_WEIGHTS_ATTR, artifact_id)
 
@@ -63,16 +60,14 @@ class TrialEnd:
         """The checkpoints and weights of a trial that ran: what can no longer resume goes."""
         if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED) or self.lineage_ended(frozen):
             self.checkpointer.finish(frozen)
-        if frozen.state == TrialState.COMPLETE and BEST_WEIGHTS_ATTR in frozen.user_attrs:
-            prune_weights(self.store, study.get_trials(deepcopy=False), study.best_trial.number)
-        self.publish_best(study, frozen)
-
-    def publish_best(self, study: optuna.Study, frozen: FrozenTrial) -> None:
-        """The study-level "best model" artifact, which optuna-dashboard shows under Study Artifacts."""
+        if BEST_WEIGHTS_ATTR not in frozen.user_attrs or best_value_of(frozen) is None:
+            return  # uploaded nothing, or ended as no candidate for the best (tuner.search.best_value_of)
         # Once the trial is told: only then is "the best trial" settled for it.
-        if frozen.state != TrialState.COMPLETE or BEST_WEIGHTS_ATTR not in frozen.user_attrs:
-            return
-        if study.best_trial.number == frozen.number:
+        best = study_best(study)
+        prune_weights(self.store, study.get_trials(deepcopy=False), best.number if best else None,
+                      maximize=is_maximized(study))
+        if best is not None and best.number == frozen.number:
+            # The study-level "best model" artifact, which optuna-dashboard shows under Study Artifacts.
             publish_best_model(study, self.storage, frozen.number, frozen.user_attrs[BEST_WEIGHTS_ATTR])
 
     def lineage_ended(self, frozen: FrozenTrial) -> bool:
@@ -94,8 +89,6 @@ class TrialEnd:
         if self.control.left() > 0:
             return  # a stale trial just failed frees a slot: its retry may be on its way
         self.checkpointer.sweep(trials)
-        try:
-            best = self.study.best_trial.number
-        except ValueError:
-            return  # no completed trial: no weights were uploaded
-        prune_weights(self.store, trials, best)
+        best = study_best(self.study)
+        if best is not None:  # else no trial counts: none uploaded weights
+            prune_weights(self.store, trials, best.number, maximize=is_maximized(self.study))

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import optuna
 
 from tuner.errors import StudyError
+from tuner.search import best_value_of, is_maximized, pruned_note, study_best
 from tuner.service import OpenedStudy, open_artifact_store, publish_report
 from tuner.shipping._report_data import (
     KEY_PARAMS,
@@ -80,12 +81,12 @@ def summary(opened: OpenedStudy, rows: list[Row]) -> Summary:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
-    try:
-        best_number = opened.study.best_trial.number
-    except ValueError:
-        best_number = None
-    best = next((r for r in rows if r.number == best_number), None)
-    return Summary(opened.name, opened.config.metric, opened.config.direction, counts, best)
+    trial = study_best(opened.study)
+    best = next((r for r in rows if trial is not None and r.number == trial.number), None)
+    if trial is None or best is None:
+        return Summary(opened.name, opened.config.metric, opened.config.direction, counts, None)
+    return Summary(opened.name, opened.config.metric, opened.config.direction, counts, best,
+                   best_value_of(trial, is_maximized(opened.study)), pruned_note(trial))
 
 
 def key_note(trials: list[Finished], importances: Importances, shown: list[str]) -> str:

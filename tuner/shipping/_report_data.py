@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.search import is_maximized, ranked
 from tuner.service import all_params
 from tuner.text import plural
 
@@ -40,24 +41,31 @@ class Finished:
     curve: tuple[tuple[int, float], ...]
     params: dict[str, Any]
     stop_reason: str | None
+    # The value the trial competes for the study's best with (a pruned trial's best epoch's,
+    # not the last one its curve ends at), None if it does not; and whether it is the best.
+    counted: float | None = None
+    best: bool = False
 
     @classmethod
-    def of(cls, trial: FrozenTrial) -> "Finished":
+    def of(cls, trial: FrozenTrial, counted: float | None = None, best: bool = False) -> "Finished":
         curve = tuple(sorted((int(k), float(v)) for k, v in trial.intermediate_values.items()))
         value = trial.value if trial.state == TrialState.COMPLETE else (curve[-1][1] if curve else None)
-        return cls(trial.number, trial.state, value, curve, all_params(trial), trial.user_attrs.get("stop_reason"))
+        return cls(trial.number, trial.state, value, curve, all_params(trial), trial.user_attrs.get("stop_reason"),
+                   counted, best)
 
 
 def finished_trials(study: optuna.Study) -> list[Finished]:
+    """The finished trials, the study's best and each trial's counted value as tuner.search ranks them."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return [Finished.of(t) for t in trials]
+    order = ranked(trials, is_maximized(study))
+    counted = {t.number: value for value, t in order}
+    best = order[0][1].number if order else None
+    return [Finished.of(t, counted.get(t.number), t.number == best) for t in trials]
 
 
 def best_number(trials: Sequence[Finished], maximize: bool) -> int | None:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    if not complete:
-        return None
-    return (max if maximize else min)(complete, key=lambda t: t.value).number
+    """The study's best trial, as finished_trials was told it (`maximize` was the study's there)."""
+    return next((t.number for t in trials if t.best), None)
 
 
 @dataclass(frozen=True)

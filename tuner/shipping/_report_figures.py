@@ -24,21 +24,30 @@ def history_figure(trials: Sequence[Finished], metric: str, maximize: bool):
     figure, axes = plt.subplots(figsize=(WIDTH, HEIGHT), layout="constrained")
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     pruned = [t for t in trials if t.state == TrialState.PRUNED and t.value is not None]
-    if complete:
+    # The best so far counts a pruned trial's best epoch, as the study's best does (tuner.search.best_value_of).
+    counted = [t for t in trials if t.counted is not None] or complete
+    raised = []  # pruned trials whose best epoch raised the best so far: marked where the line steps
+    if counted:
         steps, best = [], None
-        for trial in complete:
-            if best is None or (trial.value > best if maximize else trial.value < best):
-                best = trial.value
+        for trial in counted:
+            value = trial.value if trial.counted is None else trial.counted
+            if best is None or (value > best if maximize else value < best):
+                best = value
+                if trial.state == TrialState.PRUNED:
+                    raised.append((trial.number, value))
             steps.append((trial.number, best))
         last = max(t.number for t in trials)
         xs, ys = [n for n, _ in steps] + [last], [v for _, v in steps] + [steps[-1][1]]
         axes.plot(xs, ys, drawstyle="steps-post", color=BEST_COLOR, linewidth=2, label="best so far")
+    if complete:
         axes.scatter([t.number for t in complete], [t.value for t in complete], color=COMPLETE_COLOR,
                      zorder=3, label=f"complete ({len(complete)})")
     if pruned:
         axes.scatter([t.number for t in pruned], [t.value for t in pruned], facecolors="none",
                      edgecolors=PRUNED_COLOR, marker="o", zorder=3,
                      label=f"pruned ({len(pruned)}), at its last epoch")
+    if raised:
+        axes.scatter(*zip(*raised), color=BEST_COLOR, marker="^", zorder=4, label="pruned, at its best epoch")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("trial")
     axes.set_ylabel(metric)

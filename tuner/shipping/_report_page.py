@@ -78,6 +78,14 @@ class Summary:
     direction: str
     counts: dict[str, int]  # trials by state
     best: Row | None
+    best_value: float | None = None  # what it is best by: a pruned best's best epoch's (its row has its last)
+    best_note: str = ""  # a pruned best's `pruned at epoch 3, best epoch 2`
+
+    @property
+    def value(self) -> float | None:
+        if self.best is None:
+            return None
+        return self.best.value if self.best_value is None else self.best_value
 
 
 def e(value: Any) -> str:
@@ -113,7 +121,8 @@ def header(summary: Summary) -> str:
     total = sum(summary.counts.values())
     order = sorted(summary.counts, key=lambda s: (STATE_ORDER.index(s) if s in STATE_ORDER else len(STATE_ORDER), s))
     counts = ", ".join(f"{summary.counts[state]} {e(state)}" for state in order)
-    best = (f"Best {e(summary.metric)}: <b>{shown(summary.best.value)}</b> (trial {summary.best.number})."
+    note = f", {e(summary.best_note)}" if summary.best_note else ""
+    best = (f"Best {e(summary.metric)}: <b>{shown(summary.value)}</b> (trial {summary.best.number}{note})."
             if summary.best else "No trial has completed yet.")
     links = ['<a href="#best">Best configuration</a>', '<a href="#trials">Trials</a>',
              '<a href="#plots">Plots</a>']
@@ -127,10 +136,12 @@ def best_block(summary: Summary) -> str:
     if best is None:
         return '<section id="best"><h2>Best configuration</h2><p>No trial has completed yet.</p></section>'
     epochs = f", {best.epochs} epoch{'s' if best.epochs != 1 else ''}" if best.epochs is not None else ""
+    if summary.best_note:  # a pruned best: its best epoch is what counted, and what retrain trains
+        epochs = f" ({e(summary.best_note)}: its parameters trained for that many epochs reproduce it)"
     quoted = e(shlex.quote(summary.name))
     rows = "".join(f"<tr><th>{e(name)}</th><td>{shown(value)}</td></tr>" for name, value in sorted(best.params.items()))
     return (f'<section id="best"><h2>Best configuration</h2>\n<p>Trial {best.number}: {e(summary.metric)} '
-            f"<b>{shown(best.value)}</b>{epochs}.</p>\n<table class=\"kv\">{rows}</table>\n"
+            f"<b>{shown(summary.value)}</b>{epochs}.</p>\n<table class=\"kv\">{rows}</table>\n"
             f"<p class=\"note\">Save it: <code>tuner best --study {quoted} --format yaml &gt; best.yaml</code>; "
             f"train the final model: <code>tuner retrain --study {quoted} --out model</code> (with this "
             "report's <code>--storage</code>).</p></section>")

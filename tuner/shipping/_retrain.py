@@ -13,7 +13,7 @@ import torch
 from tuner.config import StudyConfig
 from tuner.errors import OptionError, TunerError
 from tuner.progress import Progress
-from tuner.search import make_objective
+from tuner.search import best_epoch_of, best_value_of, is_maximized, make_objective, pruned_note
 from tuner.service import OpenedStudy, all_params, best_trial
 from tuner.space import Branch, SearchSpace
 from tuner.training import (
@@ -98,15 +98,17 @@ def retrain(opened: OpenedStudy, request: RetrainRequest, *, progress: Progress 
     folder = check_out(request.out)
     config, machine = opened.config, opened.machine
     best = best_trial(opened.study)
-    epochs = request.epochs or best.user_attrs.get("best_epoch") or all_params(best).get("epochs") or 10
+    # The best epoch, of a completed or a pruned best alike (the pruned one had no end to repeat).
+    epochs = request.epochs or best_epoch_of(best) or all_params(best).get("epochs") or 10
     # No spill folder beside the storage: retraining may run far from it (~/.cache/tuner/decoded).
     data = load_data(data_config(config, machine, spill_dir=None))
     # Other data than the study's would give a model the search never saw: refused, as for workers.
     check_same_data(config.data_fingerprint, data, machine.data or config.data)
     if request.include_val:
         data = with_val_in_train(data, derive_seed(config.seed, "calibration"))
-    say(f"retraining trial {best.number} of study {opened.name}: {config.model}, {epochs} epoch"
-        f"{'s' if epochs != 1 else ''} on {'train+val' if request.include_val else 'train'} "
+    note = pruned_note(best)
+    say(f"retraining trial {best.number}{f' ({note})' if note else ''} of study {opened.name}: {config.model}, "
+        f"{epochs} epoch{'s' if epochs != 1 else ''} on {'train+val' if request.include_val else 'train'} "
         f"({len(data.train_targets)} images)")
     trained, value = train_best(opened, request, best, data, epochs, progress, say)
     # On held-out val the best epoch's weights are the model (the search chose by them);
@@ -190,7 +192,7 @@ def describe(opened: OpenedStudy, request: RetrainRequest, best, run: Run, data:
         "value_on": f"held-out {CALIBRATION_SHARE:.0%} of val" if request.include_val else "val",
         "study": opened.name,
         "trial": best.number,
-        "trial_value": best.value,
+        "trial_value": best_value_of(best, is_maximized(opened.study)),
         "params": {**all_params(best), "epochs": epochs},
         "epochs": epochs,
         "epochs_run": len(run.state.history),
