@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from tuner.search import best_value_of
+
 # Spent epochs are sums of fractions: a total that should equal the budget may fall short of
 # it by rounding alone.
 EPSILON = 1e-9
@@ -166,10 +168,11 @@ def outcomes_of(trials: Sequence[optuna.trial.FrozenTrial], *, pruned_best_count
     """lineage -> what the trial counts for: its value (completed) or None (pruned, by default);
     unfinished trials are left out.
 
-    The one place that decides whether a pruned trial's best epoch counts. Every method
-    passes the default today: tuner kept no weights of a pruned trial. Once tuner's `best`
-    and `retrain` reproduce a pruned trial's best epoch, tuner's method can pass
-    pruned_best_counts=True: a pruned trial then counts with its best reported epoch.
+    The one place that decides whether a pruned trial's best epoch counts. tuner's method
+    passes pruned_best_counts=True: its `best` and `retrain` reproduce a pruned trial's best
+    epoch (tuner.search's best_value_of: a trial the pruner stopped counts with its best
+    epoch, a diverged or out-of-memory one never). Plain Optuna's best_trial, which the
+    baselines stand for, counts completed trials only.
     """
     out: dict[int, float | None] = {}
     for trial in trials:
@@ -177,6 +180,5 @@ def outcomes_of(trials: Sequence[optuna.trial.FrozenTrial], *, pruned_best_count
         if trial.state == TrialState.COMPLETE:
             out[lineage] = trial.value
         elif trial.state == TrialState.PRUNED:
-            reported = list(trial.intermediate_values.values())
-            out[lineage] = max(reported) if pruned_best_counts and reported else None
+            out[lineage] = best_value_of(trial) if pruned_best_counts else None
     return out

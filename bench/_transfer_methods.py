@@ -236,7 +236,7 @@ def run_tuner(ctx: Context, seed: int) -> Trace:
     worker.log.logger.setLevel(logging.ERROR)
     ledger.started = time.perf_counter()
     worker.run()
-    return ledger.trace("tuner", seed, outcomes_of(worker.study.get_trials(deepcopy=False)), "", ctx.val_images)
+    return ledger.trace("tuner", seed, outcomes_of(worker.study.get_trials(deepcopy=False), pruned_best_counts=True), "", ctx.val_images)
 
 
 METHODS: dict[str, Callable[[Context, int], Trace]] = {

@@ -31,8 +31,9 @@ the task, measured at the start of the task's run. Methods (bench/_transfer_meth
 
 Methods other than tuner run tuner's own Objective (same trainer, feature cache and early
 stopping); only the sampler, the pruner and the order of the trials differ. A trial's validation
-accuracy counts once it completes (or early-stops); a pruned trial's never does (outcomes_of);
-the trial running when the budget ends counts with its best epoch so far.
+accuracy counts once it completes (or early-stops); a pruned trial's counts with its best epoch for
+tuner, whose `best` and `retrain` reproduce it, and never for the baselines, as in plain Optuna
+(outcomes_of); the trial running when the budget ends counts with its best epoch so far.
 
 Prints, per task and method, the mean +- std over seeds of the best validation accuracy at 25%,
 50% and 100% of the budget, the epochs and seconds it took to reach random search's final best,
