@@ -14,7 +14,7 @@ import torch
 from _transfer_ledger import BudgetSpent, EpochLedger, Trace, outcomes_of
 from tuner.config import MachineOptions, StudyRequest
 from tuner.search._objective import make_objective
-from tuner.search._warm_start import SEED_ADVICE, SEED_EPOCHS, WARM_START
+from tuner.search._warm_start import SEED_ADVICE, SEED_EPOCHS, WARM_START, complete_recipe, expressible
 from tuner.service._prepare import prepare_study
 from tuner.service._storage import StorageSettings
 from tuner.service._worker import Worker
@@ -28,7 +28,8 @@ from tuner.training._settings import TrialSettings
 # only, early stopping patience 5, each strategy's epochs at the top of the seed's range: what
 # `--recipes complete` enqueues), with a random head (the seed knows no probe). The per-trial
 # cap --max-epochs applies, as for every method.
-RECIPE_BASE = {**SEED_ADVICE, "head_init": "random"}
+RANDOM_HEAD = {"head_init": "random"}
+RECIPE_BASE = {**SEED_ADVICE, **RANDOM_HEAD}
 RECIPE_EPOCHS = SEED_EPOCHS
 
 
@@ -102,22 +103,10 @@ def run_optuna(ctx: Context, seed: int) -> Trace:
 
 
 def recipe_params(space: SearchSpace) -> list[dict[str, Any]]:
-    """The seed's three recipes as complete configurations of `space` (enqueue params)."""
-    out = []
-    for recipe in WARM_START:
-        values = {**RECIPE_BASE, "epochs": RECIPE_EPOCHS[recipe["freeze"]], **recipe}
-        active: dict[str, Any] = {"task": "single_label"}  # what `when` sees: fixed values too
-        chosen: dict[str, Any] = {}
-        for name in space.params:
-            branch = space.active_branch(name, {**active, **values})
-            if branch is None:
-                continue
-            if branch.fixed:
-                active[name] = branch.value
-            elif name in values:
-                active[name] = chosen[name] = values[name]
-        out.append(chosen)
-    return out
+    """The seed's three recipes as complete configurations of `space` (enqueue params): what
+    tuner's `--recipes complete` enqueues, with a random head instead of a probed one."""
+    recipes = (expressible(space, {**complete_recipe(recipe), **RANDOM_HEAD}) for recipe in WARM_START)
+    return [params for params in recipes if params is not None]
 
 
 def run_recipes(ctx: Context, seed: int) -> Trace:
