@@ -301,3 +301,18 @@ def test_artifacts(tmp_path) -> Path:
     folder = Path(os.environ.get("TUNER_TEST_ARTIFACTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@pytest.fixture(scope="module")
+def transfer_bench():
+    """bench/transfer.py loaded as a module (bench/ is scripts, not a package), one per test module."""
+    import importlib.util
+    import sys
+
+    name = f"bench_transfer_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / "transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(name, None)

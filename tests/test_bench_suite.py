@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import optuna
@@ -16,18 +14,12 @@ from tuner.service._lifecycle import check_params
 from tuner.space._space import load_space
 from tuner.training._hyperparams import check_space
 
-ROOT = Path(__file__).resolve().parents[1]
 TOPS = ("t-shirt", "pullover", "coat", "shirt")
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_transfer_suite", ROOT / "bench" / "transfer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def bench(transfer_bench):
+    return transfer_bench
 
 
 # --- the tasks ---------------------------------------------------------------------------------
