@@ -13,6 +13,7 @@ import torch
 
 from _transfer_ledger import BudgetSpent, EpochLedger, Trace, outcomes_of
 from tuner.config import MachineOptions, StudyRequest
+from tuner.search import PROMOTED_FROM_ATTR
 from tuner.search._objective import make_objective
 from tuner.search._warm_start import SEED_ADVICE, SEED_EPOCHS, WARM_START, complete_recipe, expressible
 from tuner.service._prepare import prepare_study
@@ -216,7 +217,7 @@ def run_tuner(ctx: Context, seed: int) -> Trace:
         n_trials=10 * c.budget_epochs, seed=seed, max_epochs=c.max_epochs, cache_views=c.cache_views,
         prior_weight=c.tuner_prior_weight, startup_trials=c.tuner_startup_trials,
         min_resource=c.tuner_min_resource, reduction_factor=c.tuner_reduction_factor,
-        head_trials=c.tuner_head_trials, recipes=c.tuner_recipes))
+        head_trials=c.tuner_head_trials, recipes=c.tuner_recipes, freeze_thaw=c.tuner_freeze_thaw))
     machine = MachineOptions(device="cpu", quiet=True, cache_dir=str(scratch / "cache"),
                              artifacts=str(scratch / "artifacts"))
     ledger = ctx.ledger()
@@ -225,7 +226,10 @@ def run_tuner(ctx: Context, seed: int) -> Trace:
     worker.log.logger.setLevel(logging.ERROR)
     ledger.started = time.perf_counter()
     worker.run()
-    return ledger.trace("tuner", seed, outcomes_of(worker.study.get_trials(deepcopy=False), pruned_best_counts=True), "", ctx.val_images)
+    trials = worker.study.get_trials(deepcopy=False)
+    promoted = sum(1 for t in trials if PROMOTED_FROM_ATTR in t.user_attrs)
+    note = f"{promoted} promoted by freeze-thaw" if c.tuner_freeze_thaw else ""
+    return ledger.trace("tuner", seed, outcomes_of(trials, pruned_best_counts=True), note, ctx.val_images)
 
 
 METHODS: dict[str, Callable[[Context, int], Trace]] = {

@@ -116,6 +116,7 @@ class BenchConfig:
     tuner_reduction_factor: int = 3
     tuner_head_trials: int = 0
     tuner_recipes: str = default("recipes")
+    tuner_freeze_thaw: bool = default("freeze_thaw")
     tolerance: float = 0.0
     sanity_epochs: int = 10
     timed_epochs: int = 2  # the task's epoch, (a'), (a''), (b'): the fastest of these, after one warm-up
@@ -184,6 +185,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tuner's --head-trials for method tuner (the head stage)")
     parser.add_argument("--tuner-recipes", choices=("sampled", "complete"), default=defaults.tuner_recipes,
                         help="tuner's --recipes for method tuner (the warm start's recipes completed or not)")
+    parser.add_argument("--tuner-freeze-thaw", action=argparse.BooleanOptionalAction, default=defaults.tuner_freeze_thaw,
+                        help="tuner's --freeze-thaw for method tuner (ASHA's stopped trials pause and are promoted later)")
     parser.add_argument("--save", help="write this run's traces to this JSON file (with --suite: one file per "
                                        "task, the task's name added before the suffix)")
     parser.add_argument("--compare", action="append", default=[],
@@ -229,7 +232,8 @@ def task_config(args: argparse.Namespace, task: Task, methods: tuple[str, ...], 
                    tuner_pruner=args.tuner_pruner, tuner_sampler=args.tuner_sampler,
                    tuner_prior_weight=args.tuner_prior_weight, tuner_startup_trials=args.tuner_startup_trials,
                    tuner_min_resource=args.tuner_min_resource, tuner_reduction_factor=args.tuner_reduction_factor,
-                   tuner_head_trials=args.tuner_head_trials, tuner_recipes=args.tuner_recipes, save=per_task(args.save, task.name, suite),
+                   tuner_head_trials=args.tuner_head_trials, tuner_recipes=args.tuner_recipes,
+                   tuner_freeze_thaw=args.tuner_freeze_thaw, save=per_task(args.save, task.name, suite),
                    compare=tuple(per_task(c, task.name, suite) for c in args.compare), report_only=args.report_only,
                    tolerance=args.tolerance, extras=not args.no_extras and (not suite or task.name == "fashion"),
                    out=per_task(args.out, task.name, suite), **values)

@@ -68,6 +68,10 @@ class StudyConfig:
     # The head stage (tuner.search._head_stage): this many head-only trials right after the warm
     # start's recipes; later fine-tuning trials take lr and dropout from the best of them.
     head_trials: int = at_least(0, default=0)
+    # Freeze-thaw (tuner.search._freeze_thaw): a trial ASHA stops pauses with its checkpoint, and
+    # resumes once it ranks in the top 1/reduction_factor of its rung. Off until bench/transfer.py's
+    # suite measures it against plain ASHA on every task (issue 22).
+    freeze_thaw: bool = False
     # Classes, images per class of train and val, content hash (tuner.training._fingerprint); None
     # for studies created before fingerprints, which are then not checked.
     data_fingerprint: Mapping[str, Any] | None = None
@@ -81,6 +85,8 @@ class StudyConfig:
             raise TunerError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.pruner not in PRUNERS:
             raise TunerError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        if self.freeze_thaw and self.pruner != "asha":
+            raise TunerError(f"--freeze-thaw pauses and promotes ASHA's trials: it needs --pruner asha, got {self.pruner!r}")
         if self.recipes not in RECIPES:
             raise TunerError(f"--recipes must be one of {', '.join(RECIPES)}, got {self.recipes!r}")
         if not isinstance(self.prior_weight, (int, float)) or not 0 <= self.prior_weight < float("inf"):
@@ -121,7 +127,7 @@ class MachineOptions:
 STORED_OPTIONS = ("space", "model", "image_size", "weights", "val_fraction", "sampler", "pruner", "n_trials",
                   "seed", "max_epochs", "warm_start", "recipes", "cache_views", "heartbeat_interval", "grace_period",
                   "max_retry", "prior_weight", "startup_trials", "min_resource", "reduction_factor",
-                  "head_trials")
+                  "head_trials", "freeze_thaw")
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,16 @@ def study_options(f: Callable) -> Callable:
                      metavar="W",
                      help="Trial n follows the space's priors with chance W/(W+n), else the sampler's "
                           "model (0: ignore them; try 10 where you trust the space's priors)."),
+        click.option("--cache-views", type=click.IntRange(min=0), default=default("cache_views"), show_default=True, metavar="K",
+                     help="Head-only trials train on cached backbone features of K augmented views "
+                          "per image (0: no cache, recompute the backbone every epoch)."),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(options), search_options(f))
+
+
+def search_options(f: Callable) -> Callable:
+    """The search strategy's stored settings beyond sampler and pruner: start-up, rungs, head stage, freeze-thaw."""
+    options = [
         click.option("--startup-trials", type=click.IntRange(min=0), default=default("startup_trials"), show_default=True, metavar="N",
                      help="Trials the model-based sampler draws at random before its model starts (warm-start "
                           "and prior trials count among them)."),
@@ -105,9 +115,10 @@ def study_options(f: Callable) -> Callable:
                      help="The head stage: N cheap head-only trials (on cached features, about 1% of a "
                           "fine-tuning trial each) after the warm start's recipes; later fine-tuning "
                           "trials take lr and dropout from the best of them (0: no head stage)."),
-        click.option("--cache-views", type=click.IntRange(min=0), default=default("cache_views"), show_default=True, metavar="K",
-                     help="Head-only trials train on cached backbone features of K augmented views "
-                          "per image (0: no cache, recompute the backbone every epoch)."),
+        click.option("--freeze-thaw/--no-freeze-thaw", default=default("freeze_thaw"), show_default=True,
+                     help="ASHA's stopped trials pause with their checkpoint instead of ending, and a worker "
+                          "resumes one once it ranks in the top 1/F of its rung (e.g. `--freeze-thaw` on a "
+                          "small validation set, where a rung's ranking is noisy)."),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
 

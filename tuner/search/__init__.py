@@ -6,6 +6,7 @@ __getattr__, __dir__, __all__ = lazy_api(__name__, {
     "_best": ("BEST_VALUE_ATTR", "best_epoch_of", "best_of", "best_value_of", "is_maximized", "pruned_note", "rank",
               "ranked", "study_best", "study_ranked"),
     "_budget": ("StudyControl", "request_stop"),
+    "_freeze_thaw": ("PROMOTED_AT_ATTR", "PROMOTED_FROM_ATTR", "PromotedPass", "is_paused", "promotable"),
     "_head_stage": ("check_head_stage",),
     "_note": ("study_note",),
     "_objective": ("Objective", "make_objective"),

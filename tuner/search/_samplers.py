@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from tuner.config import StudyConfig
+from tuner.search._freeze_thaw import PromotedPass
 from tuner.search._head_stage import HeadSettledSampler, StageUnpruned
 from tuner.search._priors import PriorGuidedSampler
 from tuner.space import SearchSpace
@@ -47,6 +48,8 @@ def make_pruner(config: StudyConfig, space: SearchSpace) -> optuna.pruners.BaseP
     pruner = base_pruner(config, space)
     if config.head_trials:
         pruner = StageUnpruned(pruner)
+    if config.freeze_thaw:
+        pruner = PromotedPass(pruner)
     return pruner
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.search import StudyControl, best_value_of, is_maximized, study_best
+from tuner.search import StudyControl, best_value_of, is_maximized, is_paused, study_best
 from tuner.service._checkpoints import (
     BEST_WEIGHTS_ATTR,
     ArtifactCheckpointer,
@@ -16,6 +16,7 @@ from tuner.service._checkpoints import (
     upload_weights,
 )
 from tuner.service._handover import TrialHandover
+from tuner.service._promotion import paused_checkpoints
 from tuner.service._study_artifacts import publish_best_model
 from tuner.service._trial_stops import HANDED_BACK_ATTR, OVER_BUDGET_ATTR
 
@@ -32,6 +33,8 @@ class TrialEnd:
     checkpointer: ArtifactCheckpointer
     control: StudyControl
     handover: TrialHandover  # requeues a handed-back trial
+    # Freeze-thaw: a paused trial keeps its checkpoint, which its promotion resumes from.
+    keep_paused: bool = False
 
     def keep_best(self, trial: optuna.Trial, value: float, state_dict: dict, meta: dict) -> None:
         """Upload the weights when this trial's best epoch beats the study's best so far."""
@@ -58,7 +61,8 @@ class TrialEnd:
 
     def settle(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         """The checkpoints and weights of a trial that ran: what can no longer resume goes."""
-        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED) or self.lineage_ended(frozen):
+        ended = frozen.state in (TrialState.COMPLETE, TrialState.PRUNED) or self.lineage_ended(frozen)
+        if ended and not (self.keep_paused and is_paused(frozen)):
             self.checkpointer.finish(frozen)
         if BEST_WEIGHTS_ATTR not in frozen.user_attrs or best_value_of(frozen) is None:
             return  # uploaded nothing, or ended as no candidate for the best (tuner.search.best_value_of)
@@ -89,6 +93,8 @@ class TrialEnd:
         if self.control.left() > 0:
             return  # a stale trial just failed frees a slot: its retry may be on its way
         self.checkpointer.sweep(trials)
+        for paused in paused_checkpoints(trials):
+            self.checkpointer.finish(paused)  # the study is over: nothing will promote them
         best = study_best(self.study)
         if best is not None:  # else no trial counts: none uploaded weights
             prune_weights(self.store, trials, best.number, maximize=is_maximized(self.study))

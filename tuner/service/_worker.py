@@ -19,6 +19,7 @@ from tuner.service._handover import TrialHandover
 from tuner.service._open import OpenedStudy
 from tuner.service._other_workers import OtherWorkers
 from tuner.service._prepare import ready_for_work
+from tuner.service._promotion import Promoter
 from tuner.service._reporting import Reporter
 from tuner.service._summary import WorkerSummary
 from tuner.service._signals import StopFlag
@@ -69,7 +70,9 @@ class Worker:
         # first Ctrl-C says it will finish before the hand-back.
         self.epoch = (1, 0)
         self.threads = TorchThreads(self.log)
-        self.trial_end = TrialEnd(self.study, self.storage, self.store, self.checkpointer, self.control, self.handover)
+        self.trial_end = TrialEnd(self.study, self.storage, self.store, self.checkpointer, self.control, self.handover,
+                                  keep_paused=self.config.freeze_thaw)
+        self.promoter = Promoter(self.study, self.config.reduction_factor, self.log) if self.config.freeze_thaw else None
         self.others = OtherWorkers(self.study, self.control, self.handover, self.stop,
                                    self.storage_settings.heartbeat_interval)
 
@@ -187,6 +190,8 @@ class Worker:
         # would be one more trial marked over budget (a FAIL in every dashboard).
         if self.stop.set or self.others.budget_spent():
             study.stop()
+        elif self.promoter is not None:
+            self.promoter.promote()  # queued now, so that Optuna pops it as this worker's next trial
 
     def announce_stop(self) -> None:
         """Said at the first Ctrl-C (or `tuner stop`), before the epoch ends: what happens next."""
