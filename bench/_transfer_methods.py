@@ -217,7 +217,8 @@ def run_tuner(ctx: Context, seed: int) -> Trace:
         n_trials=10 * c.budget_epochs, seed=seed, max_epochs=c.max_epochs, cache_views=c.cache_views,
         prior_weight=c.tuner_prior_weight, startup_trials=c.tuner_startup_trials,
         min_resource=c.tuner_min_resource, reduction_factor=c.tuner_reduction_factor,
-        head_trials=c.tuner_head_trials, recipes=c.tuner_recipes, freeze_thaw=c.tuner_freeze_thaw))
+        rung_signal=c.tuner_rung_signal, rung_margin=c.tuner_rung_margin, head_trials=c.tuner_head_trials,
+        recipes=c.tuner_recipes, freeze_thaw=c.tuner_freeze_thaw))
     machine = MachineOptions(device="cpu", quiet=True, cache_dir=str(scratch / "cache"),
                              artifacts=str(scratch / "artifacts"))
     ledger = ctx.ledger()

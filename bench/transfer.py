@@ -80,7 +80,7 @@ from _transfer_report import (  # noqa: E402,F401
     Target, draw, load_traces, print_suite_table, print_table, save_traces, task_targets,
 )
 
-from tuner.config import default  # noqa: E402
+from tuner.config import RUNG_SIGNALS, default  # noqa: E402
 from tuner.space._space import load_space  # noqa: E402
 from tuner.training._data import load_data  # noqa: E402
 from tuner.training._data_config import DataConfig  # noqa: E402
@@ -114,6 +114,9 @@ class BenchConfig:
     tuner_startup_trials: int = 10
     tuner_min_resource: int = 1
     tuner_reduction_factor: int = 3
+    # tuner's --rung-signal and --rung-margin (ASHA's rung value and its slack in validation images)
+    tuner_rung_signal: str = default("rung_signal")
+    tuner_rung_margin: int = default("rung_margin")
     tuner_head_trials: int = 0
     tuner_recipes: str = default("recipes")
     tuner_freeze_thaw: bool = default("freeze_thaw")
@@ -181,6 +184,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tuner's --min-resource for method tuner")
     parser.add_argument("--tuner-reduction-factor", type=int, default=defaults.tuner_reduction_factor,
                         help="tuner's --reduction-factor for method tuner")
+    parser.add_argument("--tuner-rung-signal", choices=RUNG_SIGNALS, default=defaults.tuner_rung_signal,
+                        help="tuner's --rung-signal for method tuner (ASHA on each trial's last or best epoch)")
+    parser.add_argument("--tuner-rung-margin", type=int, default=defaults.tuner_rung_margin,
+                        help="tuner's --rung-margin for method tuner (validation images of slack at a rung)")
     parser.add_argument("--tuner-head-trials", type=int, default=defaults.tuner_head_trials,
                         help="tuner's --head-trials for method tuner (the head stage)")
     parser.add_argument("--tuner-recipes", choices=("sampled", "complete"), default=defaults.tuner_recipes,
@@ -232,6 +239,7 @@ def task_config(args: argparse.Namespace, task: Task, methods: tuple[str, ...], 
                    tuner_pruner=args.tuner_pruner, tuner_sampler=args.tuner_sampler,
                    tuner_prior_weight=args.tuner_prior_weight, tuner_startup_trials=args.tuner_startup_trials,
                    tuner_min_resource=args.tuner_min_resource, tuner_reduction_factor=args.tuner_reduction_factor,
+                   tuner_rung_signal=args.tuner_rung_signal, tuner_rung_margin=args.tuner_rung_margin,
                    tuner_head_trials=args.tuner_head_trials, tuner_recipes=args.tuner_recipes,
                    tuner_freeze_thaw=args.tuner_freeze_thaw, save=per_task(args.save, task.name, suite),
                    compare=tuple(per_task(c, task.name, suite) for c in args.compare), report_only=args.report_only,

@@ -72,6 +72,9 @@ STORED_SETTINGS = [
     pytest.param(["--pruner", "asha", "--min-resource", "2", "--reduction-factor", "4"],
                  lambda w, o: (w.study.pruner._min_resource, w.study.pruner._reduction_factor) == (2, 4),
                  id="min resource and reduction factor"),
+    pytest.param(["--rung-signal", "best", "--rung-margin", "2"],
+                 lambda w, o: (w.study.pruner.signal, w.study.pruner.margin) == ("best", 2 / len(o.data.val_targets)),
+                 id="rung signal and margin"),
 ]
 
 
@@ -104,6 +107,8 @@ CONTRADICTIONS = [
     pytest.param(["--startup-trials", "4"], "--startup-trials (study has 10, given 4)", id="startup trials"),
     pytest.param(["--min-resource", "2"], "--min-resource (study has 1, given 2)", id="min resource"),
     pytest.param(["--reduction-factor", "2"], "--reduction-factor (study has 3, given 2)", id="reduction factor"),
+    pytest.param(["--rung-signal", "best"], "--rung-signal (study has 'last', given 'best')", id="rung signal"),
+    pytest.param(["--rung-margin", "1"], "--rung-margin (study has 0, given 1)", id="rung margin"),
 ]
 
 

@@ -133,3 +133,22 @@ def test_the_gradual_ablation_space_is_default_yaml_plus_gradual_unfreezing():
     # A gradual trial gets every setting a fine-tuning trial of last_blocks gets, and its pace.
     assert {"unfreeze_every", "head_init", "lr", "backbone_lr", "epochs"} <= set(sampled), sampled
     assert sampled["freeze"] == "gradual" and 1 <= sampled["unfreeze_every"] <= 3
+
+
+@pytest.mark.parametrize("flags, given", [
+    ([], {"rung_signal": "last", "rung_margin": 0}),
+    (["--tuner-rung-signal", "best", "--tuner-rung-margin", "2"], {"rung_signal": "best", "rung_margin": 2}),
+])
+def test_the_rung_flags_reach_tuners_study(bench, tmp_path, monkeypatch, flags, given):
+    asked = []
+
+    def prepare_study(storage, name, request, machine):
+        asked.append(request)
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setitem(bench.METHODS["tuner"].__globals__, "prepare_study", prepare_study)
+    config = bench.parse_args(["--task", "digits", "--smoke", *flags])
+    ctx = bench.Context(config, tmp_path / "data", None, None, tmp_path / "work", 1.0)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        bench.METHODS["tuner"](ctx, 0)
+    assert {k: asked[0].given[k] for k in given} == given

@@ -13,6 +13,9 @@ PRUNERS = ("hyperband", "median", "asha", "none")
 # The warm start's recipes: the seed's freeze, optimizer and learning rates with the rest sampled,
 # or completed with the seed's advice for every other parameter (tuner.search._warm_start).
 RECIPES = ("sampled", "complete")
+# ASHA's value of a trial at a rung (tuner.search._rungs): its epoch there, as Optuna's, or its
+# best epoch up to there, as the study's best counts a pruned trial (tuner.search._best).
+RUNG_SIGNALS = ("last", "best")
 # The settings a space file may carry (its `settings:`): they fill what the command line left out.
 SPACE_SETTINGS = ("model", "image_size", "weights", "max_epochs")
 
@@ -65,6 +68,11 @@ class StudyConfig:
     startup_trials: int = at_least(0, default=10)
     min_resource: int = at_least(1, default=1)
     reduction_factor: int = at_least(2, default=3)
+    # ASHA's rung value ("last" or "best" epoch so far), and its slack in validation images: a
+    # trial this many images below a rung's cutoff is promoted. "last" and 0 are Optuna's own
+    # SuccessiveHalvingPruner; with 200-400 validation images, one image is noise.
+    rung_signal: str = "last"
+    rung_margin: int = at_least(0, default=0)
     # The head stage (tuner.search._head_stage): this many head-only trials right after the warm
     # start's recipes; later fine-tuning trials take lr and dropout from the best of them.
     head_trials: int = at_least(0, default=0)
@@ -91,10 +99,22 @@ class StudyConfig:
             raise TunerError(f"--recipes must be one of {', '.join(RECIPES)}, got {self.recipes!r}")
         if not isinstance(self.prior_weight, (int, float)) or not 0 <= self.prior_weight < float("inf"):
             raise TunerError(f"--prior-weight must be a number >= 0, got {self.prior_weight!r}")
+        if self.rung_signal not in RUNG_SIGNALS:
+            raise TunerError(f"--rung-signal must be one of {', '.join(RUNG_SIGNALS)}, got {self.rung_signal!r}")
         for f in dataclasses.fields(self):
             least, value = f.metadata.get("at_least"), getattr(self, f.name)
             if least is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise TunerError(f"--{f.name.replace('_', '-')} must be an integer >= {least}, got {value!r}")
+        self.check_rungs()
+
+    def check_rungs(self) -> None:
+        """The rung options against the pruner and the metric (after each field's own check)."""
+        if self.pruner != "asha" and (self.rung_signal != "last" or self.rung_margin > 0):
+            raise TunerError(f"--rung-signal/--rung-margin apply to --pruner asha, got --pruner {self.pruner}")
+        # A new study's metric is set from its data before it is written (service._prepare).
+        if self.rung_margin > 0 and self.metric != "val_accuracy":
+            raise TunerError(f"--rung-margin counts validation images, so it needs the val_accuracy metric; "
+                             f"this study's is {self.metric} (multi-label data): use --rung-margin 0")
 
     def to_attr(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,7 +147,7 @@ class MachineOptions:
 STORED_OPTIONS = ("space", "model", "image_size", "weights", "val_fraction", "sampler", "pruner", "n_trials",
                   "seed", "max_epochs", "warm_start", "recipes", "cache_views", "heartbeat_interval", "grace_period",
                   "max_retry", "prior_weight", "startup_trials", "min_resource", "reduction_factor",
-                  "head_trials", "freeze_thaw")
+                  "rung_signal", "rung_margin", "head_trials", "freeze_thaw")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import click
 from click.core import ParameterSource
 
-from tuner.config import PRUNERS, RECIPES, SAMPLERS, STORED_OPTIONS, MachineOptions, StudyRequest, default
+from tuner.config import PRUNERS, RECIPES, RUNG_SIGNALS, SAMPLERS, STORED_OPTIONS, MachineOptions, StudyRequest, default
 from tuner.service._storage import DEFAULT_STORAGE, StorageSettings
 
 
@@ -111,6 +111,17 @@ def search_options(f: Callable) -> Callable:
         click.option("--reduction-factor", type=click.IntRange(min=2), default=default("reduction_factor"), show_default=True, metavar="F",
                      help="ASHA and Hyperband promote one in F trials at each rung; Hyperband runs one bracket "
                           "per power of F in max-epochs / min-resource."),
+        click.option("--rung-signal", type=click.Choice(RUNG_SIGNALS), default=default("rung_signal"), show_default=True,
+                     help="What ASHA (--pruner asha) compares at a rung: the trial's accuracy at that epoch "
+                          "(last, Optuna's), or its best epoch so far (best), which is how a pruned trial counts for the study's "
+                          "best. With a small validation set one epoch's dip is noise: best keeps a trial "
+                          "whose epoch 1 led but whose epoch 3 lost two images."),
+        click.option("--rung-margin", type=click.IntRange(min=0), default=default("rung_margin"), show_default=True,
+                     metavar="N",
+                     help="ASHA also promotes a trial up to N validation images below a rung's cutoff: on "
+                          "300 images one image is 0.0033 of accuracy, noise rather than evidence. E.g. 2 on 300 "
+                          "images: 0.66 passes a cutoff of 0.6667 (0: Optuna's cutoff exactly; --pruner asha, "
+                          "single-label data)."),
         click.option("--head-trials", type=click.IntRange(min=0), default=default("head_trials"), show_default=True, metavar="N",
                      help="The head stage: N cheap head-only trials (on cached features, about 1% of a "
                           "fine-tuning trial each) after the warm start's recipes; later fine-tuning "

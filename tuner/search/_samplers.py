@@ -5,9 +5,11 @@ from __future__ import annotations
 import optuna
 
 from tuner.config import StudyConfig
+from tuner.errors import TunerError
 from tuner.search._freeze_thaw import PromotedPass
-from tuner.search._head_stage import HeadSettledSampler, StageUnpruned
+from tuner.search._head_stage import HEAD_STAGE_ATTR, HeadSettledSampler, StageUnpruned
 from tuner.search._priors import PriorGuidedSampler
+from tuner.search._rungs import RungPruner
 from tuner.space import SearchSpace
 
 
@@ -60,6 +62,28 @@ def base_pruner(config: StudyConfig, space: SearchSpace) -> optuna.pruners.BaseP
         return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=cap, reduction_factor=factor)
     if config.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if config.pruner == "asha" and (config.rung_signal != "last" or config.rung_margin > 0):
+        return RungPruner(low, factor, signal=config.rung_signal, margin=rung_margin(config),
+                          competes=_not_head_stage)
     if config.pruner == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=low, reduction_factor=factor)
     return optuna.pruners.NopPruner()
+
+
+def rung_margin(config: StudyConfig) -> float:
+    """--rung-margin's images as a share of the validation set: the accuracy they are worth."""
+    if config.rung_margin == 0:
+        return 0.0
+    # Cannot happen from the command line: every new study stores its fingerprint, and one
+    # created before fingerprints keeps its stored margin of 0 (a flag contradicting it is refused).
+    images = sum((config.data_fingerprint or {}).get("val_counts", {}).values())
+    if images < 1:
+        raise TunerError(f"--rung-margin {config.rung_margin}: this study stores no count of its validation "
+                         "images to turn images into accuracy (use --rung-margin 0)")
+    return config.rung_margin / images
+
+
+def _not_head_stage(trial: optuna.trial.FrozenTrial) -> bool:
+    # StageUnpruned keeps head-stage trials from Optuna's ASHA, so they never had rung values
+    # there; read from the curves here, they would compete unless left out.
+    return not trial.user_attrs.get(HEAD_STAGE_ATTR)
