@@ -77,7 +77,7 @@ def print_table(results: Mapping[str, list[Trace]], config: Any) -> None:
         notes = "; ".join(sorted({t.note for t in traces if t.note}))
         print(f"  {method:14s} {cells[0]:>22s} {cells[1]:>22s} {cells[2]:>22s}  reach: {reach}; "
               f"spent {spent:.1f} epochs in {seconds:.0f} s, of them probes {probes[0]:.2f} epochs ({probes[1]:.1f} s) "
-              f"and caches {caches[0]:.2f} epochs ({caches[1]:.1f} s){f'; {notes}' if notes else ''}")
+              f"and caches {caches[0]:.2f} epochs ({caches[1]:.2f} s){f'; {notes}' if notes else ''}")
 
 
 def baseline_targets(results: Mapping[str, list[Trace]], config: Any, baseline: str = "random") -> dict[int, float]:

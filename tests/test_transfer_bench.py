@@ -116,7 +116,9 @@ def test_smoke_run_prints_every_ratio_and_draws_the_curves(tmp_path):
     for method in ("tuner", "recipes", "optuna+recipes"):
         (row,) = [line for line in lines if line.split()[:1] == [method]]
         charged = re.search(r"caches (\d+\.\d+) epochs \((\d+\.\d+) s\)", row)
-        assert charged and float(charged.group(1)) > 0 and float(charged.group(2)) > 0, row
+        # The epochs are the seconds over the task's epoch: on a fast machine the seconds of a
+        # smoke run's tiny cache round to 0.00 before the epochs do.
+        assert charged and float(charged.group(1)) > 0, row
     # top-K's best screened trials continue from their epoch-1 checkpoint, not from scratch.
     assert re.search(r"topk .*\d+ screened, [1-9]\d* continued from epoch 1", result.stdout), result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
