@@ -215,7 +215,8 @@ def test_the_targets_of_a_task(bench):
     assert not targets["c3"].met and targets["c3"].figure == "never"
     # 0.71 against 0.72: one validation image of 100 short, which the target allows.
     assert targets["final"].met and targets["final"].figure.startswith("-1.0 img vs optuna+recipes")
-    assert targets["25%"].met and targets["25%"].figure == "0.7000 vs 0.6900"
+    assert targets["25%"].met and targets["25%"].figure == "0.7000 vs 0.6900 (1/1, 1/1)"
     results["tuner"] = [trace(bench, "tuner", 0, [(6, 0.70), (20, 0.705)])]
     targets = {t.label: t for t in bench.task_targets(results, config)}
     assert not targets["final"].met and not targets["25%"].met  # 1.5 images short; nothing at 5 epochs
+    assert targets["25%"].figure == "0.0000 vs 0.6900 (0/1, 1/1)"
