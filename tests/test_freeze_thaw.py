@@ -128,24 +128,34 @@ def test_the_cli_refuses_freeze_thaw_without_asha_before_writing(tmp_path):
 PARAMS = {"freeze": "last_blocks", "lr": 1e-3, "backbone_lr": 1e-4, "optimizer": "adam", "batch_size": 64, "epochs": 3}
 
 
-def test_a_worker_pauses_a_pruned_trial_and_resumes_it_from_its_checkpoint_once_promoted(tiny_space, tmp_path):
-    """Trial 8 is pruned after epoch 1 (two earlier trials scored higher there), keeps its
-    checkpoint, and ranks third of nine at epoch 1: in the top third, so the worker queues its
-    continuation, which resumes after epoch 1 instead of training again, and completes."""
-    url, artifacts = f"sqlite:///{tmp_path / 's.db'}", tmp_path / "artifacts"
+def study_with_a_rung_ahead(tiny_space, tmp_path, **settings) -> tuple[optuna.Study, str]:
+    """A study whose next trial (number 8, PARAMS) is pruned after epoch 1 by two trials that
+    ASHA saw at its first rung with a score no real trial reaches; six more it did not see (no
+    rung record) all scored worse there: with them the next trial ranks third of nine."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
     loaded = load_space(str(tiny_space))
     config = StudyConfig(space_name=loaded.name, space_text=loaded.text, data="digits", model="resnet18",
-                         weights="none", image_size=16, n_trials=10, max_epochs=3, artifacts=str(artifacts),
-                         warm_start=False, freeze_thaw=True, pruner="asha")
+                         weights="none", image_size=16, max_epochs=3, artifacts=str(tmp_path / "artifacts"),
+                         warm_start=False, pruner="asha", **settings)
     study = create_study(open_storage(StorageSettings(url=url), heartbeat=False), "s", config, note="# test")
-    # Two trials ASHA saw at its first rung with a score no real trial reaches; six it did not
-    # see (no rung record), all worse: the promotion counts every trial that reported epoch 1.
     for _ in range(2):
         study.add_trial(create_trial(state=DONE, value=2.0, intermediate_values={1: 2.0},
                                      system_attrs={"completed_rung_0": 2.0}))
     for _ in range(6):
         study.add_trial(create_trial(state=DONE, value=-1.0, intermediate_values={1: -1.0}))
     study.enqueue_trial(PARAMS)
+    return study, url
+
+
+def checkpoints_of_trial_8(tmp_path) -> list:
+    return [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file() and "-t8-" in p.name]
+
+
+def test_a_worker_pauses_a_pruned_trial_and_resumes_it_from_its_checkpoint_once_promoted(tiny_space, tmp_path):
+    """Trial 8 is pruned after epoch 1, keeps its checkpoint, and ranks in the top third at
+    epoch 1: the worker queues its continuation, which resumes after epoch 1 instead of
+    training again, and completes."""
+    study, url = study_with_a_rung_ahead(tiny_space, tmp_path, n_trials=10, freeze_thaw=True)
 
     result = CliRunner().invoke(cli, ["worker", "--study", "s", "--storage", url, "--device", "cpu"])
 
@@ -159,25 +169,26 @@ def test_a_worker_pauses_a_pruned_trial_and_resumes_it_from_its_checkpoint_once_
     assert [row["epoch"] for row in resumed.user_attrs["history"]] == [1, 2, 3]
     assert resumed.intermediate_values[1] == paused.intermediate_values[1]
     # Both checkpoints are gone once the lineage completed.
-    assert not [p for p in artifacts.rglob("*") if p.is_file() and "-t8-" in p.name]
+    assert not checkpoints_of_trial_8(tmp_path)
 
 
 def test_without_freeze_thaw_a_pruned_trial_ends_for_good(tiny_space, tmp_path):
-    url, artifacts = f"sqlite:///{tmp_path / 's.db'}", tmp_path / "artifacts"
-    loaded = load_space(str(tiny_space))
-    config = StudyConfig(space_name=loaded.name, space_text=loaded.text, data="digits", model="resnet18",
-                         weights="none", image_size=16, n_trials=9, max_epochs=3, artifacts=str(artifacts),
-                         warm_start=False, pruner="asha")
-    study = create_study(open_storage(StorageSettings(url=url), heartbeat=False), "s", config, note="# test")
-    for _ in range(2):
-        study.add_trial(create_trial(state=DONE, value=2.0, intermediate_values={1: 2.0},
-                                     system_attrs={"completed_rung_0": 2.0}))
-    for _ in range(6):
-        study.add_trial(create_trial(state=DONE, value=-1.0, intermediate_values={1: -1.0}))
-    study.enqueue_trial(PARAMS)
+    study, url = study_with_a_rung_ahead(tiny_space, tmp_path, n_trials=9)
 
     result = CliRunner().invoke(cli, ["worker", "--study", "s", "--storage", url, "--device", "cpu"])
 
     assert result.exit_code == 0, result.output
     assert [t.state for t in study.get_trials()[8:]] == [TrialState.PRUNED]
-    assert not [p for p in artifacts.rglob("*") if p.is_file() and "-t8-" in p.name]
+    assert not checkpoints_of_trial_8(tmp_path)
+
+
+def test_a_paused_trial_left_unpromoted_frees_its_checkpoint_once_the_study_is_over(tiny_space, tmp_path):
+    """With the budget spent by the paused trial itself, nothing can promote it any more."""
+    study, url = study_with_a_rung_ahead(tiny_space, tmp_path, n_trials=9, freeze_thaw=True)
+
+    result = CliRunner().invoke(cli, ["worker", "--study", "s", "--storage", url, "--device", "cpu"])
+
+    assert result.exit_code == 0, result.output
+    (paused,) = study.get_trials()[8:]
+    assert paused.state == TrialState.PRUNED and paused.user_attrs.get(CHECKPOINT_ATTR)
+    assert not checkpoints_of_trial_8(tmp_path)
