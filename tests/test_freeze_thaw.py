@@ -76,6 +76,16 @@ def test_the_highest_rung_and_the_best_value_come_first():
     assert numbers(study_of(*trials)) == [2, 1, 0]
 
 
+def test_with_the_best_signal_a_paused_trial_ranks_by_its_best_epoch_so_far():
+    """Trial 0 dipped at epoch 3 (0.5) after the rung's best epoch 2 (0.9): the last value ranks
+    it below the other two, its best above them, as --rung-signal best's pruner ranks it."""
+    trials = [trial({1: 0.4, 2: 0.9, 3: 0.5}), trial({1: 0.6, 2: 0.6, 3: 0.6}, state=DONE),
+              trial({1: 0.7, 2: 0.7, 3: 0.7}, state=DONE)]
+    study = study_of(*trials)
+    assert numbers(study) == []
+    assert [t.number for t in promotable(study.get_trials(), 3, True, signal="best")] == [0]
+
+
 def test_minimize_promotes_the_lowest():
     study = study_of(trial({1: 0.2}), trial({1: 0.5}, state=DONE), trial({1: 0.9}, state=DONE), direction="minimize")
     assert numbers(study) == [0]

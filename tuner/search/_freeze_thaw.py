@@ -6,9 +6,11 @@ import math
 from typing import Callable, Iterable
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.search._best import COUNTED_PRUNED
+from tuner.search._rungs import rung_value
 
 # On the trial that continues a paused one: the paused trial's number, and the epoch it resumes after.
 PROMOTED_FROM_ATTR = "promoted_from"
@@ -25,43 +27,46 @@ def is_paused(trial: FrozenTrial) -> bool:
 
 
 def promotable(trials: Iterable[FrozenTrial], reduction_factor: int, maximize: bool,
-               can_resume: Callable[[FrozenTrial], bool] = lambda t: True) -> list[FrozenTrial]:
+               can_resume: Callable[[FrozenTrial], bool] = lambda t: True, signal: str = "last") -> list[FrozenTrial]:
     """The paused trials that now rank in the top 1/reduction_factor of their rung, the highest
     rung first and the best value first within it: ASHA's promotion (Li et al., 2020), which
     Optuna cannot do because a pruned trial never runs again (optuna#3351).
 
     A paused trial is judged at the step it stopped at, against one value per lineage at that
-    step: a promoted trial re-reports its parent's epochs and must not count twice.
+    step: a promoted trial re-reports its parent's epochs and must not count twice. `signal`
+    is the pruner's (--rung-signal): the value at that step, or the best up to it.
     """
     trials = list(trials)
-    if reduction_factor < 2:
-        raise ValueError(f"reduction_factor must be >= 2, got {reduction_factor}")
+    direction = StudyDirection.MAXIMIZE if maximize else StudyDirection.MINIMIZE
     promoted = {t.user_attrs.get(PROMOTED_FROM_ATTR) for t in trials} - {None}
     paused = [t for t in trials if is_paused(t) and t.number not in promoted and can_resume(t)]
-    chosen = [t for t in paused if ranks_at_top(t, trials, reduction_factor, maximize)]
+    values = {t.number: rung_value(t, t.last_step, signal, direction) for t in paused}
+    chosen = [t for t in paused if ranks_at_top(values[t.number], t.last_step, trials, reduction_factor, direction,
+                                            signal)]
     sign = 1 if maximize else -1
-    return sorted(chosen, key=lambda t: (-t.last_step, -sign * t.intermediate_values[t.last_step]))
+    return sorted(chosen, key=lambda t: (-t.last_step, -sign * values[t.number]))
 
 
-def ranks_at_top(trial: FrozenTrial, trials: list[FrozenTrial], reduction_factor: int, maximize: bool) -> bool:
-    step = trial.last_step
-    value = trial.intermediate_values[step]
+def ranks_at_top(value: float, step: int, trials: list[FrozenTrial], reduction_factor: int,
+                 direction: StudyDirection, signal: str) -> bool:
     if math.isnan(value):
         return False
-    values = sorted(rung_values(trials, step).values(), reverse=maximize)
+    maximize = direction == StudyDirection.MAXIMIZE
+    values = sorted(rung_values(trials, step, signal, direction).values(), reverse=maximize)
     top = len(values) // reduction_factor
     # No promotion before reduction_factor trials reached the rung: a paused trial then never
     # ranked in any top share, and Optuna's ASHA already let through the one best so far.
     return top >= 1 and (value >= values[top - 1] if maximize else value <= values[top - 1])
 
 
-def rung_values(trials: list[FrozenTrial], step: int) -> dict[int, float]:
+def rung_values(trials: list[FrozenTrial], step: int, signal: str, direction: StudyDirection) -> dict[int, float]:
     """Each lineage's value at `step`, of every trial that reported it, whatever its state."""
     values: dict[int, float] = {}
     for t in trials:
-        value = t.intermediate_values.get(step)
-        if value is not None and not math.isnan(value):
-            values.setdefault(int(t.user_attrs.get("lineage", t.number)), value)
+        if step in t.intermediate_values:
+            value = rung_value(t, step, signal, direction)
+            if not math.isnan(value):
+                values.setdefault(int(t.user_attrs.get("lineage", t.number)), value)
     return values
 
 

@@ -23,6 +23,7 @@ class Promoter:
     study: optuna.Study
     reduction_factor: int
     log: logging.Logger | logging.LoggerAdapter
+    signal: str = "last"  # the pruner's --rung-signal: a paused trial ranks as the pruner ranked it
 
     def promote(self) -> FrozenTrial | None:
         """Queue the best promotable paused trial's continuation; the paused trial, or None."""
@@ -32,7 +33,7 @@ class Promoter:
             # a promotion queued behind it would be judged on rankings that are stale by then.
             return None
         chosen = promotable(trials, self.reduction_factor, is_maximized(self.study),
-                            can_resume=lambda t: bool(t.user_attrs.get(CHECKPOINT_ATTR)))
+                            can_resume=lambda t: bool(t.user_attrs.get(CHECKPOINT_ATTR)), signal=self.signal)
         if not chosen:
             return None
         self.queue(chosen[0])

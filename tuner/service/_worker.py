@@ -72,7 +72,8 @@ class Worker:
         self.threads = TorchThreads(self.log)
         self.trial_end = TrialEnd(self.study, self.storage, self.store, self.checkpointer, self.control, self.handover,
                                   keep_paused=self.config.freeze_thaw)
-        self.promoter = Promoter(self.study, self.config.reduction_factor, self.log) if self.config.freeze_thaw else None
+        self.promoter = (Promoter(self.study, self.config.reduction_factor, self.log, self.config.rung_signal)
+                         if self.config.freeze_thaw else None)
         self.others = OtherWorkers(self.study, self.control, self.handover, self.stop,
                                    self.storage_settings.heartbeat_interval)
 
