@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.search import PROMOTED_AT_ATTR, PROMOTED_FROM_ATTR, is_maximized, is_paused, promotable
+from tuner.search import BEST_VALUE_ATTR, PROMOTED_AT_ATTR, PROMOTED_FROM_ATTR, is_maximized, is_paused, promotable
 from tuner.service._artifact_store import BEST_WEIGHTS_ATTR, CHECKPOINT_ATTR
 from tuner.service._storage import RETRY_OF_ATTR
+from tuner.service._trial_stops import HANDED_BACK_ATTR
 
 # What belongs to the paused trial's end, not to its continuation (which records its own).
-ENDED_ATTRS = ("stop_reason", "best_value", "train_seconds", BEST_WEIGHTS_ATTR, "duplicate_of", "handed_back")
+ENDED_ATTRS = ("stop_reason", BEST_VALUE_ATTR, "train_seconds", BEST_WEIGHTS_ATTR, "duplicate_of", HANDED_BACK_ATTR)
 
 
 @dataclass(frozen=True, eq=False)
