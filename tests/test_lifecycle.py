@@ -83,7 +83,9 @@ def test_stop_makes_every_worker_hand_back_and_exit_0_and_a_later_worker_resumes
 
 def test_extend_raises_the_budget_of_a_running_worker(storage_url, tmp_path, procs):
     space = tmp_path / "resume.yaml"
-    space.write_text(RESUME_SPACE)
+    # The extend must land while trial 0 runs. On an idle machine its 12 epochs took about a
+    # second, and it had finished before the extend (the worker then saw a budget of 1): 40.
+    space.write_text(resume_space(40))
     create(storage_url, "ext", space, 1, tmp_path / "artifacts", "--no-warm-start")
     worker = procs.start("worker", "--study", "ext", "--storage", storage_url)
     wait_for(lambda: running_after(storage_url, "ext", 1), 240, "trial 0 past epoch 1", procs, 0.05)

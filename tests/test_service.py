@@ -121,7 +121,7 @@ def test_create_stores_the_whole_config_the_note_and_the_warm_start(storage_url,
         "n_trials": 3, "seed": 7, "max_epochs": 2, "metric": "val_accuracy", "direction": "maximize",
         "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2, "artifacts": str(artifacts.resolve()),
         "warm_start": warm_start, "recipes": "sampled", "cache_views": 2, "prior_weight": 4.0, "startup_trials": 5,
-        "min_resource": 2, "reduction_factor": 4, "rung_signal": "last", "rung_margin": 0, "head_trials": 0,
+        "min_resource": 2, "reduction_factor": 4, "rung_signal": "last", "rung_margin": 0, "head_trials": 0, "freeze_thaw": False,
     }
     assert study.metric_names == ["val_accuracy"]
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
