@@ -26,6 +26,12 @@ def is_paused(trial: FrozenTrial) -> bool:
     return step is not None and epochs is not None and step < int(epochs)
 
 
+def waiting_promotion(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The paused trials that no trial continues yet."""
+    promoted = {t.user_attrs.get(PROMOTED_FROM_ATTR) for t in trials} - {None}
+    return [t for t in trials if is_paused(t) and t.number not in promoted]
+
+
 def promotable(trials: Iterable[FrozenTrial], reduction_factor: int, maximize: bool,
                can_resume: Callable[[FrozenTrial], bool] = lambda t: True, signal: str = "last") -> list[FrozenTrial]:
     """The paused trials that now rank in the top 1/reduction_factor of their rung, the highest
@@ -38,8 +44,7 @@ def promotable(trials: Iterable[FrozenTrial], reduction_factor: int, maximize: b
     """
     trials = list(trials)
     direction = StudyDirection.MAXIMIZE if maximize else StudyDirection.MINIMIZE
-    promoted = {t.user_attrs.get(PROMOTED_FROM_ATTR) for t in trials} - {None}
-    paused = [t for t in trials if is_paused(t) and t.number not in promoted and can_resume(t)]
+    paused = [t for t in waiting_promotion(trials) if can_resume(t)]
     values = {t.number: rung_value(t, t.last_step, signal, direction) for t in paused}
     chosen = [t for t in paused if ranks_at_top(values[t.number], t.last_step, trials, reduction_factor, direction,
                                             signal)]

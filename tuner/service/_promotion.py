@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.search import BEST_VALUE_ATTR, PROMOTED_AT_ATTR, PROMOTED_FROM_ATTR, is_maximized, is_paused, promotable
+from tuner.search import (BEST_VALUE_ATTR, PROMOTED_AT_ATTR, PROMOTED_FROM_ATTR, is_maximized, promotable,
+                          waiting_promotion)
 from tuner.service._artifact_store import BEST_WEIGHTS_ATTR, CHECKPOINT_ATTR
 from tuner.service._storage import RETRY_OF_ATTR
 from tuner.service._trial_stops import HANDED_BACK_ATTR
@@ -57,5 +58,4 @@ class Promoter:
 
 def paused_checkpoints(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """Paused trials whose checkpoints nothing resumed: freed once the study is over."""
-    promoted = {t.user_attrs.get(PROMOTED_FROM_ATTR) for t in trials} - {None}
-    return [t for t in trials if is_paused(t) and t.number not in promoted and t.user_attrs.get(CHECKPOINT_ATTR)]
+    return [t for t in waiting_promotion(trials) if t.user_attrs.get(CHECKPOINT_ATTR)]
