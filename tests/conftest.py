@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,32 @@ def postgres_url(postgres_available):
     with engine.connect() as connection:
         connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+def read_trials(url: str, study_name: str = "s") -> list:
+    """The study's trials, read through a connection that is closed before returning.
+
+    Optuna 5's RDBStorage has no __del__: a URL handed to load_study keeps its pooled connection
+    open until the garbage collector reaches the engine, which in a long pytest process can be
+    minutes. A test polling a study several times a second held 24 PostgreSQL connections that
+    way, and a slower CI run hit the server's limit of 100 ("too many clients already")."""
+    with opened_storage(url) as storage:
+        import optuna
+
+        return optuna.load_study(study_name=study_name, storage=storage).get_trials()
+
+
+@contextmanager
+def opened_storage(url: str):
+    """An Optuna RDBStorage without a connection pool, its engine disposed on leaving."""
+    import optuna
+    import sqlalchemy
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": sqlalchemy.pool.NullPool})
+    try:
+        yield storage
+    finally:
+        storage.engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

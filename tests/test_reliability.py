@@ -20,7 +20,7 @@ import numpy as np
 import optuna
 import pytest
 
-from conftest import drop_connection_once
+from conftest import drop_connection_once, opened_storage, read_trials
 import sqlalchemy
 from click.testing import CliRunner
 from optuna.trial import TrialState
@@ -112,7 +112,7 @@ def workers(tmp_path, storage_url):
 
 
 def trials(url: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="s", storage=url).get_trials()
+    return read_trials(url, "s")
 
 
 def finished(all_trials) -> list[optuna.trial.FrozenTrial]:
@@ -302,7 +302,8 @@ def test_after_a_hand_back_and_a_dead_worker_the_store_keeps_only_the_best_weigh
     dead = [t for t in all_trials if t.state == TrialState.FAIL and not t.user_attrs.get("handed_back")
             and not t.user_attrs.get("over_budget")]
     assert dead and all(t.user_attrs.get("checkpoint") for t in dead)  # each had a checkpoint to leak
-    best = optuna.load_study(study_name="s", storage=url).best_value
+    with opened_storage(url) as storage:
+        best = optuna.load_study(study_name="s", storage=storage).best_value
     # Of trials that tie for the best value only the first to finish uploads weights (and
     # best_trial may name another): the kept file is the best-valued trial's that holds them.
     holders = [t for t in all_trials if t.state == TrialState.COMPLETE and t.value == best
@@ -360,6 +361,22 @@ def test_two_workers_failing_one_stale_trial_across_a_reconnect_retry_it_once(po
               f"retried once (trial {retries[0]}); 2/2 finished")
     finally:
         pool.kill_all()
+
+
+def test_polling_a_study_holds_no_database_connection_open(postgres_url):
+    """The polls above run several times a second for minutes; each used to keep a connection."""
+    with opened_storage(postgres_url) as storage:
+        optuna.create_study(study_name="s", storage=storage)
+    engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    count = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+             "AND pid <> pg_backend_pid()")
+    try:
+        for _ in range(20):
+            assert trials(postgres_url) == []
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql(count).scalar() == 0
+    finally:
+        engine.dispose()
 
 
 def held_in_trigger(engine) -> bool:
