@@ -150,13 +150,19 @@ def read_trials(url: str, study_name: str = "s") -> list:
         return optuna.load_study(study_name=study_name, storage=storage).get_trials()
 
 
-@contextmanager
-def opened_storage(url: str):
-    """An Optuna RDBStorage without a connection pool, its engine disposed on leaving."""
+def unpooled_storage(url: str):
+    """An Optuna RDBStorage that holds no connection between calls (no pool): a test may keep
+    the study it loads through it, or drop it, without closing anything."""
     import optuna
     import sqlalchemy
 
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": sqlalchemy.pool.NullPool})
+    return optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": sqlalchemy.pool.NullPool})
+
+
+@contextmanager
+def opened_storage(url: str):
+    """An unpooled storage, its engine disposed on leaving."""
+    storage = unpooled_storage(url)
     try:
         yield storage
     finally:

@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from PIL import Image
 from sqlalchemy.engine import make_url
 
-from conftest import TINY_SPACE, _admin_engine, postgres_admin_url
+from conftest import TINY_SPACE, _admin_engine, postgres_admin_url, unpooled_storage
 from tuner.cli import cli
 from tuner.errors import StorageError
 from tuner.service._results import all_params
@@ -66,7 +66,9 @@ def invoke(args: list[str]):
 
 
 def load(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=url)
+    # Unpooled: the module's shared PostgreSQL study is loaded by test after test, and each
+    # pooled engine kept a connection open until the garbage collector found it.
+    return optuna.load_study(study_name=name, storage=unpooled_storage(url))
 
 
 def library_study(url: str, name: str, space_ref: str | Path, *, n_trials: int = 2, warm_start: bool = True,

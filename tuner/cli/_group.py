@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import traceback
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from tuner.errors import TunerError
+
+Closeable = TypeVar("Closeable")
 
 
 class TunerGroup(click.Group):
@@ -37,3 +39,9 @@ def error_traceback(exc: BaseException) -> str:
         link.__suppress_context__ = False
         link = link.__cause__ or link.__context__
     return "".join(traceback.format_exception(exc))
+
+
+def closed_when_done(resource: Closeable) -> Closeable:
+    """`resource` (an opened study or storage), closed when the command ends, however it ends:
+    its database connections go then, not when the garbage collector finds them."""
+    return click.get_current_context().with_resource(resource)

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from tuner.cli._group import closed_when_done
 from tuner.cli._options import STUDY_NAME, storage_option, study_option
 from tuner.text import plural
 
@@ -27,7 +28,7 @@ def extend(study: str | None, storage: str, n_trials: int) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    opened = open_for_reading(storage, study)
+    opened = closed_when_done(open_for_reading(storage, study))
     old, new = extend_study(opened, n_trials)
     click.echo(f"study {opened.name}: budget {old} -> {plural(new, 'trial')}")
 
@@ -47,7 +48,7 @@ def stop(study: str | None, storage: str) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    opened = open_for_reading(storage, study)
+    opened = closed_when_done(open_for_reading(storage, study))
     running = stop_study(opened)
     click.echo(f"asked the workers of study {opened.name} to stop ({plural(running, 'trial')} running); "
                f"`tuner worker --study {opened.name}` resumes them later")
@@ -72,7 +73,7 @@ def enqueue(study: str | None, storage: str, params_file: str, fmt: str) -> None
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    opened = open_for_reading(storage, study)
+    opened = closed_when_done(open_for_reading(storage, study))
     params = enqueue_params(opened, params_file)
     if fmt == "json":
         click.echo(json.dumps({"study": opened.name, "params": params}, indent=2))
@@ -99,7 +100,7 @@ def delete(study: str, storage: str, yes: bool) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    opened = open_for_reading(storage, study)
+    opened = closed_when_done(open_for_reading(storage, study))
     trials, artifacts = describe_for_delete(opened)
     if not yes:
         where = f" and its artifacts in {artifacts}" if artifacts else ""

@@ -9,6 +9,7 @@ import json
 
 import click
 
+from tuner.cli._group import closed_when_done
 from tuner.cli._options import STUDY_NAME, storage_option, study_option
 
 
@@ -58,7 +59,7 @@ def best(study: str | None, storage: str, fmt: str) -> None:
     from tuner.text import significant
 
     require_existing_sqlite(storage)
-    opened = open_for_reading(storage, study, read_only=True)
+    opened = closed_when_done(open_for_reading(storage, study, read_only=True))
     summary = best_summary(opened)
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2))
@@ -91,7 +92,7 @@ def export(study: str | None, storage: str, fmt: str, out: str | None) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    text = export_trials(open_for_reading(storage, study, read_only=True), fmt)
+    text = export_trials(closed_when_done(open_for_reading(storage, study, read_only=True)), fmt)
     if out:
         with open(out, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
@@ -117,7 +118,7 @@ def report(study: str | None, storage: str, out: str) -> None:
     from tuner.service._open import open_for_reading, require_existing_sqlite
 
     require_existing_sqlite(storage)
-    result = write_report(open_for_reading(storage, study), out)
+    result = write_report(closed_when_done(open_for_reading(storage, study)), out)
     uploaded = (f"; uploaded {result.uploaded} files as study artifacts (optuna-dashboard: Study Artifacts)"
                 if result.uploaded else "")
     click.echo(f"wrote {result.index}{uploaded}")

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from tuner.cli._group import closed_when_done
 from tuner.cli._options import machine_options, storage_option, study_option
 from tuner.config import default
 
@@ -48,7 +49,7 @@ def retrain(**params: Any) -> None:
     request = RetrainRequest(out=params["out"], epochs=params["epochs"], include_val=params["include_val"],
                              compile=params["compile_model"], torchscript="torchscript" in params["exports"])
     check_out(request.out)  # a bad --out fails before the study is read
-    opened = open_for_reading(params["storage"], params["study"], machine=machine_options(params))
+    opened = closed_when_done(open_for_reading(params["storage"], params["study"], machine=machine_options(params)))
     progress = progress_for(params["quiet"])
     say = (lambda line: None) if params["quiet"] else (lambda line: click.echo(line, err=True))
     with progress.running():

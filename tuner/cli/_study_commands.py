@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from tuner.cli._group import closed_when_done
 from tuner.cli._options import (STUDY_NAME, heartbeat_options, machine_options, storage_option, storage_settings,
                                 study_options, study_request, worker_options)
 from tuner.text import duration, plural, significant
@@ -35,8 +36,8 @@ def run(ctx: click.Context, **params: Any) -> None:
     from tuner.service._worker import Worker
 
     # Opened once, with the data loaded and checked: the worker takes it as it is.
-    opened = prepare_study(storage_settings(params), params["study"], study_request(ctx, params),
-                           machine_options(params))
+    opened = closed_when_done(prepare_study(storage_settings(params), params["study"], study_request(ctx, params),
+                                            machine_options(params)))
     verb = "created" if opened.created else "continuing"
     click.echo(f"{verb} study {opened.name} ({plural(opened.config.n_trials, 'trial')}, "
                f"metric {opened.config.metric})")
@@ -66,8 +67,8 @@ def create(ctx: click.Context, **params: Any) -> None:
     from tuner.service._storage import mask_url
     from tuner.service._summary import worker_command
 
-    prepared = prepare_study(storage_settings(params), params["study"], study_request(ctx, params),
-                             machine_options(params), create_only=True)
+    prepared = closed_when_done(prepare_study(storage_settings(params), params["study"], study_request(ctx, params),
+                                              machine_options(params), create_only=True))
     config = prepared.config
     click.echo(f"created study {prepared.name} in {mask_url(params['storage'])}: "
                f"{config.space_name} space, {config.model}, {plural(config.n_trials, 'trial')}, metric {config.metric}")
@@ -111,8 +112,8 @@ def worker(**params: Any) -> None:
         # would show its password to every user of the node.
         os.environ["TUNER_STORAGE"] = params["storage"]
         sys.exit(supervise(plan, worker_argv(params)))
-    opened = open_for_work(StorageSettings(url=params["storage"]), params["study"], machine_options(params),
-                           seed_of=sampler_seed_for_worker)
+    opened = closed_when_done(open_for_work(StorageSettings(url=params["storage"]), params["study"],
+                                            machine_options(params), seed_of=sampler_seed_for_worker))
     summary = Worker(opened).run()
     print_summary(summary)
     if summary.stopped_by_signal:

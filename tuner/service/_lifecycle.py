@@ -36,9 +36,9 @@ ENQUEUED_ATTR = "enqueued"
 
 def list_studies(storage_url: str) -> dict[str, Any]:
     """Every study of the storage; one that tuner did not create is listed as foreign."""
-    storage = connect(StorageSettings(url=storage_url, read_only=True))
-    rows = [study_row(load_any(storage, name))
-            for name in optuna.get_all_study_names(storage=storage)]
+    with connect(StorageSettings(url=storage_url, read_only=True)) as storage:
+        rows = [study_row(load_any(storage, name))
+                for name in optuna.get_all_study_names(storage=storage)]
     return {"storage": mask_url(storage_url), "studies": rows}
 
 

@@ -6,8 +6,9 @@ too. Creating a study's inputs (model, data, input size) is tuner.service._prepa
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import optuna
 
@@ -44,6 +45,16 @@ class OpenedStudy:
     device: torch.device | None = None
     created: bool = False
 
+    def close(self) -> None:
+        """Close the storage's connections: whoever opened the study closes it when done."""
+        self.storage.close()
+
+    def __enter__(self) -> OpenedStudy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def ready(self, data: ImageData, device: torch.device) -> OpenedStudy:
         """This study, checked for work here: its space checked, `data` and `device` as checked."""
         return replace(self, data=data, device=device)
@@ -61,6 +72,16 @@ def connect(settings: StorageSettings) -> ResilientRDBStorage:
     storage = open_storage(settings, heartbeat=False)
     ping(storage)
     return storage
+
+
+@contextmanager
+def closed_on_error(storage: ResilientRDBStorage) -> Iterator[ResilientRDBStorage]:
+    """`storage`, closed if what follows fails: the OpenedStudy that would own it never exists."""
+    try:
+        yield storage
+    except BaseException:
+        storage.close()
+        raise
 
 
 def load_any(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -87,13 +108,14 @@ def open_for_reading(url: str, name: str | None, *, machine: MachineOptions | No
     or the storage's only study; `machine`: this machine's options where the caller trains (retrain);
     `read_only`: the caller writes nothing (best, export), so a file it may not write opens read-only."""
     storage = storage or connect(StorageSettings(url=url, read_only=read_only))
-    name = study_name(storage, name)
-    attrs = stored_attrs(storage, name)
-    config = config_from_attrs(name, attrs)
-    # A random sampler: nothing samples here, and building the config's own costs time.
-    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
-    return OpenedStudy(name, config, study_space(config), study, storage, StorageSettings(url=url),
-                       machine or MachineOptions(), attrs)
+    with closed_on_error(storage):
+        name = study_name(storage, name)
+        attrs = stored_attrs(storage, name)
+        config = config_from_attrs(name, attrs)
+        # A random sampler: nothing samples here, and building the config's own costs time.
+        study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+        return OpenedStudy(name, config, study_space(config), study, storage, StorageSettings(url=url),
+                           machine or MachineOptions(), attrs)
 
 
 def open_for_work(settings: StorageSettings, name: str, machine: MachineOptions, *,
@@ -104,23 +126,25 @@ def open_for_work(settings: StorageSettings, name: str, machine: MachineOptions,
     `seed_of` gives the sampler's seed (default: the study seed); `storage` and `space`: the
     storage this process has open already and the study's space parsed already."""
     storage = storage or connect(settings)
-    attrs = stored_attrs(storage, name)
-    config = config_from_attrs(name, attrs)
-    space = space or study_space(config)
-    working = start_heartbeat(storage, settings, config)
-    seed = config.seed if seed_of is None else seed_of(config)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config, space, seed),
-                              pruner=make_pruner(config, space))
-    return OpenedStudy(name, config, space, study, storage, working, machine, attrs)
+    with closed_on_error(storage):
+        attrs = stored_attrs(storage, name)
+        config = config_from_attrs(name, attrs)
+        space = space or study_space(config)
+        working = start_heartbeat(storage, settings, config)
+        seed = config.seed if seed_of is None else seed_of(config)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config, space, seed),
+                                  pruner=make_pruner(config, space))
+        return OpenedStudy(name, config, space, study, storage, working, machine, attrs)
 
 
 def open_new(settings: StorageSettings, name: str, config: StudyConfig, space: SearchSpace, note: str,
              machine: MachineOptions, *, storage: ResilientRDBStorage | None = None) -> OpenedStudy:
     """Create the study for work, its sampler seeded by the study seed (a lone `tuner run`)."""
     storage = storage or connect(settings)
-    working = start_heartbeat(storage, settings, config)
-    study = create_study(storage, name, config, note, space)
-    return OpenedStudy(name, config, space, study, storage, working, machine, created=True)
+    with closed_on_error(storage):
+        working = start_heartbeat(storage, settings, config)
+        study = create_study(storage, name, config, note, space)
+        return OpenedStudy(name, config, space, study, storage, working, machine, created=True)
 
 
 def start_heartbeat(storage: ResilientRDBStorage, settings: StorageSettings, config: StudyConfig) -> StorageSettings:

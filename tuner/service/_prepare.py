@@ -17,8 +17,9 @@ from tuner.config import MachineOptions, StudyConfig, StudyRequest, requested_se
 from tuner.errors import DataError, ModelError, StudyError
 from tuner.search import check_head_stage, study_note
 from tuner.service._artifact_store import default_artifacts_dir
-from tuner.service._open import OpenedStudy, connect, open_for_work, open_new, require_existing_sqlite
-from tuner.service._storage import StorageSettings, local_folder, normalize_url, storage_is_empty
+from tuner.service._open import (OpenedStudy, closed_on_error, connect, open_for_work, open_new,
+                                 require_existing_sqlite)
+from tuner.service._storage import ResilientRDBStorage, StorageSettings, local_folder, normalize_url, storage_is_empty
 from tuner.space import SearchSpace, load_space
 from tuner.text import byte_size
 from tuner.training import (
@@ -54,13 +55,21 @@ def prepare_study(settings: StorageSettings, name: str | None, request: StudyReq
     """
     normalize_url(settings.url)
     study_name = name or default_study_name(request.space, request.data or "data")
-    storage = None
-    if not storage_is_empty(settings):
-        storage = connect(settings)
+    if storage_is_empty(settings):
+        return create_new(settings, None, study_name, request, machine)
+    storage = connect(settings)
+    with closed_on_error(storage):
         if study_name in optuna.get_all_study_names(storage=storage):
             if create_only:
                 raise StudyError(f"a study named {study_name!r} already exists in this storage")
             return continue_study(storage, settings, study_name, request, machine)
+        return create_new(settings, storage, study_name, request, machine)
+
+
+def create_new(settings: StorageSettings, storage: ResilientRDBStorage | None, study_name: str,
+               request: StudyRequest, machine: MachineOptions) -> OpenedStudy:
+    """A new study opened for work, every input checked before the storage is written
+    (`storage`: None while it holds no table yet, and then the study's creation makes them)."""
     if request.data is None:
         if storage is None:
             require_existing_sqlite(settings.url)

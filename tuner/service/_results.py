@@ -46,11 +46,11 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
 
 
 def study_status(storage_url: str, name: str | None) -> dict[str, Any]:
-    storage = connect(StorageSettings(url=storage_url, read_only=True))
-    if name is not None:
-        stored_config(storage, name)  # an unknown study: one clear error, listing the known ones
-    names = [name] if name else optuna.get_all_study_names(storage=storage)
-    return {"storage": mask_url(storage_url), "studies": [one_status(storage, n) for n in names]}
+    with connect(StorageSettings(url=storage_url, read_only=True)) as storage:
+        if name is not None:
+            stored_config(storage, name)  # an unknown study: one clear error, listing the known ones
+        names = [name] if name else optuna.get_all_study_names(storage=storage)
+        return {"storage": mask_url(storage_url), "studies": [one_status(storage, n) for n in names]}
 
 
 def one_status(storage, name: str) -> dict[str, Any]:
@@ -347,11 +347,12 @@ def check_port(host: str, port: int) -> None:
 def serve_dashboard(storage_url: str, host: str, port: int, artifacts: str | None) -> None:
     import optuna_dashboard
 
-    storage = connect(StorageSettings(url=storage_url))
-    try:
-        optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=dashboard_store(storage, artifacts))
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        check_port(host, port)  # taken since the first check: the same one line
-        raise OptionError(f"port {port} is in use") from None
+    with connect(StorageSettings(url=storage_url)) as storage:
+        try:
+            optuna_dashboard.run_server(storage, host=host, port=port,
+                                        artifact_store=dashboard_store(storage, artifacts))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            check_port(host, port)  # taken since the first check: the same one line
+            raise OptionError(f"port {port} is in use") from None

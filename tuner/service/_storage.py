@@ -254,6 +254,22 @@ class ResilientRDBStorage(RDBStorage):
         self.heartbeat_stale_trial_callback = RetryStaleTrial(max_retry=settings.max_retry)
         self.failed_trial_callback = self.heartbeat_stale_trial_callback
 
+    def close(self) -> None:
+        """Close this storage's pooled connections now.
+
+        Optuna 5's RDBStorage has no __del__: an engine's connections stay open until the
+        garbage collector reaches it, so a process that opens storages one after another (a
+        notebook, a script driving the CLI in-process) piles them up until PostgreSQL refuses
+        clients past max_connections (100 by default)."""
+        self.remove_session()
+        self.engine.dispose()
+
+    def __enter__(self) -> ResilientRDBStorage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         # Popping a queued trial reads its state and writes RUNNING: one step (see lock_at_begin).
         self.changing_state.active = True
