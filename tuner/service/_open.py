@@ -70,7 +70,8 @@ def require_existing_sqlite(url: str) -> None:
 def connect(settings: StorageSettings) -> ResilientRDBStorage:
     """The storage, reached once now so that a wrong URL fails here; no heartbeat yet."""
     storage = open_storage(settings, heartbeat=False)
-    ping(storage)
+    with closed_on_error(storage):
+        ping(storage)
     return storage
 
 
