@@ -144,10 +144,32 @@ def read_trials(url: str, study_name: str = "s") -> list:
     open until the garbage collector reaches the engine, which in a long pytest process can be
     minutes. A test polling a study several times a second held 24 PostgreSQL connections that
     way, and a slower CI run hit the server's limit of 100 ("too many clients already")."""
-    with opened_storage(url) as storage:
-        import optuna
+    import optuna
 
+    with opened_storage(url) as storage:
         return optuna.load_study(study_name=study_name, storage=storage).get_trials()
+
+
+def open_connections(url: str, settle: float = 5.0) -> int:
+    """Other clients of a PostgreSQL test database, once closed ones have had time to go (a
+    server backend ends a moment after its client closes the socket)."""
+    import time
+
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+             "AND pid <> pg_backend_pid()")
+    deadline = time.monotonic() + settle
+    try:
+        while True:
+            with engine.connect() as connection:
+                count = connection.exec_driver_sql(query).scalar()
+            if count == 0 or time.monotonic() > deadline:
+                return count
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
 
 
 def unpooled_storage(url: str):

@@ -9,39 +9,19 @@ max_connections (100 by default), and a CI run failed on exactly that: "too many
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 from click.testing import CliRunner
 
-from conftest import TINY_SPACE, opened_storage
+from conftest import TINY_SPACE, open_connections, opened_storage
 from tuner.cli import cli
 from tuner.service._lifecycle import list_studies
 from tuner.service._results import study_status
 
 HEAD_ONLY = re.sub(r"  backbone_lr:\n(    .*\n)+", "", TINY_SPACE).replace(
     "choices: [head, last_blocks]", "choices: [head]")
-
-
-def open_connections(url: str, settle: float = 5.0) -> int:
-    """Other clients of the test database, once closed ones have had time to go (a server
-    backend ends a moment after its client closes the socket)."""
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-             "AND pid <> pg_backend_pid()")
-    deadline = time.monotonic() + settle
-    try:
-        while True:
-            with engine.connect() as connection:
-                count = connection.exec_driver_sql(query).scalar()
-            if count == 0 or time.monotonic() > deadline:
-                return count
-            time.sleep(0.1)
-    finally:
-        engine.dispose()
 
 
 def invoke(args: list[str]) -> str:
